@@ -1,0 +1,119 @@
+"""Model sizes. The official SPIGA is `ModelConfig.official(L, E)`; smaller variants
+train on a CPU. Landmark and edge counts come from the landmark set."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from ..errors import SpigaError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every size of the network.
+
+    Attributes:
+        num_landmarks: L, points predicted.
+        num_edges: E, edge groups of the boundary attention.
+        image_size: side of the square input crop (the feature map is a quarter of it).
+        stem_channels: widths of the stem's first convolution and first residual.
+        channels: width of the hourglasses and of the visual features.
+        num_stacks: stacked hourglasses.
+        hourglass_depth: down-sampling levels per hourglass.
+        embed_dim: width of a landmark's embedding (window conv + shape encoder).
+        gat_dim: width of the GAT layers after the first.
+        gat_layers: GAT layers per cascade step.
+        gat_heads: attention heads.
+        cascade_steps: refinement steps.
+        window_kernel: side, in samples, of the feature window around a landmark.
+        window_scale: window side at the first step as a fraction of the feature map;
+            halved at every step.
+        shape_hidden: hidden widths of the relative-position encoder.
+        decoder_hidden: hidden widths of the offset decoder.
+        focal_ratio: focal length of the crop camera over the image side.
+        crop_enlarge: crop side over max(w, h) of the face box.
+    """
+
+    num_landmarks: int = 98
+    num_edges: int = 15
+    image_size: int = 256
+    stem_channels: tuple[int, int] = (64, 128)
+    channels: int = 256
+    num_stacks: int = 4
+    hourglass_depth: int = 4
+    embed_dim: int = 512
+    gat_dim: int = 256
+    gat_layers: int = 4
+    gat_heads: int = 4
+    cascade_steps: int = 3
+    window_kernel: int = 7
+    window_scale: float = 0.25
+    shape_hidden: tuple[int, ...] = (256, 256)
+    decoder_hidden: tuple[int, ...] = (256, 128, 64, 32)
+    focal_ratio: float = 1.5
+    crop_enlarge: float = 1.6
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_landmarks < 2:
+            problems.append("num_landmarks must be >= 2")
+        if self.num_edges < 1:
+            problems.append("num_edges must be >= 1")
+        if self.image_size % 4:
+            problems.append("image_size must be a multiple of 4")
+        inner = self.feature_size // 2 ** self.hourglass_depth
+        if inner != 4 or self.feature_size % 2 ** self.hourglass_depth:
+            problems.append(
+                f"image_size / 4 / 2**hourglass_depth must be 4 (the pose head reduces 4x4 to 1x1); "
+                f"got {self.feature_size} / {2 ** self.hourglass_depth}")
+        if self.num_stacks < 1 or self.cascade_steps < 1 or self.gat_layers < 1:
+            problems.append("num_stacks, cascade_steps and gat_layers must be >= 1")
+        if self.channels % 2 or any(c % 2 for c in self.stem_channels):
+            problems.append("channel widths must be even (residual bottlenecks halve them)")
+        if self.gat_dim % self.gat_heads:
+            problems.append("gat_dim must be divisible by gat_heads")
+        if self.window_kernel < 2:
+            problems.append("window_kernel must be >= 2")
+        if problems:
+            raise SpigaError("model configuration: " + "; ".join(problems))
+
+    @property
+    def feature_size(self) -> int:
+        return self.image_size // 4
+
+    @classmethod
+    def official(cls, num_landmarks: int = 98, num_edges: int = 15) -> "ModelConfig":
+        return cls(num_landmarks=num_landmarks, num_edges=num_edges)
+
+    @classmethod
+    def sized(cls, size: str, num_landmarks: int, num_edges: int) -> "ModelConfig":
+        """A named size: `official` (63M parameters), `small` (about 5M) or `tiny` (<1M)."""
+        try:
+            overrides = MODEL_SIZES[size]
+        except KeyError:
+            raise SpigaError(f"unknown model size {size!r}; known: {', '.join(MODEL_SIZES)}") from None
+        return cls(num_landmarks=num_landmarks, num_edges=num_edges, **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise SpigaError(f"model configuration has unknown fields {sorted(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    def with_landmarks(self, num_landmarks: int, num_edges: int) -> "ModelConfig":
+        return replace(self, num_landmarks=num_landmarks, num_edges=num_edges)
+
+
+MODEL_SIZES: dict[str, dict] = {
+    "official": {},
+    "small": dict(stem_channels=(32, 64), channels=128, num_stacks=2, embed_dim=256, gat_dim=128,
+                  gat_layers=3, shape_hidden=(128, 128), decoder_hidden=(128, 64, 32)),
+    "tiny": dict(stem_channels=(16, 32), channels=64, num_stacks=1, embed_dim=64, gat_dim=64,
+                 gat_layers=2, gat_heads=2, shape_hidden=(64,), decoder_hidden=(64, 32)),
+}
