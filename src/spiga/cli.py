@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from .errors import SpigaError
+from .errors import InputError, SpigaError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,70 @@ _COMMANDS: list = []
 def _command(add):
     _COMMANDS.append(add)
     return add
+
+
+# --- align -------------------------------------------------------------------------
+
+
+@_command
+def _add_align(sub) -> None:
+    p = sub.add_parser("align", help="landmarks and head pose for the faces of an image",
+                       description="Align the faces of IMAGE. Boxes are (x, y, w, h) in image pixels.")
+    p.add_argument("image", metavar="IMAGE", help="image file")
+    p.add_argument("--model", default="wflw",
+                   help="named official model (wflw, 300wpublic, 300wprivate, merlrav, cofw68) or checkpoint path")
+    p.add_argument("--box", nargs=4, type=float, action="append", metavar=("X", "Y", "W", "H"),
+                   help="a face box; repeat for several faces (output keeps this order)")
+    p.add_argument("--json", metavar="OUT.json", help="write results as JSON (default: print to stdout)")
+    p.add_argument("--draw", metavar="OUT.png", help="write the image with landmarks, boxes and pose axes")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.set_defaults(run=_run_align)
+
+
+def _run_align(args) -> int:
+    import json
+
+    from .draw import draw_faces
+    from .inference import load
+    from .io import read_image, write_atomic, write_image
+
+    if not args.box:
+        raise InputError("no face boxes: give --box X Y W H (automatic face detection is not available yet)")
+    image = read_image(args.image)
+    aligner = load(args.model, device=args.device)
+    faces = aligner.align(image, boxes=args.box)
+    record = {"path": args.image, "width": int(image.shape[1]), "height": int(image.shape[0]),
+              "faces": [face.to_dict() for face in faces]}
+    text = json.dumps({"images": [record]})
+    if args.json:
+        write_atomic(args.json, text + "\n")
+    else:
+        print(text)
+    if args.draw:
+        write_image(args.draw, draw_faces(image, faces, aligner.landmark_set))
+    return 0
+
+
+# --- convert -----------------------------------------------------------------------
+
+
+@_command
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert an official SPIGA .pt state_dict into a spiga checkpoint")
+    p.add_argument("weights", metavar="OFFICIAL.pt", help="official state_dict (e.g. spiga_wflw.pt)")
+    p.add_argument("--config", required=True,
+                   help="official configuration: wflw, 300wpublic, 300wprivate, merlrav or cofw68")
+    p.add_argument("--mean-face", required=True, metavar="FILE", help="3D mean face, `id|x|y|z` text file")
+    p.add_argument("--out", required=True, metavar="MODEL", help="output checkpoint (.safetensors)")
+    p.set_defaults(run=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from .checkpoint import convert_official
+
+    path = convert_official(args.weights, args.config, args.mean_face, args.out)
+    print(f"wrote {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

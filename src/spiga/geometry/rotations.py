@@ -6,11 +6,13 @@ SPIGA's pose head outputs (yaw, pitch, roll) in degrees. They act on the mean fa
     yaw' = -(yaw - 90),  pitch' = -pitch,  roll' = -(roll + 90)
     R = Ry(yaw') @ Rz(pitch') @ Rx(roll')
 
-with Ry, Rz, Rx the right-handed rotations about the world y, z and x axes. At
-(0, 0, 0) the face looks straight at the camera (+z of the camera is into the scene,
-x right, y down). Seen from the camera: positive yaw turns the face towards the
-image's left (the subject looks to their right), positive pitch raises the face
-(chin up), positive roll tilts the top of the head towards the image's left.
+with Ry, Rz, Rx the right-handed rotations about the world y, z and x axes. The
+camera looks along +z, x right, y down. At (0, 0, 0) the face looks straight at the
+camera and the mean face's origin (the nose tip) projects to the crop centre when
+tx = ty = 0. Seen in the image: positive yaw turns the face towards the image's
+right (the subject turns to their left), positive pitch raises the chin (the
+subject looks up), positive roll tilts the top of the head towards the image's
+right (clockwise on screen). `tests/test_geometry.py` checks these signs.
 """
 
 from __future__ import annotations

@@ -65,8 +65,10 @@ class SPIGA(nn.Module):
             for _ in range(config.cascade_steps)])
 
         self.register_buffer("diagonal_mask", ~torch.eye(num_landmarks, dtype=torch.bool))
-        others = torch.arange(num_landmarks).expand(num_landmarks, -1)[self.diagonal_mask]
-        self.register_buffer("other_index", others.view(num_landmarks, num_landmarks - 1), persistent=False)
+        # row i: the indices of every landmark but i, in order (the diagonal mask's True entries)
+        others = torch.arange(num_landmarks - 1).expand(num_landmarks, -1)
+        others = others + (others >= torch.arange(num_landmarks).unsqueeze(1)).long()
+        self.register_buffer("other_index", others, persistent=False)
         # sample positions of a window, in units of the window scale (affine_grid, align_corners=False)
         base = (2 * torch.arange(kernel, dtype=torch.float32) + 1) / kernel - 1
         self.register_buffer("window_base", base, persistent=False)

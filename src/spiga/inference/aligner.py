@@ -1,0 +1,159 @@
+"""`Aligner`: images and boxes in, `Face`s out.
+
+image -> read_image (BGR uint8) -> one vectorised crop for all faces -> SPIGA (one
+batch) -> crop coordinates back to image pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..errors import InputError, SpigaError
+from ..face import Face, HeadPose
+from ..geometry.crop import crop_images, invert_affine, transform_points
+from ..hub import resolve_model
+from ..io import read_image
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"float32": torch.float32}
+
+
+def _pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise SpigaError(f"bad device {device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpigaError("device 'cuda' asked for, but no CUDA GPU is available to PyTorch")
+    return device
+
+
+def validate_boxes(boxes: Any, width: int, height: int) -> np.ndarray:
+    """(N, 4) float64 boxes (x, y, w, h), checked: finite, positive size, overlapping the image."""
+    try:
+        array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    except (TypeError, ValueError):
+        raise InputError(f"boxes must be a list of (x, y, w, h), got {boxes!r}") from None
+    for i, (x, y, w, h) in enumerate(array):
+        if not np.all(np.isfinite([x, y, w, h])):
+            raise InputError(f"box {i} ({x}, {y}, {w}, {h}) has a non-finite value")
+        if w <= 0 or h <= 0:
+            raise InputError(f"box {i} ({x:g}, {y:g}, {w:g}, {h:g}) must have positive width and height")
+        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            raise InputError(f"box {i} ({x:g}, {y:g}, {w:g}, {h:g}) lies entirely outside the "
+                             f"{width}x{height} image")
+    return array
+
+
+class Aligner:
+    """A loaded model ready to align faces.
+
+    Use `spiga.load(...)` rather than building one directly.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, device: str | torch.device | None = None,
+                 precision: str = "float32", max_batch: int = 32, detector: Any = None):
+        if precision not in PRECISIONS:
+            raise SpigaError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+        self.device = _pick_device(device)
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        self.max_batch = max_batch
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model.eval().to(self.device)
+        self.landmark_set = checkpoint.landmarks
+        self.config = checkpoint.config
+        self.name = str(checkpoint.path) if checkpoint.path else "<in memory>"
+        self.detector = detector
+
+    def __repr__(self) -> str:
+        return (f"Aligner({self.name}, {self.landmark_set.num_landmarks} landmarks, device={self.device}, "
+                f"precision={self.precision})")
+
+    @torch.inference_mode()
+    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the network on crops.
+
+        Args:
+            crops: (B, S, S, 3) BGR uint8 crops.
+        Returns:
+            landmarks (B, L, 2) in crop pixels and pose (B, 6), both float64.
+        """
+        size = self.config.image_size
+        landmarks, poses = [], []
+        for start in range(0, len(crops), self.max_batch):
+            chunk = torch.from_numpy(crops[start:start + self.max_batch]).to(self.device)
+            images = chunk.permute(0, 3, 1, 2).to(self.dtype) / 255.0
+            out = self.model(images)
+            landmarks.append(out["landmarks"][-1].double().cpu().numpy() * size)
+            poses.append(out["pose"].double().cpu().numpy())
+        if not landmarks:
+            return np.zeros((0, self.landmark_set.num_landmarks, 2)), np.zeros((0, 6))
+        return np.concatenate(landmarks), np.concatenate(poses)
+
+    def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, list[float]]:
+        """Face boxes from the detector (boxes as SPIGA expects them) and scores."""
+        if self.detector is None:
+            raise InputError("no face boxes given and no face detector configured: pass boxes")
+        detections = self.detector.detect(image_bgr)
+        boxes = np.array([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
+        return boxes, [float(d.score) for d in detections]
+
+    def align(self, image: Any, boxes: Sequence[Sequence[float]] | np.ndarray | None = None,
+              color: str = "bgr") -> list[Face]:
+        """Landmarks and head pose for each face of one image.
+
+        Args:
+            image: path, NumPy array (BGR by default, `color="rgb"` for RGB; gray, RGBA,
+                uint16 and float accepted) or PIL image.
+            boxes: face boxes (x, y, w, h) in image pixels; None to detect faces.
+        Returns:
+            one `Face` per box, in box order (all faces run as one batch).
+        """
+        bgr = read_image(image, color=color)
+        return self.align_array(bgr, boxes)
+
+    def align_array(self, bgr: np.ndarray, boxes: Any = None) -> list[Face]:
+        """`align` for an image already in BGR uint8 (H, W, 3)."""
+        height, width = bgr.shape[:2]
+        scores: list[float | None]
+        if boxes is None:
+            box_array, detected_scores = self.detect(bgr)
+            scores = list(detected_scores)
+        else:
+            box_array = validate_boxes(boxes, width, height)
+            scores = [None] * len(box_array)
+        if len(box_array) == 0:
+            return []
+        crops, matrices = crop_images(bgr, box_array, self.config.image_size, self.config.crop_enlarge)
+        landmarks_crop, poses = self.predict_crops(crops)
+        landmarks = transform_points(landmarks_crop, invert_affine(matrices))
+        return [
+            Face(box=tuple(float(v) for v in box), landmarks=landmarks[i], headpose=HeadPose(*map(float, poses[i])),
+                 score=scores[i], crop_matrix=matrices[i], crop_size=self.config.image_size,
+                 focal_ratio=self.config.focal_ratio)
+            for i, box in enumerate(box_array)
+        ]
+
+
+def load(model: str | os.PathLike = "wflw", device: str | torch.device | None = None,
+         precision: str = "float32", **options: Any) -> Aligner:
+    """Load a model for alignment.
+
+    Args:
+        model: a named official model (`wflw`, `300wpublic`, `300wprivate`, `merlrav`,
+            `cofw68`; downloaded and cached on first use) or a spiga checkpoint path.
+        device: `"cpu"`, `"cuda"`, `"cuda:1"`, ...; None picks CUDA when available, else CPU.
+        precision: `"float32"` (default).
+    """
+    path = resolve_model(model)
+    return Aligner(load_checkpoint(path), device=device, precision=precision, **options)

@@ -1,0 +1,121 @@
+"""The Python API: spiga.load(...).align(image, boxes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import spiga
+from spiga.errors import ImageError, InputError, ModelNotFound
+
+
+@pytest.fixture(scope="module")
+def aligner(tiny_checkpoint):
+    return spiga.load(tiny_checkpoint, device="cpu")
+
+
+def test_align_returns_faces_in_box_order(aligner, face_image):
+    boxes = [(70, 35, 100, 130), (10, 10, 30, 30), (120, 60, 60, 70)]
+    faces = aligner.align(face_image, boxes)
+    assert [f.box for f in faces] == [tuple(map(float, b)) for b in boxes]
+    for face in faces:
+        assert face.landmarks.shape == (98, 2)
+        assert np.isfinite(face.landmarks).all()
+        assert isinstance(face.headpose.yaw, float)
+        assert face.score is None
+    # a face alone gives the same result as in a batch
+    alone = aligner.align(face_image, [boxes[2]])[0]
+    assert np.allclose(alone.landmarks, faces[2].landmarks, atol=1e-3)
+
+
+def test_landmarks_follow_the_box(aligner, face_image):
+    """Shifting image and box together shifts the landmarks by the same amount."""
+    box = (70, 35, 100, 130)
+    first = aligner.align(face_image, [box])[0]
+    shifted_image = np.zeros((face_image.shape[0], face_image.shape[1] + 16, 3), np.uint8)
+    shifted_image[:, 16:] = face_image
+    second = aligner.align(shifted_image, [(box[0] + 16, *box[1:])])[0]
+    assert np.allclose(second.landmarks - first.landmarks, [16, 0], atol=1e-3)
+
+
+def test_image_kinds_give_the_same_result(aligner, face_image, tmp_path):
+    import cv2
+
+    box = [(70, 35, 100, 130)]
+    expected = aligner.align(face_image, box)[0].landmarks
+    rgb = face_image[:, :, ::-1].copy()
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), face_image)
+    variants = {
+        "path": aligner.align(path, box),
+        "str path": aligner.align(str(path), box),
+        "rgb array": aligner.align(rgb, box, color="rgb"),
+        "pil": aligner.align(Image.fromarray(rgb), box),
+        "rgba": aligner.align(np.dstack([face_image, np.full(face_image.shape[:2], 255, np.uint8)]), box),
+        "uint16": aligner.align(face_image.astype(np.uint16) * 257, box),
+        "float": aligner.align(face_image.astype(np.float32) / 255, box),
+    }
+    for name, faces in variants.items():
+        assert np.allclose(faces[0].landmarks, expected, atol=1e-4), name
+
+
+def test_gray_images_work(aligner, face_image):
+    gray = face_image[:, :, 1].copy()
+    a = aligner.align(gray, [(70, 35, 100, 130)])[0]
+    b = aligner.align(np.dstack([gray] * 3), [(70, 35, 100, 130)])[0]
+    assert np.allclose(a.landmarks, b.landmarks)
+
+
+def test_box_partly_outside_works(aligner, face_image):
+    faces = aligner.align(face_image, [(-40, -30, 100, 120)])
+    assert np.isfinite(faces[0].landmarks).all()
+
+
+@pytest.mark.parametrize("box, message", [
+    ((10, 10, 0, 20), "positive width and height"),
+    ((10, 10, 20, -5), "positive width and height"),
+    ((500, 10, 20, 20), "entirely outside"),
+    ((-50, 10, 20, 20), "entirely outside"),
+    ((float("nan"), 10, 20, 20), "non-finite"),
+])
+def test_bad_boxes(aligner, face_image, box, message):
+    with pytest.raises(InputError, match=message):
+        aligner.align(face_image, [box])
+
+
+def test_no_boxes_without_detector(aligner, face_image):
+    with pytest.raises(InputError, match="no face boxes"):
+        aligner.align(face_image)
+
+
+def test_empty_box_list(aligner, face_image):
+    assert aligner.align(face_image, []) == []
+
+
+def test_bad_images(aligner, tmp_path):
+    with pytest.raises(ImageError, match="missing.jpg: no such file"):
+        aligner.align(tmp_path / "missing.jpg", [(0, 0, 1, 1)])
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(ImageError, match="notes.jpg: not a readable image"):
+        aligner.align(tmp_path / "notes.jpg", [(0, 0, 1, 1)])
+    with pytest.raises(ImageError, match="shape"):
+        aligner.align(np.zeros((4, 4, 2), np.uint8), [(0, 0, 1, 1)])
+
+
+def test_unknown_model():
+    with pytest.raises(ModelNotFound, match="unknown model"):
+        spiga.load("no-such-model")
+
+
+def test_head_position_on_known_geometry():
+    from spiga.face import Face, HeadPose
+    from spiga.geometry import crop_matrices
+
+    box = (100.0, 50.0, 80.0, 100.0)
+    face = Face(box=box, landmarks=np.zeros((98, 2)), headpose=HeadPose(5, 0, 0, 0.0, 0.0, 3.0),
+                crop_matrix=crop_matrices(np.array([box]))[0])
+    x, y, scale = face.head_position()
+    assert (x, y) == pytest.approx((140.0, 100.0))  # centred translation: the box centre
+    side = 1.6 * 100.0
+    assert scale == pytest.approx(1.5 * 256 / 3.0 * side / 256)

@@ -1,0 +1,67 @@
+"""The command line: `spiga align` and `spiga convert`, errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from spiga.cli import main as cli
+
+
+@pytest.fixture
+def image_file(tmp_path, face_image):
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), face_image)
+    return path
+
+
+def test_align_json_and_drawing(tiny_checkpoint, image_file, tmp_path):
+    out, drawing = tmp_path / "out.json", tmp_path / "drawn.png"
+    code = cli(["align", str(image_file), "--model", str(tiny_checkpoint), "--box", "70", "35", "100", "130",
+                "--box", "10", "10", "30", "30", "--json", str(out), "--draw", str(drawing)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    record = result["images"][0]
+    assert record["path"] == str(image_file) and (record["width"], record["height"]) == (240, 200)
+    assert [f["box"] for f in record["faces"]] == [[70, 35, 100, 130], [10, 10, 30, 30]]
+    face = record["faces"][0]
+    assert len(face["landmarks"]) == 98 and len(face["landmarks"][0]) == 2
+    assert set(face["headpose"]) == {"yaw", "pitch", "roll", "tx", "ty", "tz"}
+    drawn = cv2.imread(str(drawing))
+    assert drawn.shape == (200, 240, 3)
+    assert (drawn != cv2.imread(str(image_file))).any()
+
+
+def test_align_prints_json_without_out(tiny_checkpoint, image_file, capsys):
+    assert cli(["align", str(image_file), "--model", str(tiny_checkpoint), "--box", "70", "35", "100", "130"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["images"][0]["faces"]) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--box", "1", "1", "0", "5"], "positive width and height"),
+    (["--box", "900", "900", "10", "10"], "entirely outside"),
+    ([], "no face boxes"),
+])
+def test_align_bad_input_is_one_line(tiny_checkpoint, image_file, capsys, args, message):
+    code = cli(["align", str(image_file), "--model", str(tiny_checkpoint), *args])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_align_missing_image_and_unknown_model(tiny_checkpoint, tmp_path, capsys, image_file):
+    assert cli(["align", str(tmp_path / "nope.jpg"), "--model", str(tiny_checkpoint), "--box", "1", "1", "5", "5"]) != 0
+    assert "nope.jpg: no such file" in capsys.readouterr().err
+    assert cli(["align", str(image_file), "--model", "nosuchmodel", "--box", "1", "1", "5", "5"]) != 0
+    assert "unknown model 'nosuchmodel'" in capsys.readouterr().err
+
+
+def test_console_entry_point_runs(tiny_checkpoint, image_file):
+    result = subprocess.run([sys.executable, "-m", "spiga", "align", str(image_file), "--model", str(tiny_checkpoint),
+                             "--box", "0", "0", "-3", "4"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("spiga: error: box 0")
