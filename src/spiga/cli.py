@@ -95,6 +95,104 @@ def _run_convert(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- evaluate / benchmark (issue 3)
+
+
+def _add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    from .evaluate.metrics import NORMS
+    parser.add_argument("--db-info", metavar="FILE",
+                        help="the original db_info.json: test subsets and per-norm thresholds")
+    parser.add_argument("--norm", choices=NORMS, help="NME normalisation (default: the dataset's)")
+    parser.add_argument("--threshold", type=float, metavar="T",
+                        help="FR/AUC threshold in percent (default: the dataset's)")
+    parser.add_argument("--json", metavar="OUT.json", help="write the figures as JSON")
+    parser.add_argument("--plot", metavar="CED.png", help="draw the CED curves (needs matplotlib)")
+
+
+@_command
+def _add_evaluate(sub) -> None:
+    from .landmarks import DATASET_LANDMARKS
+    parser = sub.add_parser("evaluate", help="score predictions against ground truth (NME, AUC, FR, pose MAE)",
+                            description="Score landmark and head-pose predictions against ground truth.")
+    parser.add_argument("--annotations", required=True, metavar="GT.json",
+                        help="ground truth: SPIGA JSON (or spiga align JSON)")
+    parser.add_argument("--predictions", required=True, metavar="PRED.json",
+                        help="predictions: SPIGA JSON in the annotations' order, or spiga align JSON")
+    parser.add_argument("--config", required=True, choices=sorted(DATASET_LANDMARKS),
+                        help="benchmark: sets the landmark layout and the default norm and threshold")
+    _add_scoring_arguments(parser)
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _report_outputs(args, report) -> None:
+    """Print the table and write the --json and --plot files of an evaluation."""
+    from .evaluate import format_report
+    from .evaluate.formats import write_json_atomic
+    print(format_report(report))
+    if args.json:
+        write_json_atomic(args.json, report.to_dict())
+    if args.plot:
+        from .evaluate.plots import plot_ced
+        lm = report.landmarks
+        plot_ced(lm.curves(), lm.threshold, args.plot, title=f"{report.config}: CED ({lm.norm})")
+
+
+def _run_evaluate(args) -> int:
+    from .evaluate import evaluate_files
+    report = evaluate_files(args.annotations, args.predictions, args.config, db_info=args.db_info,
+                            norm=args.norm, threshold=args.threshold)
+    _report_outputs(args, report)
+    return 0
+
+
+@_command
+def _add_benchmark(sub) -> None:
+    from .landmarks import DATASET_LANDMARKS
+    parser = sub.add_parser("benchmark", help="run a model over a test set and score it",
+                            description="Run a model over a test set with the annotation boxes, write its "
+                                        "predictions (SPIGA JSON, annotation order) and score them.")
+    parser.add_argument("--model", required=True, help="model name or checkpoint file")
+    parser.add_argument("--dataset", required=True, metavar="FORMAT:PATH",
+                        help="test set, e.g. spiga-json:test.json or spiga-json:test.json:IMAGE_ROOT")
+    parser.add_argument("--predictions", required=True, metavar="OUT.json", help="where to write predictions")
+    parser.add_argument("--config", choices=sorted(DATASET_LANDMARKS),
+                        help="benchmark scoring (default: the one named in --model)")
+    parser.add_argument("--device", help="torch device (default: the best available)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_scoring_arguments(parser)
+    parser.set_defaults(run=_run_benchmark)
+
+
+def _benchmark_config(args) -> str:
+    from .errors import InputError
+    from .landmarks import DATASET_LANDMARKS
+    if args.config:
+        return args.config
+    named = [name for name in DATASET_LANDMARKS if name in str(args.model).lower()]
+    if len(named) != 1:
+        raise InputError(f"cannot tell the benchmark from model {args.model!r}; give --config "
+                         f"({', '.join(sorted(DATASET_LANDMARKS))})")
+    return named[0]
+
+
+def _run_benchmark(args) -> int:
+    import spiga
+    from .evaluate import evaluate, load_test_set, read_db_info, resolve_scoring, run_benchmark
+    from .landmarks import landmark_set_for
+    config = _benchmark_config(args)
+    info = read_db_info(args.db_info) if args.db_info else None
+    scoring = resolve_scoring(config, args.norm, args.threshold, info)
+    test_set = load_test_set(args.dataset, landmark_set_for(config))
+    aligner = spiga.load(args.model, device=args.device)
+    pred = run_benchmark(aligner, test_set, args.predictions, progress=not args.no_progress)
+    subsets = info.test_subsets if info else None
+    report = evaluate(test_set.annotations, pred, config, scoring, subsets)
+    _report_outputs(args, report)
+    return 0
+
+# ---------------------------------------------------------------- end of evaluate / benchmark
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,0 +1,133 @@
+"""Run an aligner over a test set with the annotation boxes and score its predictions.
+
+The aligner is any object with `.landmark_set` and `.align(image, boxes) -> list[face]`,
+each face with `.landmarks` (L, 2) and, optionally, `.headpose` (`.yaw .pitch .roll .tx
+.ty .tz`) -- `spiga.load(...)` returns one; tests pass a fake.
+
+Test sets are named `FORMAT:PATH`; `spiga-json:FILE` reads the original SPIGA JSON with
+image paths relative to the file's folder, `spiga-json:FILE:ROOT` relative to ROOT. More
+formats register in `DATASET_FORMATS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import DatasetError, InputError, SpigaError
+from ..landmarks import LandmarkSet
+from .formats import Annotations, read_spiga_json, write_spiga_json
+
+log = logging.getLogger(__name__)
+
+
+class Aligner(Protocol):
+    landmark_set: LandmarkSet
+
+    def align(self, image: Any, boxes: Sequence[Sequence[float]] | None = None) -> list: ...
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """Annotations of a test set and the folder its image paths are relative to."""
+
+    annotations: Annotations
+    image_root: Path
+
+    def image_path(self, index: int) -> Path:
+        return self.image_root / self.annotations.paths[index]
+
+
+def _read_spiga_json_set(location: str, landmark_set: LandmarkSet) -> TestSet:
+    file, _, root = location.partition(":")
+    annotations = read_spiga_json(file, landmark_set)
+    return TestSet(annotations, Path(root) if root else Path(file).parent)
+
+
+#: Test-set formats: name -> reader(location after "NAME:", landmark set).
+DATASET_FORMATS: dict[str, Callable[[str, LandmarkSet], TestSet]] = {
+    "spiga-json": _read_spiga_json_set,
+}
+
+
+def load_test_set(spec: str, landmark_set: LandmarkSet) -> TestSet:
+    """Read a test set named `FORMAT:PATH` (e.g. `spiga-json:data/cofw68/test.json`)."""
+    fmt, sep, location = spec.partition(":")
+    if not sep or not location:
+        raise InputError(f"dataset {spec!r}: expected FORMAT:PATH, e.g. spiga-json:test.json "
+                         f"(formats: {', '.join(sorted(DATASET_FORMATS))})")
+    if fmt not in DATASET_FORMATS:
+        raise InputError(f"dataset {spec!r}: unknown format {fmt!r}; known: {', '.join(sorted(DATASET_FORMATS))}")
+    return DATASET_FORMATS[fmt](location, landmark_set)
+
+
+def _check_images_exist(test_set: TestSet) -> None:
+    """Fail before a long run, not in its middle, when images are missing."""
+    missing = [i for i in range(len(test_set.annotations)) if not test_set.image_path(i).is_file()]
+    if missing:
+        shown = ", ".join(str(test_set.image_path(i)) for i in missing[:3])
+        raise DatasetError(f"{test_set.annotations.source}: {len(missing)} of {len(test_set.annotations)} "
+                           f"images are missing under {test_set.image_root} (entry {missing[0]}: {shown}"
+                           f"{', ...' if len(missing) > 3 else ''})")
+
+
+def predict_test_set(aligner: Aligner, test_set: TestSet, progress: bool = True) -> Annotations:
+    """Predictions of `aligner` for every face of `test_set`, from the annotation boxes.
+
+    All faces of an image go to the aligner in one call (one batch); the result follows
+    the annotations' order. Predicted points are all marked visible (the model does not
+    predict visibility).
+    """
+    gt = test_set.annotations
+    landmark_set = aligner.landmark_set
+    if tuple(landmark_set.ids) != tuple(gt.landmark_set.ids):
+        raise InputError(f"the model predicts layout {landmark_set.name!r}, but the test set is "
+                         f"read as {gt.landmark_set.name!r}")
+    _check_images_exist(test_set)
+    by_image: OrderedDict[str, list[int]] = OrderedDict()
+    for i, path in enumerate(gt.paths):
+        by_image.setdefault(path, []).append(i)
+    n, num_points = len(gt), landmark_set.num_landmarks
+    landmarks = np.zeros((n, num_points, 2))
+    poses = np.full((n, 6), np.nan)
+    has_pose = np.zeros(n, bool)
+    with tqdm(total=n, unit="face", desc="benchmark", disable=not progress) as bar:
+        for path, indices in by_image.items():
+            image_path = test_set.image_root / path
+            boxes = [tuple(float(v) for v in gt.boxes[i]) for i in indices]
+            faces = aligner.align(str(image_path), boxes)
+            if len(faces) != len(boxes):
+                raise SpigaError(f"{image_path}: the aligner returned {len(faces)} faces for {len(boxes)} boxes")
+            for i, face in zip(indices, faces):
+                points = np.asarray(face.landmarks, np.float64)
+                if points.shape != (num_points, 2):
+                    raise SpigaError(f"{image_path}: the aligner returned landmarks of shape {points.shape}, "
+                                     f"expected ({num_points}, 2)")
+                landmarks[i] = points
+                pose = getattr(face, "headpose", None)
+                if pose is not None:
+                    poses[i] = [float(getattr(pose, key, np.nan)) for key in
+                                ("yaw", "pitch", "roll", "tx", "ty", "tz")]
+                    has_pose[i] = True
+            bar.update(len(indices))
+    return Annotations(source="<predictions>", landmark_set=gt.landmark_set, paths=list(gt.paths),
+                       boxes=gt.boxes.copy(), landmarks=landmarks,
+                       annotated=np.ones((n, num_points), bool), visible=np.ones((n, num_points), bool),
+                       headposes=poses if has_pose.all() else None)
+
+
+def run_benchmark(aligner: Aligner, test_set: TestSet, predictions_path: str | os.PathLike,
+                  progress: bool = True) -> Annotations:
+    """Predict every face of `test_set` and write the predictions as SPIGA JSON (atomically)."""
+    pred = predict_test_set(aligner, test_set, progress=progress)
+    pred.source = str(predictions_path)
+    write_spiga_json(predictions_path, pred)
+    log.info("wrote %d predictions to %s", len(pred), predictions_path)
+    return pred

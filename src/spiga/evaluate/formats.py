@@ -1,0 +1,482 @@
+"""Files of the evaluation: the original SPIGA JSON, its db_info.json, and `spiga align` JSON.
+
+SPIGA JSON (ground truth and predictions of the original release) is a list, one entry per
+face, in a fixed order:
+
+    [{"imgpath": "images/01345.jpg",          # relative to the dataset folder
+      "bbox": [x, y, w, h],                   # annotation box, pixels
+      "headpose": [yaw, pitch, roll, tx, ty, tz],   # optional (null or absent)
+      "ids": [101, 102, ...],                 # landmark ids, as in LandmarkSet.ids
+      "landmarks": [[x, y], ...],             # one per id, pixels
+      "visible": [1.0, 0.0, ...]}, ...]       # optional, one per id
+
+Only the annotated landmarks are listed (MERLRAV leaves out self-occluded ones); `ids` says
+which they are. Without `ids`, an entry must list every point of the layout in its order.
+
+db_info.json (one per dataset in the original release) holds `norm` (normalisation ->
+default threshold) and `test_subsets` (subset name -> image indices into the test list).
+
+`spiga align` JSON holds the faces found in each image:
+
+    {"images": [{"path": "...", "width": W, "height": H,
+                 "faces": [{"box": [x, y, w, h], "landmarks": [[x, y], ...],
+                            "headpose": {"yaw": .., "pitch": .., "roll": .., "tx": .., "ty": .., "tz": ..}}]}]}
+
+Every error names the file and the entry (0-based index into the file's list).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any
+
+import numpy as np
+
+from ..io import write_atomic
+from ..errors import DatasetError
+from ..landmarks import LandmarkSet
+
+HEADPOSE_KEYS = ("yaw", "pitch", "roll", "tx", "ty", "tz")
+
+
+@dataclass
+class Annotations:
+    """The faces of one file, in file order, over one landmark layout (N faces, L points).
+
+    Attributes:
+        source: the file they were read from (for messages).
+        landmark_set: the layout; point k has id `landmark_set.ids[k]`.
+        paths: (N,) image paths as written in the file.
+        boxes: (N, 4) float64 boxes (x, y, w, h).
+        landmarks: (N, L, 2) float64 pixels; NaN where not annotated.
+        annotated: (N, L) bool, which points the file gives.
+        visible: (N, L) bool visibility flags (True where the file has none).
+        headposes: (N, 6) float64 (yaw, pitch, roll, tx, ty, tz), NaN for a missing
+            translation; None when the file has no head poses.
+    """
+
+    source: str
+    landmark_set: LandmarkSet
+    paths: list[str]
+    boxes: np.ndarray
+    landmarks: np.ndarray
+    annotated: np.ndarray
+    visible: np.ndarray
+    headposes: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass(frozen=True)
+class DbInfo:
+    """The facts of an original `db_info.json`: default thresholds per norm and test subsets."""
+
+    source: str
+    norms: dict[str, float]
+    test_subsets: dict[str, list[int]]
+
+
+# --------------------------------------------------------------------------- JSON helpers
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file, with errors that name the file (missing, empty, not JSON)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: is a folder, not a JSON file") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not a UTF-8 text file") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not text.strip():
+        raise DatasetError(f"{path}: the file is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1) -> None:
+    """Write JSON to `path` atomically: serialised first (a value that cannot be written
+    raises before the file is touched), then `spiga.io.write_atomic`."""
+    write_atomic(path, json.dumps(data, indent=indent) + "\n")
+
+
+def _finite_array(value: Any, shape_tail: tuple[int, ...], what: str) -> np.ndarray:
+    """`value` as a float64 array of shape (*, *shape_tail) with finite values, or ValueError."""
+    expected = "a list of [x, y] pairs of numbers" if shape_tail == (2,) else f"of shape (*, {shape_tail})"
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be {expected}") from None
+    if array.ndim != 1 + len(shape_tail) or array.shape[1:] != shape_tail:
+        raise ValueError(f"{what} must be {expected}")
+    if not np.isfinite(array).all():
+        bad = int(np.flatnonzero(~np.isfinite(array).reshape(array.shape[0], -1).all(axis=1))[0])
+        raise ValueError(f"{what} has a NaN, infinite or missing coordinate at position {bad}")
+    return array
+
+
+def _finite_vector(value: Any, length: int | None, what: str, min_length: int = 0) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a list of numbers") from None
+    if array.ndim != 1 or (length is not None and array.size != length) or array.size < min_length:
+        size = f"{length}" if length is not None else f"at least {min_length}"
+        raise ValueError(f"{what} must be a list of {size} numbers")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} has a NaN, infinite or missing value")
+    return array
+
+
+def _check_box(box: np.ndarray, what: str = "bbox") -> None:
+    if box[2] <= 0 or box[3] <= 0:
+        raise ValueError(f"{what} [x, y, w, h] must have a positive width and height, got {box.tolist()}")
+
+
+# --------------------------------------------------------------------------- SPIGA JSON
+
+
+def _entry_label(index: int, entry: Any) -> str:
+    path = entry.get("imgpath") if isinstance(entry, dict) else None
+    return f"entry {index}" + (f" ({path})" if isinstance(path, str) and path else "")
+
+
+def read_spiga_json(path: str | os.PathLike, landmark_set: LandmarkSet) -> Annotations:
+    """Read a SPIGA JSON file (ground truth or predictions) onto `landmark_set`.
+
+    Raises:
+        DatasetError: naming the file and the entry, for a missing or empty file, a
+            malformed entry, an unknown or repeated landmark id, or a non-finite value.
+    """
+    data = load_json(path)
+    return parse_spiga_entries(data, landmark_set, str(path))
+
+
+def parse_spiga_entries(data: Any, landmark_set: LandmarkSet, source: str) -> Annotations:
+    """Validate a parsed SPIGA JSON list; see `read_spiga_json`."""
+    if not isinstance(data, list):
+        raise DatasetError(f"{source}: expected a list of entries (SPIGA JSON), found a JSON {type(data).__name__}")
+    if not data:
+        raise DatasetError(f"{source}: the file has no entries")
+    n, num_points = len(data), landmark_set.num_landmarks
+    id_to_index = {point_id: k for k, point_id in enumerate(landmark_set.ids)}
+    paths: list[str] = []
+    boxes = np.zeros((n, 4))
+    landmarks = np.full((n, num_points, 2), np.nan)
+    annotated = np.zeros((n, num_points), bool)
+    visible = np.ones((n, num_points), bool)
+    headposes = np.full((n, 6), np.nan)
+    has_pose = np.zeros(n, bool)
+    for i, entry in enumerate(data):
+        try:
+            if not isinstance(entry, dict):
+                raise ValueError(f"must be an object, found a JSON {type(entry).__name__}")
+            missing = [key for key in ("imgpath", "bbox", "landmarks") if key not in entry]
+            if missing:
+                raise ValueError(f"missing {', '.join(repr(k) for k in missing)}")
+            if not isinstance(entry["imgpath"], str):
+                raise ValueError("'imgpath' must be a string")
+            paths.append(entry["imgpath"])
+            boxes[i] = _finite_vector(entry["bbox"], 4, "'bbox'")
+            _check_box(boxes[i])
+            if not entry["landmarks"]:
+                raise ValueError("'landmarks' is empty: no landmarks given")
+            points = _finite_array(entry["landmarks"], (2,), "'landmarks'")
+            indices = _point_indices(entry.get("ids"), len(points), id_to_index, landmark_set)
+            landmarks[i, indices] = points
+            annotated[i, indices] = True
+            if entry.get("visible") is not None:
+                flags = _finite_vector(entry["visible"], len(points), "'visible' (one flag per landmark)")
+                visible[i, indices] = flags > 0.5
+            if entry.get("headpose") is not None:
+                pose = _finite_vector(entry["headpose"], None, "'headpose' [yaw, pitch, roll, tx, ty, tz]",
+                                      min_length=3)
+                headposes[i, :min(6, pose.size)] = pose[:6]
+                has_pose[i] = True
+        except ValueError as exc:
+            raise DatasetError(f"{source}: {_entry_label(i, entry)}: {exc}") from None
+    if has_pose.any() and not has_pose.all():
+        first = int(np.flatnonzero(~has_pose)[0])
+        raise DatasetError(f"{source}: {_entry_label(first, data[first])}: no 'headpose', "
+                           "though other entries have one (give all or none)")
+    return Annotations(source=source, landmark_set=landmark_set, paths=paths, boxes=boxes,
+                       landmarks=landmarks, annotated=annotated, visible=visible,
+                       headposes=headposes if has_pose.all() else None)
+
+
+def _point_indices(ids: Any, count: int, id_to_index: dict[int, int], landmark_set: LandmarkSet) -> list[int]:
+    """Layout indices of an entry's points, from its `ids` (or the layout order without ids)."""
+    if ids is None:
+        if count != landmark_set.num_landmarks:
+            raise ValueError(f"has {count} landmarks and no 'ids'; without ids an entry must list all "
+                             f"{landmark_set.num_landmarks} points of layout {landmark_set.name!r}")
+        return list(range(count))
+    if not isinstance(ids, list) or len(ids) != count:
+        raise ValueError(f"'ids' must be a list with one id per landmark ({count})")
+    indices = []
+    for point_id in ids:
+        if isinstance(point_id, bool) or not isinstance(point_id, (int, float)) or int(point_id) != point_id:
+            raise ValueError(f"landmark id {point_id!r} is not an integer")
+        if int(point_id) not in id_to_index:
+            raise ValueError(f"unknown landmark id {int(point_id)}: layout {landmark_set.name!r} "
+                             f"({landmark_set.num_landmarks} points) has no such id")
+        indices.append(id_to_index[int(point_id)])
+    if len(set(indices)) != len(indices):
+        seen: set[int] = set()
+        repeated = next(landmark_set.ids[k] for k in indices if k in seen or seen.add(k))
+        raise ValueError(f"landmark id {repeated} appears twice")
+    return indices
+
+
+def spiga_entries(annotations: Annotations) -> list[dict]:
+    """The SPIGA JSON entries of `annotations` (only annotated points are listed)."""
+    ids = np.asarray(annotations.landmark_set.ids)
+    entries = []
+    for i, path in enumerate(annotations.paths):
+        mask = annotations.annotated[i]
+        entry = {
+            "imgpath": path,
+            "bbox": [float(v) for v in annotations.boxes[i]],
+            "headpose": None,
+            "ids": [int(v) for v in ids[mask]],
+            "landmarks": annotations.landmarks[i, mask].tolist(),
+            "visible": [float(v) for v in annotations.visible[i, mask]],
+        }
+        if annotations.headposes is not None:
+            entry["headpose"] = [float(v) if np.isfinite(v) else None for v in annotations.headposes[i]]
+        entries.append(entry)
+    return entries
+
+
+def write_spiga_json(path: str | os.PathLike, annotations: Annotations) -> None:
+    """Write `annotations` as SPIGA JSON, atomically."""
+    write_json_atomic(path, spiga_entries(annotations), indent=None)
+
+
+# --------------------------------------------------------------------------- db_info.json
+
+
+def read_db_info(path: str | os.PathLike) -> DbInfo:
+    """Read an original `db_info.json`: `norm` (name -> threshold) and `test_subsets`."""
+    source = str(path)
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise DatasetError(f"{source}: expected a JSON object with 'norm' and 'test_subsets'")
+    norms_raw = data.get("norm") or {}
+    subsets_raw = data.get("test_subsets") or {}
+    if not isinstance(norms_raw, dict) or not isinstance(subsets_raw, dict):
+        raise DatasetError(f"{source}: 'norm' and 'test_subsets' must be objects")
+    norms = {}
+    for name, threshold in norms_raw.items():
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
+            raise DatasetError(f"{source}: norm {name!r}: the threshold must be a positive number, "
+                               f"not {threshold!r}")
+        norms[str(name)] = float(threshold)
+    subsets = {}
+    for name, indices in subsets_raw.items():
+        if not isinstance(indices, list) or not all(
+                isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in indices):
+            raise DatasetError(f"{source}: test subset {name!r} must be a list of image indices (integers >= 0)")
+        subsets[str(name)] = list(indices)
+    return DbInfo(source=source, norms=norms, test_subsets=subsets)
+
+
+# --------------------------------------------------------------------------- spiga align JSON
+
+
+@dataclass(frozen=True)
+class AlignFace:
+    """One face of `spiga align` output: box (4,), landmarks (L, 2), headpose (6,) or None."""
+
+    box: np.ndarray
+    landmarks: np.ndarray
+    headpose: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class AlignImage:
+    path: str
+    faces: list[AlignFace]
+
+
+def read_align_json(path: str | os.PathLike, landmark_set: LandmarkSet) -> list[AlignImage]:
+    """Read `spiga align` JSON; every face must give the layout's L points in its order."""
+    return parse_align_images(load_json(path), landmark_set, str(path))
+
+
+def parse_align_images(data: Any, landmark_set: LandmarkSet, source: str) -> list[AlignImage]:
+    """Validate parsed `spiga align` JSON; see `read_align_json`."""
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetError(f"{source}: expected an object with an 'images' list (spiga align JSON)")
+    if not data["images"]:
+        raise DatasetError(f"{source}: the file has no images")
+    num_points = landmark_set.num_landmarks
+    images = []
+    for i, image in enumerate(data["images"]):
+        label = f"image {i}" + (f" ({image['path']})" if isinstance(image, dict)
+                                and isinstance(image.get("path"), str) else "")
+        try:
+            if not isinstance(image, dict) or not isinstance(image.get("path"), str):
+                raise ValueError("must be an object with a 'path' string")
+            if not isinstance(image.get("faces"), list):
+                raise ValueError("'faces' must be a list")
+            faces = []
+            for j, face in enumerate(image["faces"]):
+                try:
+                    if not isinstance(face, dict):
+                        raise ValueError("must be an object")
+                    missing = [key for key in ("box", "landmarks") if key not in face]
+                    if missing:
+                        raise ValueError(f"missing {', '.join(repr(k) for k in missing)}")
+                    box = _finite_vector(face["box"], 4, "'box'")
+                    _check_box(box, "'box'")
+                    points = _finite_array(face["landmarks"], (2,), "'landmarks'")
+                    if len(points) != num_points:
+                        raise ValueError(f"has {len(points)} landmarks; layout {landmark_set.name!r} "
+                                         f"has {num_points}")
+                    pose = None
+                    if face.get("headpose") is not None:
+                        raw = face["headpose"]
+                        if not isinstance(raw, dict) or any(k not in raw for k in HEADPOSE_KEYS[:3]):
+                            raise ValueError("'headpose' must be an object with yaw, pitch, roll (tx, ty, tz)")
+                        pose = _finite_vector([raw.get(k, np.nan) for k in HEADPOSE_KEYS[:3]], 3, "'headpose'")
+                        pose = np.concatenate([pose, [float(raw[k]) if raw.get(k) is not None else np.nan
+                                                      for k in HEADPOSE_KEYS[3:]]])
+                    faces.append(AlignFace(box=box, landmarks=points, headpose=pose))
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(f"face {j}: {exc}") from None
+            images.append(AlignImage(path=image["path"], faces=faces))
+        except ValueError as exc:
+            raise DatasetError(f"{source}: {label}: {exc}") from None
+    return images
+
+
+def _path_parts(path: str) -> tuple[str, ...]:
+    return PurePath(os.path.normpath(path.replace("\\", "/"))).parts
+
+
+def _common_suffix(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    count = 0
+    while count < min(len(a), len(b)) and a[-1 - count] == b[-1 - count]:
+        count += 1
+    return count
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection over union of one (x, y, w, h) box with (K, 4) boxes."""
+    x0 = np.maximum(box[0], boxes[:, 0])
+    y0 = np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[0] + box[2], boxes[:, 0] + boxes[:, 2])
+    y1 = np.minimum(box[1] + box[3], boxes[:, 1] + boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    return inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter)
+
+
+def align_to_predictions(images: list[AlignImage], gt: Annotations, source: str) -> Annotations:
+    """Pick, for each ground-truth face, its prediction in `spiga align` output.
+
+    The image is the one whose path ends like the annotation's `imgpath` (the longest
+    shared tail of path components wins); the face is the one whose box overlaps the
+    annotation box most.
+    """
+    by_name: dict[str, list[tuple[tuple[str, ...], AlignImage]]] = {}
+    for image in images:
+        parts = _path_parts(image.path)
+        by_name.setdefault(parts[-1] if parts else "", []).append((parts, image))
+    num_points = gt.landmark_set.num_landmarks
+    n = len(gt)
+    landmarks = np.zeros((n, num_points, 2))
+    poses = np.full((n, 6), np.nan)
+    has_pose = np.zeros(n, bool)
+    for i, gt_path in enumerate(gt.paths):
+        label = f"entry {i} ({gt_path}) of {gt.source}"
+        parts = _path_parts(gt_path)
+        candidates = by_name.get(parts[-1] if parts else "", [])
+        scored = sorted(((_common_suffix(parts, p), image) for p, image in candidates), key=lambda s: -s[0])
+        if not scored:
+            raise DatasetError(f"{source}: no image matches {label}")
+        if len(scored) > 1 and scored[0][0] == scored[1][0]:
+            raise DatasetError(f"{source}: several images match {label}: "
+                               f"{scored[0][1].path!r} and {scored[1][1].path!r}")
+        image = scored[0][1]
+        if not image.faces:
+            raise DatasetError(f"{source}: image {image.path!r} has no face for {label}")
+        overlaps = _iou(gt.boxes[i], np.stack([face.box for face in image.faces]))
+        best = int(np.argmax(overlaps))
+        if overlaps[best] <= 0:
+            raise DatasetError(f"{source}: no face of image {image.path!r} overlaps the box of {label}")
+        face = image.faces[best]
+        landmarks[i] = face.landmarks
+        if face.headpose is not None:
+            poses[i] = face.headpose
+            has_pose[i] = True
+    return Annotations(source=source, landmark_set=gt.landmark_set, paths=list(gt.paths),
+                       boxes=gt.boxes.copy(), landmarks=landmarks,
+                       annotated=np.ones((n, num_points), bool), visible=np.ones((n, num_points), bool),
+                       headposes=poses if has_pose.all() else None)
+
+
+# --------------------------------------------------------------------------- either format
+
+
+def read_annotations(path: str | os.PathLike, landmark_set: LandmarkSet) -> Annotations:
+    """Ground truth from SPIGA JSON (a list) or `spiga align` JSON (one entry per face)."""
+    data = load_json(path)
+    source = str(path)
+    if isinstance(data, dict) and "images" in data:
+        images = parse_align_images(data, landmark_set, source)
+        faces = [(image.path, face) for image in images for face in image.faces]
+        if not faces:
+            raise DatasetError(f"{source}: the file has no faces")
+        num_points = landmark_set.num_landmarks
+        poses = [face.headpose for _, face in faces]
+        return Annotations(
+            source=source, landmark_set=landmark_set, paths=[p for p, _ in faces],
+            boxes=np.stack([face.box for _, face in faces]),
+            landmarks=np.stack([face.landmarks for _, face in faces]),
+            annotated=np.ones((len(faces), num_points), bool), visible=np.ones((len(faces), num_points), bool),
+            headposes=np.stack(poses) if all(p is not None for p in poses) else None)
+    return parse_spiga_entries(data, landmark_set, source)
+
+
+def read_predictions(path: str | os.PathLike, gt: Annotations) -> Annotations:
+    """Predictions for the faces of `gt`, from SPIGA JSON (same order) or `spiga align` JSON.
+
+    Raises:
+        DatasetError: a different number of entries, an entry whose image differs from the
+            annotation's, or a landmark annotated in `gt` but not predicted.
+    """
+    data = load_json(path)
+    source = str(path)
+    if isinstance(data, dict) and "images" in data:
+        pred = align_to_predictions(parse_align_images(data, gt.landmark_set, source), gt, source)
+    else:
+        pred = parse_spiga_entries(data, gt.landmark_set, source)
+        check_matches(gt, pred)
+    return pred
+
+
+def check_matches(gt: Annotations, pred: Annotations) -> None:
+    """Check that `pred` follows `gt` entry for entry and predicts every annotated point."""
+    if len(pred) != len(gt):
+        raise DatasetError(f"{pred.source}: has {len(pred)} entries but {gt.source} has {len(gt)}; "
+                           "predictions must follow the annotations one for one")
+    for i, (gt_path, pred_path) in enumerate(zip(gt.paths, pred.paths)):
+        if gt_path and pred_path and _path_parts(gt_path) != _path_parts(pred_path):
+            raise DatasetError(f"{pred.source}: entry {i} is {pred_path!r} but entry {i} of {gt.source} "
+                               f"is {gt_path!r}; predictions must be in the annotations' order")
+    lacking = gt.annotated & ~pred.annotated
+    if lacking.any():
+        i, k = (int(v) for v in np.argwhere(lacking)[0])
+        raise DatasetError(f"{pred.source}: entry {i} ({pred.paths[i]}): no prediction for landmark id "
+                           f"{gt.landmark_set.ids[k]}, which {gt.source} annotates")
