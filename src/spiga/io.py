@@ -126,6 +126,12 @@ def read_image(image: Any, color: str = "bgr", max_pixels: int = MAX_PIXELS) -> 
     raise ImageError(f"unsupported image type {type(image).__name__}: pass a path, a NumPy array or a PIL image")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename,
     so readers never see a half-written file."""
@@ -138,6 +144,8 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp makes the file private (0600); give it the mode a plain open() would
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

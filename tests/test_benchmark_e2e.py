@@ -1,0 +1,36 @@
+"""`spiga benchmark` end to end with a real (tiny) model and a small SPIGA-JSON test set."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+
+from spiga.cli import main as cli
+from spiga.landmarks import WFLW_98
+
+
+def test_benchmark_writes_predictions_in_annotation_order(tiny_checkpoint, face_image, tmp_path):
+    (tmp_path / "images").mkdir()
+    entries = []
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        name = f"images/{i}.png"
+        cv2.imwrite(str(tmp_path / name), np.roll(face_image, 10 * i, axis=1))
+        box = [60.0 + 10 * i, 35.0, 110.0, 130.0]
+        landmarks = np.column_stack([rng.uniform(box[0], box[0] + box[2], 98), rng.uniform(box[1], box[1] + box[3], 98)])
+        entries.append({"imgpath": name, "bbox": box, "headpose": [0, 0, 0, 0, 0, 3], "ids": list(WFLW_98.ids),
+                        "landmarks": landmarks.tolist(), "visible": [1] * 98})
+    (tmp_path / "test.json").write_text(json.dumps(entries))
+    predictions, metrics = tmp_path / "pred.json", tmp_path / "metrics.json"
+    code = cli(["benchmark", "--model", str(tiny_checkpoint), "--dataset", f"spiga-json:{tmp_path / 'test.json'}",
+                "--predictions", str(predictions), "--config", "wflw", "--json", str(metrics), "--device", "cpu",
+                "--no-progress"])
+    assert code == 0
+    predicted = json.loads(predictions.read_text())
+    assert [p["imgpath"] for p in predicted] == [e["imgpath"] for e in entries]
+    assert all(len(p["landmarks"]) == 98 for p in predicted)
+    figures = json.loads(metrics.read_text())
+    assert figures["landmarks"]["norm"] == "corners" and figures["landmarks"]["threshold"] == 10
+    assert figures["landmarks"]["nme"] > 0
