@@ -193,6 +193,60 @@ def _run_benchmark(args) -> int:
 # ---------------------------------------------------------------- end of evaluate / benchmark
 
 
+# --- train -------------------------------------------------------------------------
+
+
+@_command
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train or fine-tune a model (also under torchrun for DDP)",
+        description="Train SPIGA from scratch or fine-tune it. Options override the YAML --config file. "
+                    "Run under `torchrun --nproc_per_node=N` for distributed data parallel training.")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of the options below (as keys)")
+    p.add_argument("--train", action="append", metavar="FORMAT:PATH[:ROOT]",
+                   help="training data (repeatable): wflw, 300w, cofw68, merlrav, spiga-json, custom")
+    p.add_argument("--val", action="append", metavar="FORMAT:PATH[:ROOT]", help="validation data (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/spiga)")
+    p.add_argument("--init", metavar="MODEL", help="start from a named model or checkpoint (fine-tuning)")
+    p.add_argument("--stage", choices=["1", "2", "3", "full"],
+                   help="1: CNN, 2: CNN + pose, 3: cascade with CNN and pose frozen, full (default): everything")
+    p.add_argument("--freeze", metavar="PARTS", help="parts to freeze, comma-separated: cnn,pose,window,shape,gat "
+                                                    "(default: the stage's)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--model-size", choices=["official", "small", "tiny"])
+    p.add_argument("--device")
+    p.add_argument("--workers", type=int, help="data-loading worker processes")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--mean-face", metavar="FILE", help="3D mean face: `id|x|y|z` text or a spiga checkpoint")
+    p.add_argument("--landmark-set", metavar="FILE", help="landmark-set file (custom formats) or wflw98 / ibug68")
+    p.add_argument("--skip-bad", action="store_true", default=None, help="skip bad entries and images with a warning")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], help="bfloat16: mixed precision (autocast)")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                   help="train on the plain inference crop")
+    p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from .train import TrainConfig, read_config, train
+
+    values = read_config(args.config) if args.config else {}
+    for key in ("train", "val", "out", "init", "stage", "freeze", "epochs", "max_steps", "batch_size", "lr",
+                "model_size", "device", "workers", "seed", "mean_face", "landmark_set", "skip_bad", "precision",
+                "augment", "resume", "progress"):
+        value = getattr(args, key)
+        if value is not None:
+            values[key] = value
+    result = train(TrainConfig.from_dict(values, args.config or "<command line>"))
+    best = f", best validation NME {result.best_nme:.3f}" if result.best_nme is not None else ""
+    print(f"trained {result.steps} steps{best}; checkpoints in {result.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

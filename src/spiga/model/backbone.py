@@ -60,7 +60,8 @@ class MultitaskCNN(nn.Module):
 
     forward: images (B, 3, S, S) -> dict with
         `visual`: list per stack of (B, C, S/4, S/4) features,
-        `core`: list of (B, C, 1, 1) pose features (only the last stack's in eval mode),
+        `core`: [(B, C, 1, 1)] the last stack's pose feature (the other stacks' pose
+            branches exist for the official checkpoints' sake but feed nothing),
         `points`, `edges`: list per stack but the last of sigmoid maps (B, L|E, S/4, S/4).
     """
 
@@ -101,7 +102,7 @@ class MultitaskCNN(nn.Module):
         for i in range(self.num_stacks):
             hg, innermost = self.hgs[i](x)
             last = i == self.num_stacks - 1
-            if self.training or last:
+            if last:  # only the last stack's pose branch feeds the pose head
                 out["core"].append(self.hgs_core[i](innermost))
             hg = self.hgs_out[i](hg)
             out["visual"].append(hg)

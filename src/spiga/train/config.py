@@ -1,0 +1,102 @@
+"""Training configuration: a dataclass with defaults, read from YAML at the edge."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import SpigaError
+
+
+@dataclass
+class TrainConfig:
+    """Everything `spiga train` takes. Sizes and paths only; no objects.
+
+    Attributes mirror the command-line options (see `spiga train --help`).
+    """
+
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    out: str = "runs/spiga"
+    init: str | None = None
+    stage: str = "full"
+    freeze: str | None = None
+    epochs: int = 60
+    max_steps: int | None = None
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    grad_clip: float = 5.0
+    model_size: str = "official"
+    device: str | None = None
+    workers: int = 2
+    seed: int = 0
+    mean_face: str | None = None
+    landmark_set: str | None = None
+    skip_bad: bool = False
+    precision: str = "float32"
+    augment: bool = True
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    val_every: int = 1
+    progress: bool = True
+    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.batch_size < 1:
+            problems.append("batch_size must be >= 1")
+        if self.epochs < 1:
+            problems.append("epochs must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append("max_steps must be >= 1")
+        if self.optimizer not in ("adam", "adamw"):
+            problems.append(f"optimizer must be adam or adamw, not {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant", "step"):
+            problems.append(f"schedule must be cosine, constant or step, not {self.schedule!r}")
+        if self.precision not in ("float32", "bfloat16"):
+            problems.append(f"precision must be float32 or bfloat16, not {self.precision!r}")
+        unknown = set(self.loss_weights) - {"heatmaps", "coordinates", "pose", "cascade"}
+        if unknown:
+            problems.append(f"unknown loss weights {sorted(unknown)}")
+        if problems:
+            raise SpigaError("training configuration: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<config>") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpigaError(f"{source}: unknown training option(s) {unknown}")
+        values = dict(data)
+        for key in ("train", "val"):
+            if isinstance(values.get(key), str):
+                values[key] = [values[key]]
+        return cls(**values)
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML training config as a dict (validated when merged into `TrainConfig`)."""
+    try:
+        import yaml
+    except ImportError:
+        raise SpigaError("reading a YAML config needs PyYAML: pip install 'spiga[train]'") from None
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpigaError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise SpigaError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpigaError(f"{path}: expected a mapping of option: value")
+    return {key.replace("-", "_"): value for key, value in data.items()}

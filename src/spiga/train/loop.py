@@ -1,0 +1,482 @@
+"""The training loop: data, model, optimiser, schedule, validation, checkpoints, resume, DDP.
+
+Outputs in `config.out`:
+    last.safetensors, best.safetensors   spiga checkpoints (load with `spiga align --model`)
+    last.resume.pt                       everything needed to resume (weights, optimiser,
+                                         scheduler, epoch, step, position in the epoch, RNG)
+    config.yaml                          the resolved configuration
+    metrics.csv                          one line per validation
+    tensorboard/                         TensorBoard logs (when tensorboard is installed)
+Every file is written atomically: a kill at any moment loses at most the work since the
+last checkpoint, which is written at the end of every epoch and on SIGTERM.
+
+Determinism: the sample order depends on (seed, epoch), each sample's augmentation on
+(seed, epoch, index), so a resumed run, or N processes sharing a global batch, see
+exactly the batches of one uninterrupted process.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ..checkpoint import build_model, load_checkpoint, save_checkpoint
+from ..errors import ModelNotFound, SpigaError
+from ..io import write_atomic
+from ..landmarks import LandmarkSet, read_mean_face
+from ..model import SPIGA, ModelConfig
+from .config import TrainConfig
+from .distributed import DistInfo, cleanup_distributed, convert_batch_norm, setup_distributed
+from .losses import adaptive_wing_loss, hourglass_weights, masked_smooth_l1, pose_loss, soft_argmax
+from .recipe import STAGES, LossWeights, apply_freeze, parse_parts, set_train_mode, trainable_parameters, transfer_weights
+
+log = logging.getLogger(__name__)
+
+RESUME_FILE = "last.resume.pt"
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    epochs: int
+    best_nme: float | None
+    last_nme: float | None
+    history: list[dict[str, float]]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _read_datasets(specs: list[str], landmark_set: LandmarkSet | str | None, skip_bad: bool):
+    from ..data import read_dataset
+
+    datasets = [read_dataset(spec, landmark_set, skip_bad=skip_bad) for spec in specs]
+    first = datasets[0].landmark_set
+    for dataset in datasets[1:]:
+        if dataset.landmark_set.num_landmarks != first.num_landmarks:
+            raise SpigaError(f"datasets {specs[0]!r} and {dataset.name!r} have different landmark sets "
+                             f"({first.num_landmarks} vs {dataset.landmark_set.num_landmarks} points)")
+    return datasets
+
+
+def _face_dataset(datasets, mean_face: np.ndarray, augment: bool, seed: int, skip_bad: bool):
+    from torch.utils.data import ConcatDataset
+
+    from ..data.augment import AugmentConfig
+    from ..data.dataset import FaceDataset
+
+    parts = [FaceDataset(d, mean_face, AugmentConfig() if augment else None, skip_bad=skip_bad, seed=seed)
+             for d in datasets]
+    return parts[0] if len(parts) == 1 else _EpochConcat(ConcatDataset(parts), parts)
+
+
+class _EpochConcat(torch.utils.data.Dataset):
+    """ConcatDataset that forwards `set_epoch` to its parts."""
+
+    def __init__(self, concat, parts):
+        self.concat, self.parts = concat, parts
+
+    def __len__(self):
+        return len(self.concat)
+
+    def __getitem__(self, index):
+        return self.concat[index]
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.parts:
+            part.set_epoch(epoch)
+
+
+def _resolve_mean_face(config: TrainConfig, landmarks: LandmarkSet, init_model: SPIGA | None,
+                       datasets) -> tuple[np.ndarray, str]:
+    """The 3D mean face, from (in order) --mean-face, --init, the official cache, the data."""
+    if config.mean_face:
+        path = Path(config.mean_face)
+        if path.suffix == ".safetensors":
+            checkpoint = load_checkpoint(path)
+            return checkpoint.model.mean_face_3d.double().numpy(), f"checkpoint {path}"
+        return read_mean_face(path, landmarks), str(path)
+    if init_model is not None and init_model.config.num_landmarks == landmarks.num_landmarks:
+        return init_model.mean_face_3d.double().numpy(), "the --init model"
+    official = {98: "mean_face_3D_98.txt", 68: "mean_face_3D_68.txt"}.get(landmarks.num_landmarks)
+    if official and landmarks.name in ("wflw98", "ibug68"):
+        from ..hub import fetch_mean_face
+
+        try:
+            return read_mean_face(fetch_mean_face(official), landmarks), official
+        except (ModelNotFound, SpigaError) as exc:
+            log.warning("official mean face unavailable (%s); estimating one from the data", exc)
+    from ..data.mean_face import estimate_from_dataset
+
+    fit = estimate_from_dataset(datasets[0])
+    from ..landmarks.mean_face import mean_face_to_world
+
+    return mean_face_to_world(fit.points), "estimated from the training annotations"
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _build(config: TrainConfig, landmarks: LandmarkSet, datasets) -> tuple[SPIGA, str]:
+    init_model = None
+    if config.init:
+        from ..hub import resolve_model
+
+        init = load_checkpoint(resolve_model(config.init))
+        init_model = init.model
+    mean_face, source = _resolve_mean_face(config, landmarks, init_model, datasets)
+    if init_model is not None:
+        model_config = init_model.config.with_landmarks(landmarks.num_landmarks, landmarks.num_edges)
+    else:
+        model_config = ModelConfig.sized(config.model_size, landmarks.num_landmarks, landmarks.num_edges)
+    model = build_model(model_config, landmarks, mean_face)
+    if init_model is not None:
+        fresh = transfer_weights(init_model.state_dict(), model)
+        if fresh:
+            log.info("new landmark set: %d tensors re-initialised", len(fresh))
+    return model, source
+
+
+def loss_terms(out: dict, batch: dict[str, torch.Tensor], weights: LossWeights) -> dict[str, torch.Tensor]:
+    """The weighted loss terms of one batch (see `spiga.train.losses`)."""
+    terms: dict[str, torch.Tensor] = {}
+    backbone = out["backbone"]
+    annotated = batch["annotated"]
+    if backbone["points"] and (weights.heatmaps or weights.coordinates):
+        stack_weights = hourglass_weights(len(backbone["points"]))
+        heat = torch.zeros((), device=annotated.device)
+        coords = torch.zeros((), device=annotated.device)
+        for w, points, edges in zip(stack_weights, backbone["points"], backbone["edges"]):
+            if weights.heatmaps:
+                heat = heat + w * (adaptive_wing_loss(points.float(), batch["heatmaps"], mask=annotated)
+                                   + adaptive_wing_loss(edges.float(), batch["boundaries"]))
+            if weights.coordinates:
+                coords = coords + w * masked_smooth_l1(soft_argmax(points), batch["landmarks"],
+                                                       batch["visible"] & batch["inside"])
+        if weights.heatmaps:
+            terms["heatmaps"] = weights.heatmaps * heat
+        if weights.coordinates:
+            terms["coordinates"] = weights.coordinates * coords
+    if weights.pose:
+        terms["pose"] = weights.pose * pose_loss(out["pose"], batch["pose"], batch["pose_valid"])
+    if weights.cascade:
+        cascade = sum(masked_smooth_l1(step, batch["landmarks"], annotated) for step in out["landmarks"])
+        terms["cascade"] = weights.cascade * cascade / len(out["landmarks"])
+    return terms
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def nme_per_sample(pred: np.ndarray, truth: np.ndarray, annotated: np.ndarray, landmarks: LandmarkSet) -> np.ndarray:
+    """NME (percent) per sample: corners normalisation when the set has eye corners,
+    else sqrt of the ground-truth landmarks' bounding-box area."""
+    errors = np.linalg.norm(pred - truth, axis=-1)
+    out = np.zeros(len(pred))
+    for i in range(len(pred)):
+        mask = annotated[i]
+        if landmarks.eye_corners and mask[list(landmarks.eye_corners)].all():
+            a, b = landmarks.eye_corners
+            norm = np.linalg.norm(truth[i, a] - truth[i, b])
+        else:
+            span = truth[i, mask].max(0) - truth[i, mask].min(0)
+            norm = math.sqrt(max(span[0] * span[1], 1e-12))
+        out[i] = errors[i, mask].mean() / max(norm, 1e-12) * 100
+    return out
+
+
+@torch.no_grad()
+def validate(model: SPIGA, loader, device: torch.device, landmarks: LandmarkSet, autocast) -> float:
+    model.eval()
+    values = []
+    for batch in loader:
+        images = batch["image"].to(device)
+        with autocast():
+            out = model(images)
+        pred = out["landmarks"][-1].float().cpu().numpy()
+        values.append(nme_per_sample(pred, batch["landmarks"].numpy(), batch["annotated"].numpy(), landmarks))
+    return float(np.concatenate(values).mean()) if values else float("nan")
+
+
+# --------------------------------------------------------------------------- schedule and state
+
+
+def _schedule(config: TrainConfig, total_steps: int):
+    warmup = min(config.warmup_steps, max(1, total_steps // 10))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if config.schedule == "step":
+            return 0.1 ** int(progress * 3)
+        return 0.5 * (1 + math.cos(math.pi * progress)) * 0.99 + 0.01
+
+    return factor
+
+
+def _save_resume(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def _load_resume(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SpigaError(f"{path}: no resume state here (expected {RESUME_FILE} written by spiga train)") from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable state is the same problem to the user
+        raise SpigaError(f"{path}: unreadable resume state ({exc})") from None
+
+
+class _StopRequest:
+    """Turns SIGTERM / SIGINT into a flag checked between steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("signal %d: saving a resumable checkpoint and stopping", signum)
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train (or fine-tune) a model as `config` says. Returns a summary; writes to `config.out`."""
+    if config.resume:
+        saved = _load_resume(Path(config.resume) / RESUME_FILE)
+        resumed_config = TrainConfig.from_dict(saved["config"], str(Path(config.resume) / RESUME_FILE))
+        resumed_config.resume, resumed_config.out = config.resume, config.resume
+        resumed_config.progress = config.progress
+        if config.max_steps is not None:
+            resumed_config.max_steps = config.max_steps
+        config, state = resumed_config, saved
+    else:
+        state = None
+    if not config.train:
+        raise SpigaError("no training data: give --train FORMAT:PATH")
+    if config.stage not in STAGES:
+        raise SpigaError(f"unknown stage {config.stage!r}; choose from {', '.join(STAGES)}")
+
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dist_info = setup_distributed(device)
+    if device.type == "cuda" and dist_info.distributed:
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        return _train(config, state, device, dist_info)
+    finally:
+        cleanup_distributed(dist_info)
+
+
+def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_info: DistInfo) -> TrainResult:
+    out = Path(config.out)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2 ** 32)
+
+    datasets = _read_datasets(config.train, config.landmark_set, config.skip_bad)
+    landmarks = datasets[0].landmark_set
+    model, mean_face_source = _build(config, landmarks, datasets)
+    mean_face = model.mean_face_3d.double().numpy()
+    log.info("mean face: %s", mean_face_source)
+
+    stage = STAGES[config.stage]
+    frozen = parse_parts(config.freeze) if config.freeze is not None else stage.frozen
+    weights = LossWeights(**{**stage.weights.__dict__, **config.loss_weights})
+    apply_freeze(model, frozen)
+    convert_batch_norm(model)
+    model.to(device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+
+    train_set = _face_dataset(datasets, mean_face, config.augment, config.seed, config.skip_bad)
+    val_sets = _read_datasets(config.val, landmarks, config.skip_bad) if config.val else []
+    val_set = _face_dataset(val_sets, mean_face, False, config.seed, config.skip_bad) if val_sets else None
+
+    if config.batch_size % dist_info.world_size:
+        raise SpigaError(f"batch size {config.batch_size} is not divisible by the {dist_info.world_size} processes")
+    local_batch = config.batch_size // dist_info.world_size
+    sampler = DistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
+                                 seed=config.seed, drop_last=True)
+    loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler, num_workers=config.workers,
+                        drop_last=True, persistent_workers=False)
+    if len(loader) == 0:
+        raise SpigaError(f"{len(train_set)} training samples are fewer than one batch of {config.batch_size}")
+    val_loader = (DataLoader(val_set, batch_size=max(1, local_batch), shuffle=False, num_workers=config.workers)
+                  if val_set is not None and dist_info.is_main else None)
+
+    steps_per_epoch = len(loader)
+    total_steps = config.max_steps or steps_per_epoch * config.epochs
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    parameters = trainable_parameters(model)
+    if not parameters:
+        raise SpigaError(f"nothing to train: every part is frozen ({', '.join(frozen)})")
+    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_class(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps))
+
+    trained: torch.nn.Module = model
+    if dist_info.distributed:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+
+    use_bf16 = config.precision == "bfloat16"
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    step, start_epoch, skip_batches, best, history = 0, 0, 0, None, []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, start_epoch, skip_batches = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        best = state.get("best_nme")
+        history = [dict(h) for h in state.get("history", [])]
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resuming at epoch %d, step %d", start_epoch, step)
+
+    writer = _tensorboard(out) if dist_info.is_main else None
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_config(out, config)
+
+    def snapshot(epoch: int, batch_in_epoch: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+                "batch_in_epoch": batch_in_epoch, "best_nme": best, "history": history,
+                "config": config.to_dict(), "torch_rng": torch.get_rng_state()}
+
+    extra = {"training": {"mean_face": mean_face_source, "stage": config.stage, "frozen": list(frozen),
+                          "datasets": config.train}}
+    last_nme = history[-1]["val_nme"] if history else None
+    stopped = False
+    with _StopRequest() as stop:
+        for epoch in range(start_epoch, epochs):
+            sampler.set_epoch(epoch)
+            if hasattr(train_set, "set_epoch"):
+                train_set.set_epoch(epoch)
+            set_train_mode(model, frozen)
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+                       disable=not (config.progress and dist_info.is_main), initial=skip_batches)
+            batch_index = 0
+            for batch_index, batch in enumerate(loader):
+                if batch_index < skip_batches:
+                    continue
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with autocast():
+                    outputs = trained(batch["image"])
+                terms = loss_terms(outputs, batch, weights)
+                loss = sum(terms.values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+                if writer is not None:
+                    writer.add_scalar("train/loss", float(loss), step)
+                    for name, value in terms.items():
+                        writer.add_scalar(f"train/{name}", float(value), step)
+                if stop.requested or step >= total_steps:
+                    break
+            bar.close()
+            finished_epoch = batch_index + 1 >= steps_per_epoch
+            skip_batches = 0
+            if stop.requested and not finished_epoch and step < total_steps:
+                if dist_info.is_main:
+                    _save_resume(out / RESUME_FILE, snapshot(epoch, batch_index + 1))
+                    save_checkpoint(out / "last.safetensors", model, landmarks, extra)
+                stopped = True
+                break
+            is_last = step >= total_steps or epoch == epochs - 1
+            if dist_info.is_main:
+                if val_loader is not None and ((epoch + 1) % config.val_every == 0 or is_last):
+                    last_nme = validate(model, val_loader, device, landmarks, autocast)
+                    history.append({"epoch": epoch + 1, "step": step, "val_nme": last_nme, "time": time.time()})
+                    _append_metrics(out, history[-1])
+                    if writer is not None:
+                        writer.add_scalar("val/nme", last_nme, step)
+                    log.info("epoch %d: validation NME %.3f", epoch + 1, last_nme)
+                    if best is None or last_nme < best:
+                        best = last_nme
+                        save_checkpoint(out / "best.safetensors", model, landmarks,
+                                        {**extra, "validation": {"nme": last_nme, "epoch": epoch + 1}})
+                save_checkpoint(out / "last.safetensors", model, landmarks, extra)
+                if val_loader is None:  # without validation the latest weights are the best we know
+                    save_checkpoint(out / "best.safetensors", model, landmarks, extra)
+                _save_resume(out / RESUME_FILE, snapshot(epoch + 1, 0))
+            if dist_info.distributed:
+                torch.distributed.barrier()
+            if stop.requested or is_last:
+                stopped = stop.requested and not is_last
+                break
+    if writer is not None:
+        writer.close()
+    if stopped:
+        log.warning("stopped early; resume with: spiga train --resume %s", out)
+    return TrainResult(out, step, epoch + 1 if not stopped else epoch, best, last_nme, history)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("tensorboard is not installed: no TensorBoard logs (metrics.csv is written)")
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _write_config(out: Path, config: TrainConfig) -> None:
+    try:
+        import yaml
+
+        text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    except ImportError:
+        text = json.dumps(config.to_dict(), indent=1)
+    write_atomic(out / "config.yaml", text)
+
+
+def _append_metrics(out: Path, row: dict[str, float]) -> None:
+    path = out / "metrics.csv"
+    existing = path.read_text() if path.exists() else ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(row))
+    if not existing:
+        writer.writeheader()
+    writer.writerow(row)
+    write_atomic(path, existing + buffer.getvalue())
