@@ -46,6 +46,12 @@ class SPIGA(nn.Module):
 
         self.visual_cnn = MultitaskCNN(config, torch.as_tensor(edge_matrix, dtype=torch.float32))
         self.pose_fc = nn.Linear(config.channels, 6)
+        # a fresh model starts from a frontal face at a plausible distance (tz = 3 mean-face
+        # units puts the mean face about where a dataset box puts a face in the crop);
+        # tz near 0 would blow the projection up. Official checkpoints overwrite this.
+        nn.init.normal_(self.pose_fc.weight, std=1e-3)
+        with torch.no_grad():
+            self.pose_fc.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 3.0]))
 
         feature = config.feature_size
         kernel = config.window_kernel

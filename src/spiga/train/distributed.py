@@ -55,8 +55,9 @@ def cleanup_distributed(info: DistInfo) -> None:
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm whose training statistics cover the batches of all processes.
 
-    (B, C, ...) -> (B, C, ...). Outside training it is a plain batch norm with the
-    running statistics; without a process group it normalises over the local batch.
+    (B, C, ...) -> (B, C, ...). Without a process group (or outside training) it is
+    PyTorch's own batch norm; with one, the statistics are sums all-reduced over the
+    processes, so N processes differ from one only by float rounding.
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -64,19 +65,17 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2D input, got {x.dim()}D")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                            False, 0.0, self.eps)
-        # one formula (sums of x and x^2) with or without a process group, so that one
-        # process and N processes differ only by the order of the additions
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if not (self.training and distributed):
+            return nn.functional.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                self.momentum if self.momentum is not None else 0.1, self.eps)
+        from torch.distributed.nn.functional import all_reduce
+
         channels = x.shape[1]
         dims = [0, *range(2, x.dim())]
         count = torch.tensor([x.numel() / channels], dtype=x.dtype, device=x.device)
-        total = torch.cat([x.sum(dims), (x * x).sum(dims), count])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            from torch.distributed.nn.functional import all_reduce
-
-            total = all_reduce(total)
+        total = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
         n = total[-1]
         mean = total[:channels] / n
         var = (total[channels:2 * channels] / n - mean * mean).clamp(min=0)
