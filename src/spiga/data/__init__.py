@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -80,7 +81,7 @@ def read_dataset(spec: str, landmark_set: LandmarkSet | str | os.PathLike | None
     if check_images:
         dataset = verify_images(dataset, bad, scaling)
     if subset:
-        dataset = dataset.select(subset)
+        dataset = replace(dataset.select(subset), name=spec)
     if not dataset.samples:
         raise DatasetError(f"dataset {spec!r}: no usable sample ({dataset.summary()})")
     log.info("%s", dataset.summary())

@@ -52,7 +52,7 @@ class TargetConfig:
     focal_ratio: float = 1.5
     heatmap_sigma: float = 1.5
     boundary_sigma: float = 1.0
-    max_pose_error: float = 0.05  # crop units; RMS re-projection error of a valid pose label
+    max_pose_error: float = 0.08  # crop units; RMS re-projection error of a valid pose label
 
 
 class FaceDataset(TorchDataset):

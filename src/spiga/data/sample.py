@@ -27,6 +27,15 @@ from ..landmarks import LandmarkSet
 log = logging.getLogger(__name__)
 
 
+class EntryError(DatasetError):
+    """A bad annotation entry: `source` (file:line or file, entry N) and the problem."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+        self.source = source
+        self.problem = problem
+
+
 @dataclass(frozen=True, eq=False)
 class Sample:
     """One annotated face.
@@ -55,15 +64,15 @@ class Sample:
     def __post_init__(self) -> None:
         n = len(self.landmarks)
         if self.landmarks.shape != (n, 2) or self.visible.shape != (n,) or self.annotated.shape != (n,):
-            raise DatasetError(f"{self.source}: landmarks {self.landmarks.shape}, visible {self.visible.shape} "
-                               f"and annotated {self.annotated.shape} do not agree")
+            raise EntryError(self.source, f"landmarks {self.landmarks.shape}, visible {self.visible.shape} "
+                             f"and annotated {self.annotated.shape} do not agree")
         if self.box.shape != (4,) or not np.all(np.isfinite(self.box)) or self.box[2] <= 0 or self.box[3] <= 0:
-            raise DatasetError(f"{self.source}: face box {self.box.tolist()} must be 4 finite numbers "
-                               "(x, y, w, h) with w, h > 0")
+            raise EntryError(self.source, f"face box {self.box.tolist()} must be 4 finite numbers "
+                             "(x, y, w, h) with w, h > 0")
         if np.any(self.visible & ~self.annotated):
-            raise DatasetError(f"{self.source}: a point is visible but not annotated")
+            raise EntryError(self.source, "a point is visible but not annotated")
         if not np.all(np.isfinite(self.landmarks[self.annotated])):
-            raise DatasetError(f"{self.source}: an annotated point has a non-finite coordinate")
+            raise EntryError(self.source, "an annotated point has a non-finite coordinate")
 
     @property
     def num_landmarks(self) -> int:
@@ -99,7 +108,7 @@ def make_sample(image_path: Path, landmarks: np.ndarray, *, source: str,
 def box_of_points(points: np.ndarray, source: str = "") -> np.ndarray:
     """(N, 2) points -> (4,) their bounding box (x, y, w, h), at least 1 px wide and high."""
     if len(points) == 0:
-        raise DatasetError(f"{source}: no annotated point to make a face box from")
+        raise EntryError(source, "no annotated point to make a face box from")
     low, high = points.min(axis=0), points.max(axis=0)
     size = np.maximum(high - low, 1.0)
     return np.array([low[0], low[1], size[0], size[1]])

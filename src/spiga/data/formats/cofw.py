@@ -21,7 +21,7 @@ import scipy.io
 
 from ...errors import DatasetError
 from ...landmarks import IBUG_68, LandmarkSet
-from ..sample import BadEntries, Sample, make_sample
+from ..sample import BadEntries, EntryError, Sample, make_sample
 from .common import IMAGE_SUFFIXES, count_problem, require_set
 
 NAME = "cofw68"
@@ -33,10 +33,10 @@ def _load_mat(path: Path) -> dict:
     try:
         return scipy.io.loadmat(str(path))
     except NotImplementedError:
-        raise DatasetError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; save it with "
-                           "`save(..., '-v7')`") from None
+        raise EntryError(str(path), "MATLAB v7.3 (HDF5) files are not supported; save it with "
+                                    "`save(..., '-v7')`") from None
     except Exception as exc:  # scipy raises a zoo of types (ValueError, MatReadError, OSError)
-        raise DatasetError(f"{path}: not a readable MATLAB file ({exc})") from None
+        raise EntryError(str(path), f"not a readable MATLAB file ({exc})") from None
 
 
 def _variable(data: dict, name: str) -> np.ndarray | None:
@@ -82,8 +82,8 @@ def read(path: Path, root: Path | None, landmark_set: LandmarkSet | None,
         source = str(file)
         try:
             data = _load_mat(file)
-        except DatasetError as exc:
-            bad.report(source, str(exc).removeprefix(f"{file}: "))
+        except EntryError as exc:
+            bad.report(exc.source, exc.problem)
             continue
         points = _variable(data, "Points")
         if points is None or points.ndim != 2 or points.shape[1] != 2:
@@ -113,6 +113,6 @@ def read(path: Path, root: Path | None, landmark_set: LandmarkSet | None,
             box = boxes[number - 1]
         try:
             samples.append(make_sample(image, points, box=box, visible=visible, source=source))
-        except DatasetError as exc:
-            bad.report(source, str(exc).removeprefix(f"{source}: "))
+        except EntryError as exc:
+            bad.report(exc.source, exc.problem)
     return landmark_set, samples

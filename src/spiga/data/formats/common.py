@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DatasetError
+from ..sample import EntryError
 from ...landmarks import LandmarkSet
 
 #: Image extensions looked for beside an annotation file, in this order.
@@ -20,14 +21,14 @@ def parse_pts(path: Path) -> np.ndarray:
     Returns:
         (N, 2) float64 coordinates as written.
     Raises:
-        DatasetError: naming the file and line of the first problem.
+        EntryError: naming the file and line of the first problem.
     """
     try:
         lines = path.read_text(encoding="utf-8", errors="strict").splitlines()
     except OSError as exc:
-        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise EntryError(str(path), f"cannot read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not a text .pts file") from None
+        raise EntryError(str(path), "not a text .pts file") from None
     declared = None
     start = None
     for number, line in enumerate(lines, start=1):
@@ -36,12 +37,12 @@ def parse_pts(path: Path) -> np.ndarray:
             try:
                 declared = int(text.split(":", 1)[1])
             except (IndexError, ValueError):
-                raise DatasetError(f"{path}:{number}: cannot read the point count from {text!r}") from None
+                raise EntryError(f"{path}:{number}", f"cannot read the point count from {text!r}") from None
         elif text == "{":
             start = number
             break
     if declared is None or start is None:
-        raise DatasetError(f"{path}: not a .pts file (expected `n_points: N` then `{{`)")
+        raise EntryError(str(path), "not a .pts file (expected `n_points: N` then `{`)")
     points = []
     for number, line in enumerate(lines[start:], start=start + 1):
         text = line.strip()
@@ -55,11 +56,11 @@ def parse_pts(path: Path) -> np.ndarray:
                 raise ValueError
             points.append((float(fields[0]), float(fields[1])))
         except ValueError:
-            raise DatasetError(f"{path}:{number}: expected `x y`, found {text!r}") from None
+            raise EntryError(f"{path}:{number}", f"expected `x y`, found {text!r}") from None
     else:
-        raise DatasetError(f"{path}: missing the closing `}}`")
+        raise EntryError(str(path), "missing the closing `}`")
     if len(points) != declared:
-        raise DatasetError(f"{path}: declares n_points: {declared} but lists {len(points)} points")
+        raise EntryError(str(path), f"declares n_points: {declared} but lists {len(points)} points")
     return np.asarray(points, dtype=np.float64).reshape(-1, 2)
 
 

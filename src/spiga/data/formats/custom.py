@@ -34,15 +34,15 @@ import numpy as np
 
 from ...errors import DatasetError
 from ...landmarks import LandmarkSet
-from ..sample import BadEntries, Sample, make_sample
+from ..sample import BadEntries, EntryError, Sample, make_sample
 
 NAME = "custom"
 _BOX_COLUMNS = ("box_x", "box_y", "box_w", "box_h")
 
 
 def _entry_to_sample(entry, landmark_set: LandmarkSet, root: Path, source: str) -> Sample:
-    def fail(problem: str) -> DatasetError:
-        return DatasetError(f"{source}: {problem}")
+    def fail(problem: str) -> EntryError:
+        return EntryError(source, problem)
 
     if not isinstance(entry, dict):
         raise fail("expected a JSON object with `image` and `landmarks`")
@@ -77,7 +77,7 @@ def _entry_to_sample(entry, landmark_set: LandmarkSet, root: Path, source: str) 
 
 
 def _json_entries(path: Path) -> list[tuple[str, object]]:
-    """(source, parsed object or the JSON error message) per entry."""
+    """(source, parsed object, or a string saying what is wrong) per entry."""
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         try:
@@ -94,7 +94,7 @@ def _json_entries(path: Path) -> list[tuple[str, object]]:
         try:
             result.append((f"{path}:{number}", json.loads(line)))
         except json.JSONDecodeError as exc:
-            result.append((f"{path}:{number}", DatasetError(f"invalid JSON ({exc.msg})")))
+            result.append((f"{path}:{number}", f"invalid JSON ({exc.msg})"))
     return result
 
 
@@ -141,7 +141,7 @@ def _csv_entries(path: Path, count: int) -> list[tuple[str, object]]:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != layout["width"]:
-            result.append((source, DatasetError(f"{len(row)} cells, the header has {layout['width']}")))
+            result.append((source, f"{len(row)} cells, the header has {layout['width']}"))
             continue
 
         def number_or_none(cell: str):
@@ -160,7 +160,7 @@ def _csv_entries(path: Path, count: int) -> list[tuple[str, object]]:
             if layout["box"]:
                 entry["box"] = [float(row[i]) for i in layout["box"]]
         except ValueError as exc:
-            result.append((source, DatasetError(f"not a number: {exc}")))
+            result.append((source, f"not a number: {exc}"))
             continue
         if layout["tags"] is not None:
             entry["tags"] = [t for t in re.split(r"[;\s]+", row[layout["tags"]]) if t]
@@ -191,11 +191,11 @@ def read(path: Path, root: Path | None, landmark_set: LandmarkSet | None,
     samples = []
     for source, entry in entries:
         try:
-            if isinstance(entry, DatasetError):
-                raise DatasetError(f"{source}: {entry}")
+            if isinstance(entry, str):  # a problem found while parsing the line
+                raise EntryError(source, entry)
             sample = _entry_to_sample(entry, landmark_set, root, source)
-        except DatasetError as exc:
-            bad.report(source, str(exc).removeprefix(f"{source}: "))
+        except EntryError as exc:
+            bad.report(exc.source, exc.problem)
             continue
         if not bad.image_ok(sample.image_path, source):
             continue

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ...errors import DatasetError
 from ...landmarks import IBUG_68, LandmarkSet
-from ..sample import BadEntries, Sample, make_sample
+from ..sample import BadEntries, EntryError, Sample, make_sample
 from .common import count_problem, image_beside, parse_pts, relative_parts, require_set, walk_files
 
 NAME = "300w"
@@ -65,8 +65,8 @@ def read_pts_folder(root: Path, image_root: Path | None, landmark_set: LandmarkS
         source = str(pts)
         try:
             points = parse_pts(pts)
-        except DatasetError as exc:
-            bad.report(source, str(exc).removeprefix(f"{pts}: ").removeprefix(f"{pts}"))
+        except EntryError as exc:
+            bad.report(exc.source, exc.problem)
             continue
         problem = count_problem(len(points), landmark_set)
         if problem:
@@ -87,8 +87,8 @@ def read_pts_folder(root: Path, image_root: Path | None, landmark_set: LandmarkS
         try:
             samples.append(make_sample(image, points, visible=visible, annotated=annotated,
                                        tags=tags_of(relative_parts(pts, root)), source=source))
-        except DatasetError as exc:
-            bad.report(source, str(exc).removeprefix(f"{source}: "))
+        except EntryError as exc:
+            bad.report(exc.source, exc.problem)
     return samples
 
 

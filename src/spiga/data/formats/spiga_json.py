@@ -20,7 +20,7 @@ import numpy as np
 
 from ...errors import DatasetError
 from ...landmarks import IBUG_68, WFLW_98, LandmarkSet
-from ..sample import BadEntries, Sample, make_sample
+from ..sample import BadEntries, EntryError, Sample, make_sample
 
 NAME = "spiga-json"
 
@@ -41,9 +41,9 @@ def _guess_set(entries: list, path: Path) -> LandmarkSet:
 
 
 def parse_entry(entry: dict, landmark_set: LandmarkSet, image_root: Path, source: str) -> Sample:
-    """One JSON entry -> `Sample`; raises DatasetError naming `source`."""
-    def fail(problem: str) -> DatasetError:
-        return DatasetError(f"{source}: {problem}")
+    """One JSON entry -> `Sample`; raises EntryError naming `source`."""
+    def fail(problem: str) -> EntryError:
+        return EntryError(source, problem)
 
     if not isinstance(entry, dict):
         raise fail("expected an object {imgpath, bbox, headpose, ids, landmarks, visible}")
@@ -117,8 +117,8 @@ def read(path: Path, root: Path | None, landmark_set: LandmarkSet | None,
         source = f"{path}, entry {number}"
         try:
             sample = parse_entry(entry, landmark_set, root, source)
-        except DatasetError as exc:
-            bad.report(source, str(exc).removeprefix(f"{source}: "))
+        except EntryError as exc:
+            bad.report(exc.source, exc.problem)
             continue
         if not bad.image_ok(sample.image_path, source):
             continue

@@ -19,7 +19,7 @@ import numpy as np
 
 from ...errors import DatasetError
 from ...landmarks import WFLW_98, LandmarkSet
-from ..sample import BadEntries, Sample, make_sample
+from ..sample import BadEntries, EntryError, Sample, make_sample
 from .common import require_set
 
 NAME = "wflw"
@@ -75,6 +75,6 @@ def read(path: Path, root: Path | None, landmark_set: LandmarkSet | None,
         try:
             samples.append(make_sample(image, landmarks, box=np.array([x0, y0, x1 - x0, y1 - y0]),
                                        tags=tags, source=source))
-        except DatasetError as exc:
-            bad.report(source, str(exc).removeprefix(f"{source}: "))
+        except EntryError as exc:
+            bad.report(exc.source, exc.problem)
     return landmark_set, samples
