@@ -28,7 +28,9 @@ class LandmarkSet:
         name: short identifier (`wflw98`, `ibug68`, or a custom name).
         ids: per point, the id used in mean-face (`id|x|y|z`) and SPIGA-JSON files.
         flip_order: per point, the index of its mirror image under a horizontal flip.
-        edge_groups: ordered contours, each a tuple of point indices.
+        edge_groups: ordered contours, each a tuple of point indices in drawing order
+            (boundary heatmaps join consecutive points; a closing contour such as a
+            lower eyelid runs from one eye corner to the other).
         group_names: one name per edge group.
         eye_corners: indices of the outer eye corners (subject's right, left), for NME.
         eyes: index tuples of the (right, left) eye contours, for the `pupils` NME norm.
@@ -160,13 +162,13 @@ WFLW_98 = LandmarkSet(
     flip_order=_mirror(_WFLW_PAIRS, 98),
     edge_groups=(
         tuple(range(0, 33)),
-        (33, 34, 35, 36, 37), (33, 38, 39, 40, 41),
+        (33, 34, 35, 36, 37), (33, 41, 40, 39, 38),
         (42, 43, 44, 45, 46), (46, 47, 48, 49, 50),
         (51, 52, 53, 54), (55, 56, 57, 58, 59),
-        (60, 61, 62, 63, 64), (60, 64, 65, 66, 67),
-        (68, 69, 70, 71, 72), (68, 72, 73, 74, 75),
-        (76, 77, 78, 79, 80, 81, 82), (76, 82, 83, 84, 85, 86, 87),
-        (88, 89, 90, 91, 92), (88, 92, 93, 94, 95),
+        (60, 61, 62, 63, 64), (60, 67, 66, 65, 64),
+        (68, 69, 70, 71, 72), (68, 75, 74, 73, 72),
+        (76, 77, 78, 79, 80, 81, 82), (76, 87, 86, 85, 84, 83, 82),
+        (88, 89, 90, 91, 92), (88, 95, 94, 93, 92),
     ),
     group_names=(
         "jaw", "right_brow_upper", "right_brow_lower", "left_brow_upper", "left_brow_lower",
@@ -196,10 +198,10 @@ IBUG_68 = LandmarkSet(
         tuple(range(0, 17)),
         (17, 18, 19, 20, 21), (22, 23, 24, 25, 26),
         (27, 28, 29, 30), (31, 32, 33, 34, 35),
-        (36, 37, 38, 39), (36, 39, 40, 41),
-        (42, 43, 44, 45), (42, 45, 46, 47),
-        (48, 49, 50, 51, 52, 53, 54), (48, 54, 55, 56, 57, 58, 59),
-        (60, 61, 62, 63, 64), (60, 64, 65, 66, 67),
+        (36, 37, 38, 39), (36, 41, 40, 39),
+        (42, 43, 44, 45), (42, 47, 46, 45),
+        (48, 49, 50, 51, 52, 53, 54), (48, 59, 58, 57, 56, 55, 54),
+        (60, 61, 62, 63, 64), (60, 67, 66, 65, 64),
     ),
     group_names=(
         "jaw", "right_brow", "left_brow", "nose_bridge", "nose_base", "right_eye_upper",
