@@ -74,14 +74,17 @@ def _read_datasets(specs: list[str], landmark_set: LandmarkSet | str | None, ski
     return datasets
 
 
-def _face_dataset(datasets, mean_face: np.ndarray, augment: bool, seed: int, skip_bad: bool):
+def _face_dataset(datasets, mean_face: np.ndarray, model_config: ModelConfig, augment: bool, seed: int,
+                  skip_bad: bool):
     from torch.utils.data import ConcatDataset
 
     from ..data.augment import AugmentConfig
-    from ..data.dataset import FaceDataset
+    from ..data.dataset import FaceDataset, TargetConfig
 
-    parts = [FaceDataset(d, mean_face, AugmentConfig() if augment else None, skip_bad=skip_bad, seed=seed)
-             for d in datasets]
+    targets = TargetConfig(image_size=model_config.image_size, map_size=model_config.feature_size,
+                           enlarge=model_config.crop_enlarge, focal_ratio=model_config.focal_ratio)
+    parts = [FaceDataset(d, mean_face, AugmentConfig() if augment else None, targets=targets, skip_bad=skip_bad,
+                         seed=seed) for d in datasets]
     return parts[0] if len(parts) == 1 else _EpochConcat(ConcatDataset(parts), parts)
 
 
@@ -322,9 +325,10 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
     if state is not None:
         model.load_state_dict(state["model"])
 
-    train_set = _face_dataset(datasets, mean_face, config.augment, config.seed, config.skip_bad)
+    train_set = _face_dataset(datasets, mean_face, model.config, config.augment, config.seed, config.skip_bad)
     val_sets = _read_datasets(config.val, landmarks, config.skip_bad) if config.val else []
-    val_set = _face_dataset(val_sets, mean_face, False, config.seed, config.skip_bad) if val_sets else None
+    val_set = (_face_dataset(val_sets, mean_face, model.config, False, config.seed, config.skip_bad)
+               if val_sets else None)
 
     if config.batch_size % dist_info.world_size:
         raise SpigaError(f"batch size {config.batch_size} is not divisible by the {dist_info.world_size} processes")
@@ -380,6 +384,12 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
 
     extra = {"training": {"mean_face": mean_face_source, "stage": config.stage, "frozen": list(frozen),
                           "datasets": config.train}}
+    if state is None and val_loader is not None:
+        # the starting point, for comparison (epoch 0)
+        last_nme = validate(model, val_loader, device, landmarks, autocast)
+        history.append({"epoch": 0, "step": 0, "val_nme": last_nme, "time": time.time()})
+        _append_metrics(out, history[-1])
+        log.info("before training: validation NME %.3f", last_nme)
     last_nme = history[-1]["val_nme"] if history else None
     stopped = False
     with _StopRequest() as stop:
@@ -407,11 +417,12 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
                 scheduler.step()
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                loss_value = loss.item()
+                bar.set_postfix(loss=f"{loss_value:.4f}")
                 if writer is not None:
-                    writer.add_scalar("train/loss", float(loss), step)
+                    writer.add_scalar("train/loss", loss_value, step)
                     for name, value in terms.items():
-                        writer.add_scalar(f"train/{name}", float(value), step)
+                        writer.add_scalar(f"train/{name}", value.item(), step)
                 if stop.requested or step >= total_steps:
                     break
             bar.close()
