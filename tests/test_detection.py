@@ -19,7 +19,7 @@ from spiga.detection.blazeface_net import SPECS, _depth_to_space, anchor_centres
 from spiga.detection.boxmap import BOX_RULES, box_from_box, boxes_from_keypoints
 from spiga.detection.dlib_hog import dlib_available
 from spiga.detection.filebox import read_box_file
-from spiga.detection.nms import iou_matrix, non_max_suppression
+from spiga.detection.nms import drop_contained, iou_matrix, non_max_suppression
 from spiga.errors import DatasetError, InputError, SpigaError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -119,6 +119,17 @@ def test_blazeface_finds_every_face_from_24_to_600_px(sportsfan, blazeface):
     found = overlaps.max(axis=1) if len(mapped) else np.zeros(len(truth))
     assert np.all(found >= 0.5), dict(zip(np.round(truth[:, 2]).astype(int).tolist(), found.round(2).tolist()))
     assert len(detections) == len(widths)  # and nothing else
+
+
+@pytest.mark.parametrize("model", ["full", "short"])
+def test_blazeface_finds_a_face_filling_the_image(sportsfan, model):
+    image, (x, y, w, h) = sportsfan
+    side = int(max(w, h))
+    x0, y0 = int(x + w / 2 - side / 2), int(y + h / 2 - side / 2)
+    crop = image[y0:y0 + side, x0:x0 + side]
+    detections = make_detector("blazeface", model=model).detect(crop)
+    assert len(detections) == 1
+    assert best_iou([x - x0, y - y0, w, h], [face_box_from_detection(detections[0])]) >= 0.5
 
 
 @pytest.mark.parametrize("kind", ["blank", "black", "noise", "blurred noise", "checkerboard", "stripes"])
@@ -267,6 +278,11 @@ def test_nms_weighted_merges_and_hard_keeps_best():
     np.testing.assert_allclose(kept, boxes[[0, 2]])
     empty, empty_scores, _ = non_max_suppression(np.zeros((0, 4)), np.zeros(0))
     assert empty.shape == (0, 4) and empty_scores.shape == (0,)
+
+
+def test_boxes_inside_larger_boxes_are_dropped():
+    boxes = np.array([[0, 0, 100, 100], [10, 10, 40, 40], [90, 90, 130, 130], [200, 0, 210, 10]], float)
+    np.testing.assert_array_equal(drop_contained(boxes), [True, False, True, True])
 
 
 @pytest.mark.parametrize("model", ["full", "short"])

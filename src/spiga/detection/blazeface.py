@@ -21,7 +21,8 @@ pyramid:
 Each level keeps the faces of its own size band (widened by `BAND_MARGIN`, so bands
 overlap); a tile drops faces cut by one of its edges that lies inside the image (the
 overlapping neighbour holds them whole); weighted non-maximum suppression (MediaPipe's)
-merges the rest.
+merges the rest, and a box lying mostly (70 %) inside a larger one is dropped (a part of a
+large face seen at a fine level).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 from ..errors import CheckpointError, InputError
 from . import Detection, Detector, as_bgr
 from .blazeface_net import NETWORKS, SPECS, BlazeFaceSpec, anchor_centres, decode
-from .nms import non_max_suppression
+from .nms import drop_contained, non_max_suppression
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ logger = logging.getLogger(__name__)
 SIZE_RANGES = {"full": (0.11, 0.5), "short": (0.16, 0.75)}
 # Default score thresholds: MediaPipe's for the full model (0.6); above MediaPipe's 0.5 for
 # the short model, which fired on blurred noise at 0.5-0.6 once the pyramid shows it more places.
-DEFAULT_THRESHOLDS = {"full": 0.6, "short": 0.65}
+DEFAULT_THRESHOLDS = {"full": SPECS["full"].mediapipe_score_threshold, "short": 0.65}
 BAND_MARGIN = 1.25  # how far a level's size band reaches into its neighbours'
 EDGE_TOLERANCE = 4.0  # pixels: a box this close to an inner tile edge counts as cut
 
@@ -120,7 +121,8 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 
 def plan_levels(height: int, width: int, spec: BlazeFaceSpec, min_face_size: float,
-                size_range: tuple[float, float], tile_size: int = 1024) -> list[Level]:
+                size_range: tuple[float, float], tile_size: int = 1024,
+                first_fraction: float | None = None) -> list[Level]:
     """The pyramid for an image of `height` x `width` (see the module docstring).
 
     Args:
@@ -128,6 +130,9 @@ def plan_levels(height: int, width: int, spec: BlazeFaceSpec, min_face_size: flo
         min_face_size: smallest box width (image pixels) to find.
         size_range: (min_fraction, max_fraction) of the model input a box may span.
         tile_size: largest window side at levels >= 1 (rounded to the size multiple).
+        first_fraction: the share of the input side the image's long side spans at level 0
+            (default max_fraction, so that a face filling the image is still in range;
+            1.0 is MediaPipe's letterbox).
     """
     min_fraction, max_fraction = size_range
     size = spec.input_size
@@ -136,13 +141,15 @@ def plan_levels(height: int, width: int, spec: BlazeFaceSpec, min_face_size: flo
     overlap = largest_kept + 2 * EDGE_TOLERANCE
     if tile <= overlap:
         raise InputError(f"tile_size {tile_size} is too small for this model; use at least {int(overlap) * 2}")
-    # level 0: a face as large as the whole image spans max_fraction of the input
-    first_scale = max_fraction * size / max(height, width)
+    # level 0: by default a face as large as the whole image spans max_fraction of the input
+    first_scale = (max_fraction if first_fraction is None else first_fraction) * size / max(height, width)
     # the scale at which a min_face_size box spans min_fraction of the input; levels step
     # geometrically towards it, each step at most max_fraction / (min_fraction * BAND_MARGIN)
     last_scale = min_fraction * size / min_face_size
     max_step = max_fraction / (min_fraction * BAND_MARGIN)
-    steps = max(0, math.ceil(math.log(last_scale / first_scale) / math.log(max_step) - 1e-9))
+    steps = 0
+    if last_scale > first_scale:
+        steps = math.ceil(math.log(last_scale / first_scale) / math.log(max_step) - 1e-9)
     scales = [first_scale * (last_scale / first_scale) ** (k / steps) for k in range(steps + 1)] if steps \
         else [first_scale]
     levels = []
@@ -223,7 +230,9 @@ class BlazeFaceDetector(Detector):
         iou_threshold: overlap above which boxes are merged (weighted) or suppressed (hard).
         min_face_size: smallest face box width (image pixels) to look for; smaller costs
             more (the finest level grows with 1 / min_face_size squared).
-        multiscale: False runs level 0 only (the whole image in one input, as MediaPipe).
+        multiscale: False runs one pass on the whole image letterboxed into the model's
+            input, exactly as MediaPipe does (no pyramid; faces below ~10 % of the image's
+            long side are missed).
         tile_size: largest window side at levels >= 1.
         device: torch device.
     """
@@ -254,12 +263,11 @@ class BlazeFaceDetector(Detector):
 
     def levels(self, height: int, width: int) -> list[Level]:
         """The pyramid this detector runs on an image of this size."""
-        levels = plan_levels(height, width, self.spec, self.min_face_size, SIZE_RANGES[self.spec.name],
-                             self.tile_size)
-        if not self.multiscale:
-            first = levels[0]
+        if not self.multiscale:  # MediaPipe's way: the image letterboxed into one input
+            first = plan_levels(height, width, self.spec, math.inf, SIZE_RANGES[self.spec.name], first_fraction=1.0)[0]
             return [Level(first.scale, first.window, first.origins, 0.0, math.inf)]
-        return levels
+        return plan_levels(height, width, self.spec, self.min_face_size, SIZE_RANGES[self.spec.name],
+                           self.tile_size)
 
     def anchors(self, window: tuple[int, int]) -> torch.Tensor:
         """(N, 2) anchor centres in pixels of a window of (width, height)."""
@@ -313,6 +321,8 @@ class BlazeFaceDetector(Detector):
         if self.nms != "none" and len(boxes):
             boxes, scores, points = non_max_suppression(boxes, scores, self.iou_threshold, points,
                                                         weighted=self.nms == "weighted")
+            keep = drop_contained(boxes)
+            boxes, scores, points = boxes[keep], scores[keep], points[keep]
         order = np.argsort(-scores, kind="stable")
         return [Detection((float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])), float(s),
                           np.asarray(p, dtype=np.float64), self.name)

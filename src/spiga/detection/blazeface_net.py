@@ -40,7 +40,7 @@ class BlazeFaceSpec:
         interpolated_scale_aspect_ratio: 1.0 adds a second anchor per cell and layer; 0 none.
         num_anchors: anchors the network predicts at `input_size` (checks the anchor generator).
         size_multiple: input sides must be multiples of this (the total down-sampling).
-        score_threshold: MediaPipe's `min_score_thresh` for this model.
+        mediapipe_score_threshold: MediaPipe's `min_score_thresh` for this model.
         tflite_name: the MediaPipe file the weights come from.
     """
 
@@ -50,7 +50,7 @@ class BlazeFaceSpec:
     interpolated_scale_aspect_ratio: float
     num_anchors: int
     size_multiple: int
-    score_threshold: float
+    mediapipe_score_threshold: float
     tflite_name: str
 
 

@@ -64,3 +64,17 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: fl
     if keypoints is not None:
         out_points = np.array(kept_points).reshape(-1, *np.shape(keypoints)[1:])
     return out_boxes, out_scores, out_points
+
+
+def drop_contained(boxes: np.ndarray, threshold: float = 0.7) -> np.ndarray:
+    """(N,) mask keeping boxes not covered, for at least `threshold` of their area, by a
+    larger box: a face does not sit inside another face's box, but a part of a large face
+    (an eye, a cheek) can look like a small face to a detector looking at finer scales."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    top_left = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    bottom_right = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
+    area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=-1)
+    covered = inter >= threshold * np.maximum(area[:, None], 1e-12)  # [i, j]: j covers i
+    larger = area[None, :] > area[:, None]
+    return ~np.any(covered & larger, axis=1)
