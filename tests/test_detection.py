@@ -371,6 +371,12 @@ def test_keypoint_rule_geometry():
     assert turned[0] + turned[2] / 2 < 100
     # scale and translation equivariance
     np.testing.assert_allclose(boxes_from_keypoints((points * 2 + 7)[None])[0], [2 * x + 7, 2 * y + 7, 2 * w, 2 * h])
+    # mirroring the face (right and left swap roles) mirrors the box
+    mirrored = upright_keypoints(nose_shift=8)
+    mirrored[:, 0] = 200 - mirrored[:, 0]
+    mirrored = mirrored[[1, 0, 2, 3, 5, 4]]
+    mx, my, mw, mh = boxes_from_keypoints(mirrored[None])[0]
+    assert (200 - mx - mw, my, mw, mh) == pytest.approx(tuple(turned))
     # a quarter turn of the face swaps the box's width and height about the same centre
     rotated = (points - 100) @ np.array([[0, 1], [-1, 0]]) + 100
     rx, ry, rw, rh = boxes_from_keypoints(rotated[None])[0]
