@@ -303,7 +303,10 @@ class BlazeFaceDetector(Detector):
         image_rgb = cv2.cvtColor(as_bgr(image_bgr), cv2.COLOR_BGR2RGB)
         height, width = image_rgb.shape[:2]
         found_boxes, found_points, found_scores = [], [], []
-        for level in self.levels(height, width):
+        levels = self.levels(height, width)
+        logger.debug("BlazeFace %s on %dx%d: %s", self.spec.name, width, height,
+                     ", ".join(f"x{lv.scale:.3f} {len(lv.origins)} window(s) {lv.window}" for lv in levels))
+        for level in levels:
             boxes, points, scores = self.run_windows(cut_windows(image_rgb, level))
             scaled_w, scaled_h = scaled_size(height, width, level.scale)
             # the actual per-axis scale of the whole-pixel resize (corner-origin coordinates)
