@@ -1,0 +1,338 @@
+"""The default face detector: MediaPipe's BlazeFace in PyTorch, over an image pyramid.
+
+One BlazeFace pass on the whole image letterboxed into its 192x192 (full-range model) or
+128x128 (short-range) input, as MediaPipe runs it, finds faces whose box spans about
+7 % .. 45 % (full) or 15 % .. 90 % (short) of that input reliably (measured by pasting
+photos at known sizes; see `SIZE_RANGES`). Smaller faces need a larger image, so the
+detector runs a pyramid:
+
+- level 0: the whole image letterboxed (centred, black borders) into one model input,
+  its long side spanning `max_fraction` of the input, so that a face filling the image
+  is still in range; it finds faces down to `min_fraction / max_fraction * max(H, W)`;
+- levels 1..n: the image resized by growing scales, spaced geometrically, each at most
+  `max_fraction / (min_fraction * BAND_MARGIN)` (3.6 for the full model) times the
+  previous one, the last one just large enough that a `min_face_size` box spans
+  `min_fraction` of the model input. The networks are fully convolutional and their
+  anchors a regular grid, so a level runs the network over the whole resized image at
+  once (its sides padded to a multiple of 32, or 16 for the short model) with the anchor
+  grid laid over all of it: the same as sliding the model's input window densely, at the
+  cost of the level's pixels. Levels larger than `tile_size` are cut into tiles that
+  overlap by more than the largest box the level keeps (memory stays bounded).
+
+`multiscale=False` runs MediaPipe's single pass instead: the image letterboxed to fill
+the input.
+
+Each level keeps the faces of its own size band (widened by `BAND_MARGIN`, so bands
+overlap); a tile drops faces cut by one of its edges that lies inside the image (the
+overlapping neighbour holds them whole); weighted non-maximum suppression (MediaPipe's)
+merges the rest, and a box lying mostly (70 %) inside a larger one is dropped (a part of a
+large face seen at a fine level).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import cv2
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, InputError
+from . import Detection, Detector, as_bgr
+from .blazeface_net import NETWORKS, SPECS, BlazeFaceSpec, anchor_centres, decode
+from .nms import drop_contained, non_max_suppression
+
+logger = logging.getLogger(__name__)
+
+# Widths of the detector's box, as fractions of the model's input side, kept at each
+# pyramid level. Measured (faces pasted at known sizes, 24 trials a size): the full model
+# scores above 0.6 in >= 96 % of trials for face boxes of 7 % .. 42 % of the input, the
+# short model in all from 15 % .. 90 %; BlazeFace's box is about 1.15x (full) and 1.07x
+# (short) the face box. The ranges below sit inside those.
+SIZE_RANGES = {"full": (0.11, 0.5), "short": (0.16, 0.75)}
+# Default score thresholds: MediaPipe's for the full model (0.6); above MediaPipe's 0.5 for
+# the short model, which fired on blurred noise at 0.5-0.6 once the pyramid shows it more places.
+DEFAULT_THRESHOLDS = {"full": SPECS["full"].mediapipe_score_threshold, "short": 0.65}
+BAND_MARGIN = 1.25  # how far a level's size band reaches into its neighbours'
+EDGE_TOLERANCE = 4.0  # pixels: a box this close to an inner tile edge counts as cut
+
+
+def load_network(variant: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The BlazeFace network `short` or `full` with the weights shipped in the package."""
+    if variant not in NETWORKS:
+        raise InputError(f"unknown BlazeFace model {variant!r}; choose one of {sorted(NETWORKS)}")
+    return _load_network_cached(variant, str(device))
+
+
+@lru_cache(maxsize=4)
+def _load_network_cached(variant: str, device: str) -> torch.nn.Module:
+    from safetensors.torch import load as load_safetensors
+
+    name = f"blazeface_{variant}.safetensors"
+    source = resources.files("spiga.detection") / "weights" / name
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{source}: BlazeFace weights missing from the package ({exc})") from exc
+    try:
+        state = load_safetensors(data)
+        network = NETWORKS[variant]()
+        network.load_state_dict({key: value.float() for key, value in state.items()}, strict=True)
+    except Exception as exc:  # a damaged or foreign file
+        raise CheckpointError(f"{source}: not a BlazeFace {variant} weights file ({exc})") from exc
+    network = network.eval().to(device)
+    if torch.device(device).type == "cpu":
+        network = network.to(memory_format=torch.channels_last)  # faster depthwise convolutions
+    return network
+
+
+@dataclass(frozen=True)
+class Level:
+    """One pyramid level.
+
+    Attributes:
+        scale: level pixels per image pixel (the level image is `scaled_size` of it).
+        window: (width, height) of every window of this level, in level pixels.
+        origins: (T, 2) integer window corners (x, y) in level pixels; negative or past the
+            level image where a window is larger than it (black there).
+        min_box, max_box: box widths (image pixels) this level keeps.
+    """
+
+    scale: float
+    window: tuple[int, int]
+    origins: np.ndarray
+    min_box: float
+    max_box: float
+
+
+def _round_up(value: float, multiple: int) -> int:
+    return max(multiple, int(math.ceil(value / multiple - 1e-9)) * multiple)
+
+
+def _axis_windows(length: int, tile: int, overlap: float, multiple: int) -> tuple[int, np.ndarray]:
+    """Window side and starts along one axis of a level image `length` pixels long."""
+    if length <= tile:
+        return _round_up(length, multiple), np.zeros(1)
+    count = math.ceil((length - tile) / (tile - overlap)) + 1
+    return tile, np.round(np.linspace(0, length - tile, count))
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(width, height) in whole pixels of an image resized by `scale`."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def plan_levels(height: int, width: int, spec: BlazeFaceSpec, min_face_size: float,
+                size_range: tuple[float, float], tile_size: int = 1024,
+                first_fraction: float | None = None) -> list[Level]:
+    """The pyramid for an image of `height` x `width` (see the module docstring).
+
+    Args:
+        spec: the model (input side, size multiple).
+        min_face_size: smallest box width (image pixels) to find.
+        size_range: (min_fraction, max_fraction) of the model input a box may span.
+        tile_size: largest window side at levels >= 1 (rounded to the size multiple).
+        first_fraction: the share of the input side the image's long side spans at level 0
+            (default max_fraction, so that a face filling the image is still in range;
+            1.0 is MediaPipe's letterbox).
+    """
+    min_fraction, max_fraction = size_range
+    size = spec.input_size
+    tile = _round_up(tile_size, spec.size_multiple)
+    largest_kept = max_fraction * size * BAND_MARGIN  # level pixels
+    overlap = largest_kept + 2 * EDGE_TOLERANCE
+    if tile <= overlap:
+        raise InputError(f"tile_size {tile_size} is too small for this model; use at least {int(overlap) * 2}")
+    # level 0: by default a face as large as the whole image spans max_fraction of the input
+    first_scale = (max_fraction if first_fraction is None else first_fraction) * size / max(height, width)
+    # the scale at which a min_face_size box spans min_fraction of the input; levels step
+    # geometrically towards it, each step at most max_fraction / (min_fraction * BAND_MARGIN)
+    last_scale = min_fraction * size / min_face_size
+    max_step = max_fraction / (min_fraction * BAND_MARGIN)
+    steps = 0
+    if last_scale > first_scale:
+        steps = math.ceil(math.log(last_scale / first_scale) / math.log(max_step) - 1e-9)
+    scales = [first_scale * (last_scale / first_scale) ** (k / steps) for k in range(steps + 1)] if steps \
+        else [first_scale]
+    levels = []
+    for index, scale in enumerate(scales):
+        finest = index == len(scales) - 1
+        smallest = min_fraction * size / scale  # image pixels
+        scaled_w, scaled_h = scaled_size(height, width, scale)
+        if index == 0:  # the whole image letterboxed (centred) into one input
+            window = (size, size)
+            origins = np.array([[(scaled_w - size) // 2, (scaled_h - size) // 2]])
+            max_box = math.inf
+        else:
+            window_w, xs = _axis_windows(scaled_w, tile, overlap, spec.size_multiple)
+            window_h, ys = _axis_windows(scaled_h, tile, overlap, spec.size_multiple)
+            window = (window_w, window_h)
+            origins = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+            max_box = largest_kept / scale
+        levels.append(Level(scale, window, origins.astype(np.int64),
+                            0.0 if finest else smallest / BAND_MARGIN, max_box))
+    return levels
+
+
+def cut_windows(image_rgb: np.ndarray, level: Level) -> np.ndarray:
+    """(T, window_h, window_w, 3) uint8 windows of the image resized for `level`; black outside.
+
+    Shrinking uses area interpolation (no aliasing of small faces), enlarging bilinear.
+    """
+    height, width = image_rgb.shape[:2]
+    new_size = scaled_size(height, width, level.scale)
+    interpolation = cv2.INTER_AREA if level.scale < 1 else cv2.INTER_LINEAR
+    scaled = cv2.resize(image_rgb, new_size, interpolation=interpolation) if new_size != (width, height) \
+        else image_rgb
+    window_w, window_h = level.window
+    windows = np.zeros((len(level.origins), window_h, window_w, 3), np.uint8)
+    for index, (x0, y0) in enumerate(level.origins):
+        src_x0, src_y0 = max(x0, 0), max(y0, 0)
+        src_x1, src_y1 = min(x0 + window_w, scaled.shape[1]), min(y0 + window_h, scaled.shape[0])
+        if src_x1 > src_x0 and src_y1 > src_y0:
+            windows[index, src_y0 - y0:src_y1 - y0, src_x0 - x0:src_x1 - x0] = scaled[src_y0:src_y1, src_x0:src_x1]
+    return windows
+
+
+def to_input_tensor(windows_rgb: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 RGB -> (T, 3, H, W) float in [-1, 1], as MediaPipe's image-to-tensor."""
+    tensor = torch.from_numpy(np.ascontiguousarray(windows_rgb)).permute(0, 3, 1, 2).float()
+    return tensor / 127.5 - 1.0
+
+
+def not_cut_by_window_edge(boxes: np.ndarray, origin: np.ndarray, window: tuple[int, int],
+                           scaled_width: int, scaled_height: int, tolerance: float = EDGE_TOLERANCE
+                           ) -> np.ndarray:
+    """(K,) False for boxes (K, 4) in window pixels that reach within `tolerance` of a window
+    edge lying inside the level image: such a face is cut, and the neighbour holds it whole.
+
+    Edges on or past the image border do not count: faces may be cut by the image itself.
+    """
+    x0, y0 = int(origin[0]), int(origin[1])
+    window_w, window_h = window
+    cut = np.zeros(len(boxes), dtype=bool)
+    if x0 > 0:
+        cut |= boxes[:, 0] < tolerance
+    if y0 > 0:
+        cut |= boxes[:, 1] < tolerance
+    if x0 + window_w < scaled_width:
+        cut |= boxes[:, 2] > window_w - tolerance
+    if y0 + window_h < scaled_height:
+        cut |= boxes[:, 3] > window_h - tolerance
+    return ~cut
+
+
+class BlazeFaceDetector(Detector):
+    """Faces with BlazeFace over an image pyramid (see the module docstring).
+
+    Args:
+        model: `full` (192x192, faces at any distance; default) or `short` (128x128, near faces).
+        score_threshold: keep detections scoring at least this (default 0.6 full, 0.65 short).
+        nms: `weighted` (MediaPipe's; default), `hard`, or `none`.
+        iou_threshold: overlap above which boxes are merged (weighted) or suppressed (hard).
+        min_face_size: smallest face box width (image pixels) to look for; smaller costs
+            more (the finest level grows with 1 / min_face_size squared).
+        multiscale: False runs one pass on the whole image letterboxed into the model's
+            input, exactly as MediaPipe does (no pyramid; faces below ~10 % of the image's
+            long side are missed).
+        tile_size: largest window side at levels >= 1.
+        device: torch device.
+    """
+
+    name = "blazeface"
+
+    def __init__(self, model: str = "full", score_threshold: float | None = None, nms: str = "weighted",
+                 iou_threshold: float = 0.3, min_face_size: float = 24.0, multiscale: bool = True,
+                 tile_size: int = 1024, device: str = "cpu") -> None:
+        if model not in SPECS:
+            raise InputError(f"unknown BlazeFace model {model!r}; choose one of {sorted(SPECS)}")
+        if nms not in ("weighted", "hard", "none"):
+            raise InputError(f"nms must be 'weighted', 'hard' or 'none', not {nms!r}")
+        if not (isinstance(min_face_size, (int, float)) and min_face_size > 0):
+            raise InputError(f"min_face_size must be a positive number of pixels, not {min_face_size!r}")
+        if score_threshold is not None and not 0 <= score_threshold <= 1:
+            raise InputError(f"score_threshold must be within [0, 1], not {score_threshold!r}")
+        self.spec: BlazeFaceSpec = SPECS[model]
+        self.score_threshold = DEFAULT_THRESHOLDS[model] if score_threshold is None else float(score_threshold)
+        self.nms = nms
+        self.iou_threshold = float(iou_threshold)
+        self.min_face_size = float(min_face_size)
+        self.multiscale = multiscale
+        self.tile_size = int(tile_size)
+        self.device = torch.device(device)
+        self.network = load_network(model, self.device)
+        self._anchors: dict[tuple[int, int], torch.Tensor] = {}
+
+    def levels(self, height: int, width: int) -> list[Level]:
+        """The pyramid this detector runs on an image of this size."""
+        if not self.multiscale:  # MediaPipe's way: the image letterboxed into one input
+            first = plan_levels(height, width, self.spec, math.inf, SIZE_RANGES[self.spec.name], first_fraction=1.0)[0]
+            return [Level(first.scale, first.window, first.origins, 0.0, math.inf)]
+        return plan_levels(height, width, self.spec, self.min_face_size, SIZE_RANGES[self.spec.name],
+                           self.tile_size)
+
+    def anchors(self, window: tuple[int, int]) -> torch.Tensor:
+        """(N, 2) anchor centres in pixels of a window of (width, height)."""
+        if window not in self._anchors:
+            self._anchors[window] = torch.from_numpy(anchor_centres(self.spec, *window)).to(self.device)
+        return self._anchors[window]
+
+    @torch.inference_mode()
+    def run_windows(self, windows_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Network + decoding on (T, H, W, 3) uint8 windows of one shape.
+
+        Returns boxes (T, N, 4) corners, keypoints (T, N, 6, 2), scores (T, N), in window pixels.
+        """
+        window = (windows_rgb.shape[2], windows_rgb.shape[1])
+        # one window per pass: windows are large, and batching them brings nothing on a CPU
+        outputs = []
+        for single in windows_rgb:
+            batch = to_input_tensor(single[None]).to(self.device)
+            if self.device.type == "cpu":
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            regressors, logits = self.network(batch)
+            outputs.append([t.float().cpu().numpy() for t in decode(regressors, logits, self.anchors(window))])
+        return tuple(np.concatenate([o[i] for o in outputs]) for i in range(3))
+
+    def detect(self, image_bgr: np.ndarray) -> list[Detection]:
+        """Faces in a BGR image, best score first; boxes and keypoints in image pixels."""
+        image_rgb = cv2.cvtColor(as_bgr(image_bgr), cv2.COLOR_BGR2RGB)
+        height, width = image_rgb.shape[:2]
+        found_boxes, found_points, found_scores = [], [], []
+        levels = self.levels(height, width)
+        logger.debug("BlazeFace %s on %dx%d: %s", self.spec.name, width, height,
+                     ", ".join(f"x{lv.scale:.3f} {len(lv.origins)} window(s) {lv.window}" for lv in levels))
+        for level in levels:
+            boxes, points, scores = self.run_windows(cut_windows(image_rgb, level))
+            scaled_w, scaled_h = scaled_size(height, width, level.scale)
+            # the actual per-axis scale of the whole-pixel resize (corner-origin coordinates)
+            axis_scale = np.array([scaled_w / width, scaled_h / height])
+            for origin, w_boxes, w_points, w_scores in zip(level.origins, boxes, points, scores):
+                keep = w_scores >= self.score_threshold
+                if not keep.any():
+                    continue
+                keep &= not_cut_by_window_edge(w_boxes, origin, level.window, scaled_w, scaled_h)
+                image_boxes = (w_boxes[keep] + np.tile(origin, 2)) / np.tile(axis_scale, 2)
+                widths = image_boxes[:, 2] - image_boxes[:, 0]
+                in_band = (widths >= level.min_box) & (widths <= level.max_box)
+                found_boxes.append(image_boxes[in_band])
+                found_points.append(((w_points[keep] + origin) / axis_scale)[in_band])
+                found_scores.append(w_scores[keep][in_band])
+        if not found_boxes:
+            return []
+        boxes = np.concatenate(found_boxes)
+        points = np.concatenate(found_points)
+        scores = np.concatenate(found_scores)
+        if self.nms != "none" and len(boxes):
+            boxes, scores, points = non_max_suppression(boxes, scores, self.iou_threshold, points,
+                                                        weighted=self.nms == "weighted")
+            keep = drop_contained(boxes)
+            boxes, scores, points = boxes[keep], scores[keep], points[keep]
+        order = np.argsort(-scores, kind="stable")
+        return [Detection((float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])), float(s),
+                          np.asarray(p, dtype=np.float64), self.name)
+                for b, s, p in zip(boxes[order], scores[order], points[order])]
