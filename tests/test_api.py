@@ -84,9 +84,24 @@ def test_bad_boxes(aligner, face_image, box, message):
         aligner.align(face_image, [box])
 
 
-def test_no_boxes_without_detector(aligner, face_image):
+def test_no_boxes_without_detector(tiny_checkpoint, face_image):
+    no_detector = spiga.load(tiny_checkpoint, device="cpu", detector=None)
     with pytest.raises(InputError, match="no face boxes"):
-        aligner.align(face_image)
+        no_detector.align(face_image)
+
+
+def test_detector_finds_the_face_without_boxes(aligner):
+    from conftest import shared_path
+    import json
+
+    photo = shared_path("fixtures", "images", "image_sportsfan.jpg")
+    truth = json.loads(shared_path("fixtures", "images", "bbox_sportsfan.json").read_text())["bbox"]
+    faces = aligner.align(photo)
+    assert faces and faces[0].score is not None
+    x, y, w, h = faces[0].box
+    tx, ty, tw, th = truth
+    overlap = max(0, min(x + w, tx + tw) - max(x, tx)) * max(0, min(y + h, ty + th) - max(y, ty))
+    assert overlap / (w * h + tw * th - overlap) >= 0.5  # the mapped box, as SPIGA expects it
 
 
 def test_empty_box_list(aligner, face_image):

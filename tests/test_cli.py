@@ -44,7 +44,7 @@ def test_align_prints_json_without_out(tiny_checkpoint, image_file, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--box", "1", "1", "0", "5"], "positive width and height"),
     (["--box", "900", "900", "10", "10"], "entirely outside"),
-    ([], "no face boxes"),
+    (["--detector", "nosuch"], "unknown detector"),
 ])
 def test_align_bad_input_is_one_line(tiny_checkpoint, image_file, capsys, args, message):
     code = cli(["align", str(image_file), "--model", str(tiny_checkpoint), *args])
@@ -58,6 +58,16 @@ def test_align_missing_image_and_unknown_model(tiny_checkpoint, tmp_path, capsys
     assert "nope.jpg: no such file" in capsys.readouterr().err
     assert cli(["align", str(image_file), "--model", "nosuchmodel", "--box", "1", "1", "5", "5"]) != 0
     assert "unknown model 'nosuchmodel'" in capsys.readouterr().err
+
+
+def test_align_without_boxes_uses_the_detector(tiny_checkpoint, tmp_path):
+    from conftest import shared_path
+
+    photo = shared_path("fixtures", "images", "image_sportsfan.jpg")
+    out = tmp_path / "out.json"
+    assert cli(["align", str(photo), "--model", str(tiny_checkpoint), "--json", str(out)]) == 0
+    faces = json.loads(out.read_text())["images"][0]["faces"]
+    assert len(faces) >= 1 and "score" in faces[0]
 
 
 def test_console_entry_point_runs(tiny_checkpoint, image_file):

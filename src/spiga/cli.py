@@ -45,6 +45,8 @@ def _add_align(sub) -> None:
                    help="a face box; repeat for several faces (output keeps this order)")
     p.add_argument("--json", metavar="OUT.json", help="write results as JSON (default: print to stdout)")
     p.add_argument("--draw", metavar="OUT.png", help="write the image with landmarks, boxes and pose axes")
+    p.add_argument("--detector", default="blazeface",
+                   help="face detector when no --box is given: blazeface (default), haar, dlib, file:BOXES")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     p.set_defaults(run=_run_align)
 
@@ -56,10 +58,8 @@ def _run_align(args) -> int:
     from .inference import load
     from .io import read_image, write_atomic, write_image
 
-    if not args.box:
-        raise InputError("no face boxes: give --box X Y W H (automatic face detection is not available yet)")
     image = read_image(args.image)
-    aligner = load(args.model, device=args.device)
+    aligner = load(args.model, device=args.device, detector=args.detector)
     faces = aligner.align(image, boxes=args.box)
     record = {"path": args.image, "width": int(image.shape[1]), "height": int(image.shape[0]),
               "faces": [face.to_dict() for face in faces]}

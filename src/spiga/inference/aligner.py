@@ -61,7 +61,7 @@ class Aligner:
     """
 
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device | None = None,
-                 precision: str = "float32", max_batch: int = 32, detector: Any = None):
+                 precision: str = "float32", max_batch: int = 32, detector: Any = "blazeface"):
         if precision not in PRECISIONS:
             raise SpigaError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
         self.device = _pick_device(device)
@@ -100,12 +100,23 @@ class Aligner:
             return np.zeros((0, self.landmark_set.num_landmarks, 2)), np.zeros((0, 6))
         return np.concatenate(landmarks), np.concatenate(poses)
 
-    def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, list[float]]:
-        """Face boxes from the detector (boxes as SPIGA expects them) and scores."""
+    def get_detector(self):
+        """The face detector, created on first use when given by name."""
         if self.detector is None:
             raise InputError("no face boxes given and no face detector configured: pass boxes")
-        detections = self.detector.detect(image_bgr)
-        boxes = np.array([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
+        if isinstance(self.detector, str):
+            from ..detection import make_detector
+
+            self.detector = make_detector(self.detector)
+        return self.detector
+
+    def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, list[float]]:
+        """Face boxes for SPIGA (the detector's boxes through the documented mapping,
+        `spiga.detection.face_box_from_detection`) and the detector's scores."""
+        from ..detection import face_box_from_detection
+
+        detections = self.get_detector().detect(image_bgr)
+        boxes = np.array([face_box_from_detection(d) for d in detections], dtype=np.float64).reshape(-1, 4)
         return boxes, [float(d.score) for d in detections]
 
     def align(self, image: Any, boxes: Sequence[Sequence[float]] | np.ndarray | None = None,
@@ -154,6 +165,9 @@ def load(model: str | os.PathLike = "wflw", device: str | torch.device | None = 
             `cofw68`; downloaded and cached on first use) or a spiga checkpoint path.
         device: `"cpu"`, `"cuda"`, `"cuda:1"`, ...; None picks CUDA when available, else CPU.
         precision: `"float32"` (default).
+        detector: the face detector used when `align` gets no boxes: a name for
+            `spiga.detection.make_detector` (`blazeface` by default, `haar`, `dlib`,
+            `file:PATH`), a `Detector`, or None for none.
     """
     path = resolve_model(model)
     return Aligner(load_checkpoint(path), device=device, precision=precision, **options)
