@@ -36,9 +36,11 @@ def project_points(points: np.ndarray, rotation: np.ndarray, translation: np.nda
 
 
 def project_points_torch(points: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor,
-                         camera: torch.Tensor) -> torch.Tensor:
+                         camera: torch.Tensor, min_depth: float | None = None) -> torch.Tensor:
     """Torch twin of `project_points`: points (B, N, 3) or (N, 3), rotation (B, 3, 3),
-    translation (B, 3), camera (3, 3) -> (B, N, 2)."""
+    translation (B, 3), camera (3, 3) -> (B, N, 2). `min_depth` clamps the depth of
+    points at or behind the camera (an untrained pose can put them there)."""
     cam = points @ rotation.transpose(-1, -2) + translation.unsqueeze(-2)
     pix = cam @ camera.transpose(-1, -2)
-    return pix[..., :2] / pix[..., 2:3]
+    depth = pix[..., 2:3] if min_depth is None else pix[..., 2:3].clamp(min=min_depth)
+    return pix[..., :2] / depth

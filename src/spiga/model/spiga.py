@@ -95,8 +95,9 @@ class SPIGA(nn.Module):
     def project_mean_face(self, pose: torch.Tensor) -> torch.Tensor:
         """(B, 6) pose -> (B, L, 2) projected mean face in [0, 1] crop units."""
         rotation = euler_to_rotation_torch(pose[:, :3])
+        # a face closer than 0.1 mean-face units (official models put it near 3) is clamped there
         points = project_points_torch(self.mean_face_3d.to(pose.dtype), rotation, pose[:, 3:],
-                                      self.camera_matrix.to(pose.dtype))
+                                      self.camera_matrix.to(pose.dtype), min_depth=0.1)
         return points / self.config.feature_size
 
     def window_features(self, points: torch.Tensor, features: torch.Tensor, step: int) -> torch.Tensor:
@@ -123,7 +124,9 @@ class SPIGA(nn.Module):
     def forward(self, images: torch.Tensor) -> dict:
         backbone = self.visual_cnn(images)
         pose = self.pose_fc(backbone["core"][-1].flatten(1))
-        points = self.project_mean_face(pose)
+        # The cascade starts from the projected mean face but does not train the pose head
+        # through it (the pose has its own loss); this keeps early training stable.
+        points = self.project_mean_face(pose).detach()
         projected = points
         features = backbone["visual"][-1]
         steps = []

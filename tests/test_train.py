@@ -1,0 +1,158 @@
+"""Training on synthetic faces: learning, cascade-only fine-tuning on a shifted domain,
+resume after a kill, and 2-process DDP equal to 1 process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spiga.data.synthetic import write_synthetic_dataset
+from spiga.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return {
+        "train": write_synthetic_dataset(root / "train", 192, seed=1),
+        "val": write_synthetic_dataset(root / "val", 32, seed=2),
+        "thermal_train": write_synthetic_dataset(root / "thermal_train", 64, seed=3, domain="thermal"),
+        "thermal_val": write_synthetic_dataset(root / "thermal_val", 32, seed=4, domain="thermal"),
+        "root": root,
+    }
+
+
+def _config(data, out, **overrides) -> TrainConfig:
+    values = dict(train=[f"custom:{data['train']['annotations']}"], val=[f"custom:{data['val']['annotations']}"],
+                  landmark_set=str(data["train"]["landmark_set"]), mean_face=str(data["train"]["mean_face"]),
+                  model_size="tiny", batch_size=16, lr=3e-3, workers=0, seed=0, out=str(out), progress=False,
+                  device="cpu")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    result = train(_config(synthetic, out, max_steps=192))
+    return result
+
+
+def test_tiny_model_learns_synthetic_faces(trained):
+    initial, final = trained.history[0]["val_nme"], trained.history[-1]["val_nme"]
+    assert trained.history[0]["step"] == 0
+    assert final <= 0.5 * initial, f"validation NME {initial:.2f} -> {final:.2f}"
+    for name in ("last.safetensors", "best.safetensors", "last.resume.pt", "config.yaml", "metrics.csv"):
+        assert (trained.out / name).exists(), name
+
+
+def test_trained_checkpoint_runs_through_the_cli(trained, synthetic, tmp_path):
+    import json
+
+    from spiga.cli import main as cli
+
+    first = json.loads(Path(synthetic["val"]["annotations"]).read_text().splitlines()[0])
+    image = Path(synthetic["val"]["annotations"]).parent / first["image"]
+    out = tmp_path / "out.json"
+    assert cli(["align", str(image), "--model", str(trained.out / "best.safetensors"), "--box",
+                *map(str, first["box"]), "--json", str(out), "--device", "cpu"]) == 0
+    assert len(json.loads(out.read_text())["images"][0]["faces"][0]["landmarks"]) == 32
+
+
+def test_cascade_fine_tuning_on_thermal_keeps_frozen_parts(trained, synthetic, tmp_path):
+    init = trained.out / "best.safetensors"
+    config = _config(synthetic, tmp_path / "thermal", init=str(init), stage="3", freeze="cnn,pose",
+                     train=[f"custom:{synthetic['thermal_train']['annotations']}"],
+                     val=[f"custom:{synthetic['thermal_val']['annotations']}"], max_steps=40, lr=2e-3,
+                     mean_face=None)
+    result = train(config)
+    assert result.history[-1]["val_nme"] < result.history[0]["val_nme"]
+    before, after = load_file(str(init)), load_file(str(result.out / "last.safetensors"))
+    frozen = [k for k in before if k.startswith("visual_cnn.") or k.startswith("pose_fc.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # bit-identical, BN statistics too
+    trained_keys = [k for k in before if k.startswith("gcn.")]
+    assert any(not torch.equal(before[k], after[k]) for k in trained_keys)
+
+
+def _train_command(data, out, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "spiga", "train", "--train", f"custom:{data['train']['annotations']}",
+            "--landmark-set", str(data["train"]["landmark_set"]), "--mean-face", str(data["train"]["mean_face"]),
+            "--model-size", "tiny", "--batch-size", "8", "--workers", "0", "--seed", "3", "--lr", "2e-3",
+            "--device", "cpu", "--no-progress", "--out", str(out), *extra]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
+    first, second = load_file(str(a)), load_file(str(b))
+    assert first.keys() == second.keys()
+    for key in first:
+        if first[key].is_floating_point():
+            assert torch.allclose(first[key], second[key], atol=atol, rtol=0), key
+        else:
+            assert torch.equal(first[key], second[key]), key
+
+
+def test_resume_after_kill_gives_the_same_weights(synthetic, tmp_path):
+    steps = ["--epochs", "3"]  # 192 samples / 8 = 24 steps an epoch
+    subprocess.run(_train_command(synthetic, tmp_path / "straight", *steps), check=True, env=_env(),
+                   capture_output=True)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(synthetic, killed, *steps), env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "last.resume.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # somewhere inside the second epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (killed / "last.resume.pt").exists()
+    subprocess.run([sys.executable, "-m", "spiga", "train", "--resume", str(killed), "--no-progress"], check=True,
+                   env=_env(), capture_output=True)
+    _assert_same_weights(tmp_path / "straight" / "last.safetensors", killed / "last.safetensors")
+
+
+def test_sigterm_saves_a_resumable_state_mid_epoch(synthetic, tmp_path):
+    steps = ["--epochs", "2"]
+    subprocess.run(_train_command(synthetic, tmp_path / "straight", *steps), check=True, env=_env(),
+                   capture_output=True)
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen(_train_command(synthetic, stopped, *steps, "-v"), env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (stopped / "config.yaml").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert (stopped / "last.resume.pt").exists()
+    subprocess.run([sys.executable, "-m", "spiga", "train", "--resume", str(stopped), "--no-progress"], check=True,
+                   env=_env(), capture_output=True)
+    _assert_same_weights(tmp_path / "straight" / "last.safetensors", stopped / "last.safetensors")
+
+
+def test_two_processes_match_one(synthetic, tmp_path):
+    steps = ["--max-steps", "6"]
+    subprocess.run(_train_command(synthetic, tmp_path / "one", *steps), check=True, env=_env(), capture_output=True)
+    command = _train_command(synthetic, tmp_path / "two", *steps)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "spiga", *command[3:]]
+    result = subprocess.run(torchrun, env=_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_weights(tmp_path / "one" / "last.safetensors", tmp_path / "two" / "last.safetensors", atol=2e-4)
