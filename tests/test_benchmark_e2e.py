@@ -34,3 +34,17 @@ def test_benchmark_writes_predictions_in_annotation_order(tiny_checkpoint, face_
     figures = json.loads(metrics.read_text())
     assert figures["landmarks"]["norm"] == "corners" and figures["landmarks"]["threshold"] == 10
     assert figures["landmarks"]["nme"] > 0
+
+
+def test_benchmark_reads_training_formats(tiny_checkpoint, tmp_path):
+    """A custom-format (JSON Lines) test set through the training readers."""
+    from spiga.data.synthetic import write_synthetic_dataset
+    from spiga.evaluate import load_test_set
+    from spiga.landmarks import read_landmark_set
+
+    paths = write_synthetic_dataset(tmp_path / "syn", 3, seed=5)
+    landmarks = read_landmark_set(paths["landmark_set"])
+    test_set = load_test_set(f"custom:{paths['annotations']}", landmarks)
+    assert len(test_set.annotations) == 3
+    assert test_set.image_path(0).is_file()
+    assert test_set.annotations.landmarks.shape == (3, 32, 2)

@@ -107,9 +107,11 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(image, 0, 255)
 
 
-def render_face(rng: np.random.Generator, size: int = 256) -> SyntheticFace:
-    """One random face on a random background, square image of side `size`."""
-    angles = np.array([rng.uniform(-40, 40), rng.uniform(-25, 25), rng.uniform(-30, 30)])
+def render_face(rng: np.random.Generator, size: int = 256,
+                max_angles: tuple[float, float, float] = (40.0, 25.0, 30.0)) -> SyntheticFace:
+    """One random face on a random background, square image of side `size`; yaw, pitch
+    and roll uniform within +-`max_angles` degrees."""
+    angles = np.array([rng.uniform(-a, a) for a in max_angles])
     tz = rng.uniform(2.8, 4.2)
     translation = np.array([rng.uniform(-0.12, 0.12) * tz, rng.uniform(-0.12, 0.12) * tz, tz])
     face = FACE_POINTS + rng.normal(0, 0.012, FACE_POINTS.shape)
@@ -157,7 +159,8 @@ def to_thermal16(image_bgr: np.ndarray) -> np.ndarray:
 
 
 def write_synthetic_dataset(folder: str | Path, count: int, seed: int = 0, size: int = 256,
-                            domain: str = "rgb") -> dict[str, Path]:
+                            domain: str = "rgb",
+                            max_angles: tuple[float, float, float] = (40.0, 25.0, 30.0)) -> dict[str, Path]:
     """Render `count` faces into `folder`.
 
     Returns the paths of `annotations` (custom JSON Lines), `landmark_set` (JSON) and
@@ -171,7 +174,7 @@ def write_synthetic_dataset(folder: str | Path, count: int, seed: int = 0, size:
     rng = np.random.default_rng(seed)
     lines = []
     for i in range(count):
-        face = render_face(rng, size)
+        face = render_face(rng, size, max_angles)
         name = f"images/{i:05d}.png"
         pixels = face.image if domain == "rgb" else to_thermal16(face.image)
         cv2.imwrite(str(folder / name), pixels)

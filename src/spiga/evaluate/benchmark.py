@@ -5,8 +5,9 @@ each face with `.landmarks` (L, 2) and, optionally, `.headpose` (`.yaw .pitch .r
 .ty .tz`) -- `spiga.load(...)` returns one; tests pass a fake.
 
 Test sets are named `FORMAT:PATH`; `spiga-json:FILE` reads the original SPIGA JSON with
-image paths relative to the file's folder, `spiga-json:FILE:ROOT` relative to ROOT. More
-formats register in `DATASET_FORMATS`.
+image paths relative to the file's folder, `spiga-json:FILE:ROOT` relative to ROOT. The
+training readers' formats (`wflw`, `300w`, `cofw68`, `merlrav`, `custom`, with a
+`/SUBSET` where they have subsets) work too (see `spiga.data.read_dataset`).
 """
 
 from __future__ import annotations
@@ -51,9 +52,32 @@ def _read_spiga_json_set(location: str, landmark_set: LandmarkSet) -> TestSet:
     return TestSet(annotations, Path(root) if root else Path(file).parent)
 
 
+def _read_training_format(fmt: str) -> Callable[[str, LandmarkSet], TestSet]:
+    """A test set in one of the training readers' formats (`spiga.data`), as annotations."""
+
+    def read(location: str, landmark_set: LandmarkSet) -> TestSet:
+        from ..data import read_dataset
+
+        data = read_dataset(f"{fmt}:{location}", landmark_set)
+        samples = data.samples
+        nan = np.full((data.landmark_set.num_landmarks, 2), np.nan)
+        poses = [s.headpose for s in samples]
+        return TestSet(Annotations(
+            source=f"{fmt}:{location}", landmark_set=data.landmark_set,
+            paths=[str(Path(s.image_path).resolve()) for s in samples],
+            boxes=np.array([s.box for s in samples], dtype=np.float64).reshape(-1, 4),
+            landmarks=np.array([np.where(s.annotated[:, None], s.landmarks, nan) for s in samples]),
+            annotated=np.array([s.annotated for s in samples]), visible=np.array([s.visible for s in samples]),
+            headposes=np.array(poses, dtype=np.float64) if all(p is not None for p in poses) else None,
+        ), Path(""))
+
+    return read
+
+
 #: Test-set formats: name -> reader(location after "NAME:", landmark set).
 DATASET_FORMATS: dict[str, Callable[[str, LandmarkSet], TestSet]] = {
     "spiga-json": _read_spiga_json_set,
+    **{fmt: _read_training_format(fmt) for fmt in ("wflw", "300w", "cofw68", "merlrav", "custom")},
 }
 
 
@@ -63,6 +87,9 @@ def load_test_set(spec: str, landmark_set: LandmarkSet) -> TestSet:
     if not sep or not location:
         raise InputError(f"dataset {spec!r}: expected FORMAT:PATH, e.g. spiga-json:test.json "
                          f"(formats: {', '.join(sorted(DATASET_FORMATS))})")
+    base = fmt.partition("/")[0]
+    if fmt not in DATASET_FORMATS and base in DATASET_FORMATS and base != "spiga-json":
+        return _read_training_format(fmt)(location, landmark_set)
     if fmt not in DATASET_FORMATS:
         raise InputError(f"dataset {spec!r}: unknown format {fmt!r}; known: {', '.join(sorted(DATASET_FORMATS))}")
     return DATASET_FORMATS[fmt](location, landmark_set)

@@ -419,6 +419,9 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
                 bar.update(1)
                 loss_value = loss.item()
                 bar.set_postfix(loss=f"{loss_value:.4f}")
+                if step % 10 == 0 and dist_info.is_main:
+                    log.info("step %d: loss %.4f (%s)", step, loss_value,
+                             ", ".join(f"{k} {v.item():.4f}" for k, v in terms.items()))
                 if writer is not None:
                     writer.add_scalar("train/loss", loss_value, step)
                     for name, value in terms.items():
