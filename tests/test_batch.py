@@ -30,8 +30,8 @@ def one_torch_thread():
 def _face_picture(seed: int, size=(160, 200)) -> np.ndarray:
     rng = np.random.default_rng(seed)
     image = rng.integers(20, 60, size=(*size, 3), dtype=np.uint8)
-    cv2.ellipse(image, (size[1] // 2, size[0] // 2), (45, 60), 0, 0, 360, tuple(int(v) for v in rng.integers(100, 220, 3)),
-                -1)
+    skin = tuple(int(v) for v in rng.integers(100, 220, 3))
+    cv2.ellipse(image, (size[1] // 2, size[0] // 2), (45, 60), 0, 0, 360, skin, -1)
     return image
 
 

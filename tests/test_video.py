@@ -199,6 +199,28 @@ def test_tracker_drops_a_face_that_leaves_the_frame():
     assert all(r.detected for r in results[first_empty:])  # nothing tracked: detect every frame
 
 
+
+def test_dead_band_keeps_a_still_face_box_steady():
+    class NoisyAligner(ScriptedAligner):
+        rng = np.random.default_rng(0)
+
+        def align_array(self, frame, boxes):
+            faces = super().align_array(frame, boxes)
+            for face in faces:
+                face.landmarks = face.landmarks + self.rng.normal(0, 0.3, face.landmarks.shape)
+            return faces
+
+    script = [[(100, 80, 80, 80)] for _ in range(12)]
+    steady = _track(NoisyAligner(), script, TrackerConfig(redetect_every=0, smoothing=None))
+    assert len({f.box for r in steady for f in r.faces}) == 1
+    drifting = _track(NoisyAligner(), script, TrackerConfig(redetect_every=0, smoothing=None, box_deadband=0.0))
+    assert len({f.box for r in drifting for f in r.faces}) > 1
+    # a real move (10 px per frame, 12 % of the box) gets through the dead band: each
+    # frame's box is where the previous frame's landmarks put the face
+    moving = _track(NoisyAligner(), [[(100 + 10 * i, 80, 80, 80)] for i in range(6)],
+                    TrackerConfig(redetect_every=0, smoothing=None))
+    np.testing.assert_allclose([r.faces[0].box[0] - 100 for r in moving], [0, 0, 10, 20, 30, 40], atol=1.5)
+
 # --- the frame loop on a generated video -----------------------------------------------
 
 
@@ -294,3 +316,39 @@ def test_video_errors(tiny_checkpoint, tmp_path, capsys):
     with pytest.raises(InputError, match="cannot open as a video"):
         from spiga.video import open_capture
         open_capture(str(bad))
+
+
+# --- drawings --------------------------------------------------------------------------
+
+
+def test_mesh_is_drawn_through_the_pose_projection():
+    from spiga.draw import draw_faces, project_with_pose
+    from spiga.landmarks import WFLW_98
+
+    face = _face(np.full((98, 2), 30.0), box=(20.0, 20.0, 60.0, 60.0), pose=(10.0, 5.0, 0.0, 0.0, 0.0, 3.0))
+    world = np.zeros((98, 3))
+    world[:, 1] = np.linspace(-0.5, 0.5, 98)  # a vertical segment through the head's origin
+    image = np.zeros((100, 100, 3), np.uint8)
+    plain = draw_faces(image, [face], WFLW_98, draw_box=False, draw_axes=False)
+    meshed = draw_faces(image, [face], WFLW_98, draw_box=False, draw_axes=False, mesh_points=world)
+    points = project_with_pose(face, world)
+    changed = np.argwhere((meshed != plain).any(-1))
+    assert len(changed)
+    # every changed pixel lies on the projected polyline (within the line's width)
+    ends = points[[0, -1]]
+    direction = (ends[1] - ends[0]) / np.linalg.norm(ends[1] - ends[0])
+    offsets = changed[:, ::-1] - ends[0]
+    distance = np.abs(offsets[:, 0] * direction[1] - offsets[:, 1] * direction[0])
+    assert distance.max() < 2.0
+
+
+def test_single_image_drawing_with_mesh_and_id(tiny_checkpoint, tmp_path):
+    from spiga.cli import main as cli
+
+    image = np.full((160, 200, 3), 60, np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    plain, meshed = tmp_path / "plain.png", tmp_path / "mesh.png"
+    base = ["align", str(tmp_path / "a.png"), "--model", str(tiny_checkpoint), "--box", "50", "30", "100", "110"]
+    assert cli(base + ["--draw", str(plain)]) == 0
+    assert cli(base + ["--draw", str(meshed), "--mesh"]) == 0
+    assert (cv2.imread(str(plain)) != cv2.imread(str(meshed))).any()

@@ -151,10 +151,10 @@ def _add_video(sub) -> None:
     p.add_argument("--redetect-every", type=int, default=15, metavar="K",
                    help="run the detector every K frames (default 15; 0: only when a face is lost)")
     p.add_argument("--no-smoothing", action="store_true", help="report raw landmarks and pose")
-    p.add_argument("--min-cutoff", type=float, default=1.0, metavar="HZ",
-                   help="One Euro min_cutoff for landmarks, angles and position (default 1.0 Hz)")
-    p.add_argument("--beta", type=float, default=1.0,
-                   help="One Euro beta for landmarks and position, per face height per second (default 1.0); "
+    p.add_argument("--min-cutoff", type=float, default=0.5, metavar="HZ",
+                   help="One Euro min_cutoff for landmarks, angles and position (default 0.5 Hz)")
+    p.add_argument("--beta", type=float, default=5.0,
+                   help="One Euro beta for landmarks and position, per face height per second (default 5); "
                         "angles use beta/50 per degree per second")
     p.add_argument("--d-cutoff", type=float, default=1.0, metavar="HZ", help="One Euro d_cutoff (default 1.0 Hz)")
     p.add_argument("--no-draw", action="store_true", help="--out gets the frames without drawings")
@@ -166,7 +166,7 @@ def _add_video(sub) -> None:
 
 def _run_video(args) -> int:
     from .inference import load
-    from .video import OneEuroParams, SmoothingConfig, TrackerConfig, parse_source, run_video
+    from .video import SmoothingConfig, TrackerConfig, parse_source, run_video
 
     source = parse_source(args.input)
     if args.redetect_every < 0:
@@ -174,9 +174,7 @@ def _run_video(args) -> int:
     smoothing = None
     if not args.no_smoothing:
         try:
-            smoothing = SmoothingConfig(landmarks=OneEuroParams(args.min_cutoff, args.beta, args.d_cutoff),
-                                        angles=OneEuroParams(args.min_cutoff, args.beta / 50, args.d_cutoff),
-                                        position=OneEuroParams(args.min_cutoff, args.beta, args.d_cutoff))
+            smoothing = SmoothingConfig.uniform(args.min_cutoff, args.beta, args.d_cutoff)
         except ValueError as exc:
             raise InputError(str(exc)) from None
     config = TrackerConfig(redetect_every=args.redetect_every, smoothing=smoothing)

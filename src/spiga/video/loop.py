@@ -179,9 +179,10 @@ def run_video(aligner, source: str | int, out: str | os.PathLike | None = None,
     bar = tqdm(total=total or None, unit="frame", disable=not progress, dynamic_ncols=True, file=sys.stderr)
     start = time.perf_counter()
     ok = False
+    frames = _read_ahead(capture)
     try:
         try:
-            for index, frame in enumerate(_read_ahead(capture)):
+            for index, frame in enumerate(frames):
                 if max_frames is not None and index >= max_frames:
                     break
                 t = (time.perf_counter() - start) if camera else index / fps
@@ -205,6 +206,7 @@ def run_video(aligner, source: str | int, out: str | os.PathLike | None = None,
             log.warning("interrupted after %d frames; the outputs hold them", summary.frames)
         ok = True
     finally:
+        frames.close()  # stops and joins the reader thread before the capture is released
         bar.close()
         capture.release()
         if lines is not None:

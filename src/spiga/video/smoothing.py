@@ -95,14 +95,22 @@ class SmoothingConfig:
     """One Euro parameters for landmarks (speed in face heights / s) and head pose
     (angles: degrees / s; head position: face heights / s).
 
-    The defaults were chosen with `benchmarks/video_jitter.py` (see README.video.md):
-    min_cutoff 1 Hz keeps a still face steady, beta 1.0 (landmarks) lets a face moving at
-    a face height per second through with a cutoff of 2 Hz.
+    The defaults were chosen with `benchmarks/video_jitter.py --sweep` (README.video.md):
+    min_cutoff 0.5 Hz keeps a still face steady, beta 5 raises the cutoff to 1.75 Hz for a
+    face moving a quarter of its height per second (angles: beta 0.1, 2.9 Hz at 24 deg/s);
+    against min_cutoff 1, beta 1 it gave less jitter and less lag.
     """
 
-    landmarks: OneEuroParams = field(default_factory=lambda: OneEuroParams(1.0, 1.0, 1.0))
-    angles: OneEuroParams = field(default_factory=lambda: OneEuroParams(1.0, 0.02, 1.0))
-    position: OneEuroParams = field(default_factory=lambda: OneEuroParams(1.0, 1.0, 1.0))
+    landmarks: OneEuroParams = field(default_factory=lambda: OneEuroParams(0.5, 5.0, 1.0))
+    angles: OneEuroParams = field(default_factory=lambda: OneEuroParams(0.5, 0.1, 1.0))
+    position: OneEuroParams = field(default_factory=lambda: OneEuroParams(0.5, 5.0, 1.0))
+
+    @classmethod
+    def uniform(cls, min_cutoff: float = 0.5, beta: float = 5.0, d_cutoff: float = 1.0) -> "SmoothingConfig":
+        """One set of parameters for all signals; angles get beta / 50 (degrees vs face heights)."""
+        return cls(landmarks=OneEuroParams(min_cutoff, beta, d_cutoff),
+                   angles=OneEuroParams(min_cutoff, beta / 50, d_cutoff),
+                   position=OneEuroParams(min_cutoff, beta, d_cutoff))
 
 
 def _translation_for_crop(face: Face, x: float, y: float, pixels_per_unit: float) -> tuple[float, float, float]:

@@ -7,8 +7,10 @@ The rule (`Tracker.step`):
 - **Otherwise propagate**: each face's box for the next frame comes from its landmarks in
   this frame: their bounding box, mapped back to a face box by the relation between
   box and landmarks measured on the model's own prediction when the face was detected
-  (centre offset and size ratio, in units of the landmarks' extent). So a still face keeps
-  exactly its detected box, and a moving one carries its box along.
+  (centre offset and size ratio, in units of the landmarks' extent). A moving face carries
+  its box along. Within a dead band (`box_deadband`, 2 % of the box size in centre shift
+  and in scale) the box stays put: otherwise each frame's small landmark error would move
+  the next crop, and a still face's box would drift in a slow random walk.
 - **Lost**: a propagated box whose size changed by more than `max_scale_change` or whose
   centre moved by more than `max_shift` box sizes in one frame, that lies less than
   `min_inside` inside the image, or has non-finite values.
@@ -46,6 +48,7 @@ class TrackerConfig:
     match_iou: float = 0.3
     keep_iou: float = 0.7
     max_missed: int = 0
+    box_deadband: float = 0.02
     max_scale_change: float = 1.35
     max_shift: float = 0.5
     min_inside: float = 0.5
@@ -193,7 +196,15 @@ class Tracker:
             or not (1 / self.config.max_scale_change <= scale <= self.config.max_scale_change)
             or shift > self.config.max_shift * max(old[2], old[3])
             or inside_fraction(new, width, height) < self.config.min_inside)
-        track.next_box = new if not track.lost else old
+        if track.lost:
+            track.next_box = old
+        elif shift <= self.config.box_deadband * max(old[2], old[3]) and \
+                abs(np.log(scale)) <= np.log1p(self.config.box_deadband):
+            # within the dead band: keep the box. Without it a still face's box drifts: each
+            # frame's small landmark error moves the next crop, which moves the landmarks...
+            track.next_box = old
+        else:
+            track.next_box = new
         if track.lost:
             log.debug("frame %d: face %d looks lost (scale x%.2f, shift %.1f px)", self.frame_index, track.id,
                       scale, shift)
