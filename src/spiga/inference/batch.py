@@ -376,5 +376,5 @@ def align_files(aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None 
             bar.close()
     summary.seconds = time.perf_counter() - start
     if summary.failed:
-        log.warning("%d of %d images failed", len(summary.failed), len(todo))
+        log.info("%d of %d images failed", len(summary.failed), len(todo))
     return summary
