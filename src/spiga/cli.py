@@ -36,9 +36,12 @@ def _command(add):
 
 @_command
 def _add_align(sub) -> None:
-    p = sub.add_parser("align", help="landmarks and head pose for the faces of an image",
-                       description="Align the faces of IMAGE. Boxes are (x, y, w, h) in image pixels.")
-    p.add_argument("image", metavar="IMAGE", help="image file")
+    p = sub.add_parser("align", help="landmarks and head pose for the faces of images",
+                       description="Align the faces of IMAGE. Boxes are (x, y, w, h) in image pixels. "
+                                   "With several inputs, a folder, a glob pattern or --jsonl: one JSON line "
+                                   "per image (errors too); the exit status is the number of failed images.")
+    p.add_argument("image", metavar="INPUT", nargs="+",
+                   help="image file; or several files, folders and glob patterns (quote them: 'photos/*.jpg')")
     p.add_argument("--model", default="wflw",
                    help="named official model (wflw, 300wpublic, 300wprivate, merlrav, cofw68) or checkpoint path")
     p.add_argument("--box", nargs=4, type=float, action="append", metavar=("X", "Y", "W", "H"),
@@ -48,6 +51,7 @@ def _add_align(sub) -> None:
     p.add_argument("--detector", default="blazeface",
                    help="face detector when no --box is given: blazeface (default), haar, dlib, file:BOXES")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    _add_many_images_arguments(p)
     p.set_defaults(run=_run_align)
 
 
@@ -58,8 +62,12 @@ def _run_align(args) -> int:
     from .inference import load
     from .io import read_image, write_atomic, write_image
 
-    image = read_image(args.image)
+    paths = _many_image_paths(args) if _is_many_images(args) else None  # None: the single-image form
+    args.image = args.image[0] if paths is None else args.image
+    image = read_image(args.image) if paths is None else None
     aligner = load(args.model, device=args.device, detector=args.detector)
+    if paths is not None:
+        return _run_align_many(args, paths, aligner)
     faces = aligner.align(image, boxes=args.box)
     record = {"path": args.image, "width": int(image.shape[1]), "height": int(image.shape[0]),
               "faces": [face.to_dict() for face in faces]}
@@ -69,8 +77,114 @@ def _run_align(args) -> int:
     else:
         print(text)
     if args.draw:
-        write_image(args.draw, draw_faces(image, faces, aligner.landmark_set))
+        mesh = aligner.mean_face_world() if args.mesh else None
+        write_image(args.draw, draw_faces(image, faces, aligner.landmark_set, mesh_points=mesh))
     return 0
+
+
+def _add_many_images_arguments(p) -> None:
+    p.add_argument("--jsonl", metavar="OUT.jsonl",
+                   help="JSON Lines output, one line per image as it finishes (default with several inputs: stdout)")
+    p.add_argument("--draw-dir", metavar="DIR", help="write a drawing per image into DIR (<name>.png)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep --jsonl's lines and skip the images that already have a result there")
+    p.add_argument("--recursive", action="store_true", help="take images from sub-folders of folders too")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="image-decoding threads (default 2)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="FACES",
+                   help="faces of several images run together (default 32)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--mesh", action="store_true", help="drawings: add the 3D mean face projected with the pose")
+
+
+def _is_many_images(args) -> bool:
+    """The JSON Lines form: several inputs, a folder or glob, or an option only it has."""
+    from pathlib import Path
+
+    from .inference.batch import is_glob
+    if len(args.image) > 1 or args.jsonl or args.draw_dir or args.resume:
+        return True
+    only = args.image[0]
+    return Path(only).is_dir() or (is_glob(only) and not Path(only).exists())
+
+
+def _many_image_paths(args) -> list:
+    """The expanded inputs of the JSON Lines form, after checking its options."""
+    from .inference.batch import expand_inputs
+    if args.draw or args.json:
+        raise InputError("--draw and --json are for one image; with several, use --draw-dir and --jsonl")
+    if args.resume and not args.jsonl:
+        raise InputError("--resume needs --jsonl (the output to resume)")
+    paths = expand_inputs(args.image, recursive=args.recursive)
+    if args.box and len(paths) > 1:
+        raise InputError("--box is for one image; give boxes for several with --detector file:BOXES")
+    return paths
+
+
+def _run_align_many(args, paths, aligner) -> int:
+    from .inference.batch import align_files
+    summary = align_files(aligner, paths, jsonl=args.jsonl, draw_dir=args.draw_dir, resume=args.resume,
+                          boxes=args.box, workers=args.workers, batch_faces=args.batch_size,
+                          progress=not args.no_progress, mesh=args.mesh)
+    if summary.failed:
+        print(f"spiga: {len(summary.failed)} of {len(paths) - summary.skipped} images failed "
+              f"(error lines in the output)", file=sys.stderr)
+    return summary.exit_status
+
+
+# --- video -------------------------------------------------------------------------
+
+
+@_command
+def _add_video(sub) -> None:
+    p = sub.add_parser("video", help="track faces through a video file or camera",
+                       description="Align the faces of every frame of INPUT (a video file, or a camera index "
+                                   "such as 0): detect on the first frame, every K frames and when a face is "
+                                   "lost, follow each face from its landmarks otherwise, smooth landmarks and "
+                                   "pose (One Euro filter). Writes an annotated video and/or one JSON line per "
+                                   "frame (to stdout when neither --out nor --jsonl is given).")
+    p.add_argument("input", metavar="INPUT", help="video file, or camera index (0, 1, ...)")
+    p.add_argument("--model", default="wflw", help="named official model or checkpoint path")
+    p.add_argument("--out", metavar="OUT.mp4", help="annotated video (mp4v, the input's size and frame rate)")
+    p.add_argument("--jsonl", metavar="OUT.jsonl", help="one JSON line per frame: frame, time, detected, faces")
+    p.add_argument("--detector", default="blazeface", help="face detector: blazeface (default), haar, dlib")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--redetect-every", type=int, default=15, metavar="K",
+                   help="run the detector every K frames (default 15; 0: only when a face is lost)")
+    p.add_argument("--no-smoothing", action="store_true", help="report raw landmarks and pose")
+    p.add_argument("--min-cutoff", type=float, default=0.5, metavar="HZ",
+                   help="One Euro min_cutoff for landmarks, angles and position (default 0.5 Hz)")
+    p.add_argument("--beta", type=float, default=5.0,
+                   help="One Euro beta for landmarks and position, per face height per second (default 5); "
+                        "angles use beta/50 per degree per second")
+    p.add_argument("--d-cutoff", type=float, default=1.0, metavar="HZ", help="One Euro d_cutoff (default 1.0 Hz)")
+    p.add_argument("--no-draw", action="store_true", help="--out gets the frames without drawings")
+    p.add_argument("--mesh", action="store_true", help="draw the 3D mean face projected with the pose")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=_run_video)
+
+
+def _run_video(args) -> int:
+    from .inference import load
+    from .video import SmoothingConfig, TrackerConfig, parse_source, run_video
+
+    source = parse_source(args.input)
+    if args.redetect_every < 0:
+        raise InputError(f"--redetect-every must be >= 0, got {args.redetect_every}")
+    smoothing = None
+    if not args.no_smoothing:
+        try:
+            smoothing = SmoothingConfig.uniform(args.min_cutoff, args.beta, args.d_cutoff)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    config = TrackerConfig(redetect_every=args.redetect_every, smoothing=smoothing)
+    aligner = load(args.model, device=args.device, detector=args.detector)
+    summary = run_video(aligner, source, out=args.out, jsonl=args.jsonl, config=config, draw=not args.no_draw,
+                        mesh=args.mesh, progress=not args.no_progress, max_frames=args.max_frames,
+                        stdout_jsonl=not (args.out or args.jsonl))
+    print(f"{summary.frames} frames, {summary.faces} faces ({len(summary.ids)} ids), "
+          f"{summary.detections} detections, {summary.fps:.1f} frames/s", file=sys.stderr)
+    return 130 if summary.interrupted and not isinstance(source, int) else 0
 
 
 # --- convert -----------------------------------------------------------------------

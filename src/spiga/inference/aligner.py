@@ -100,6 +100,10 @@ class Aligner:
             return np.zeros((0, self.landmark_set.num_landmarks, 2)), np.zeros((0, 6))
         return np.concatenate(landmarks), np.concatenate(poses)
 
+    def mean_face_world(self) -> np.ndarray:
+        """(L, 3) float64: the model's 3D mean face in SPIGA's world frame (for mesh drawings)."""
+        return self.checkpoint.model.mean_face_3d.detach().cpu().double().numpy()
+
     def get_detector(self):
         """The face detector, created on first use when given by name."""
         if self.detector is None:
@@ -154,6 +158,57 @@ class Aligner:
                  focal_ratio=self.config.focal_ratio)
             for i, box in enumerate(box_array)
         ]
+
+    def align_many(self, images_bgr: Sequence[np.ndarray], boxes_list: Sequence[Any] | None = None,
+                   scores_list: Sequence[Sequence[float | None] | None] | None = None) -> list[list[Face]]:
+        """`align_array` for several images, with the faces of all of them in one batch.
+
+        Args:
+            images_bgr: BGR uint8 (H, W, 3) images (sizes may differ).
+            boxes_list: per image, its face boxes (x, y, w, h), or None to detect its faces;
+                None for all: detect in every image.
+            scores_list: per image, a score per box (or None) to report with given boxes.
+        Returns:
+            per image, its `Face`s in box order: the same values as `align_array` one
+            image at a time (the network sees the same crops).
+        """
+        count = len(images_bgr)
+        boxes_list = [None] * count if boxes_list is None else list(boxes_list)
+        scores_list = [None] * count if scores_list is None else list(scores_list)
+        if len(boxes_list) != count or len(scores_list) != count:
+            raise InputError(f"align_many: {count} images but {len(boxes_list)} box lists "
+                             f"and {len(scores_list)} score lists")
+        crops, matrices, per_image = [], [], []
+        for bgr, boxes, scores in zip(images_bgr, boxes_list, scores_list):
+            if boxes is None:
+                box_array, detected = self.detect(bgr)
+                scores = list(detected)
+            else:
+                box_array = validate_boxes(boxes, bgr.shape[1], bgr.shape[0])
+                scores = [None] * len(box_array) if scores is None else list(scores)
+            if len(box_array):
+                image_crops, image_matrices = crop_images(bgr, box_array, self.config.image_size,
+                                                          self.config.crop_enlarge)
+                crops.append(image_crops)
+                matrices.append(image_matrices)
+            per_image.append((box_array, scores))
+        if not crops:
+            return [[] for _ in range(count)]
+        all_matrices = np.concatenate(matrices)
+        landmarks_crop, poses = self.predict_crops(np.concatenate(crops))
+        landmarks = transform_points(landmarks_crop, invert_affine(all_matrices))
+        results, start = [], 0
+        for box_array, scores in per_image:
+            faces = []
+            for i, box in enumerate(box_array):
+                k = start + i
+                faces.append(Face(box=tuple(float(v) for v in box), landmarks=landmarks[k],
+                                  headpose=HeadPose(*map(float, poses[k])), score=scores[i],
+                                  crop_matrix=all_matrices[k], crop_size=self.config.image_size,
+                                  focal_ratio=self.config.focal_ratio))
+            results.append(faces)
+            start += len(box_array)
+        return results
 
 
 def load(model: str | os.PathLike = "wflw", device: str | torch.device | None = None,

@@ -1,0 +1,380 @@
+"""Many images: expand inputs, decode ahead in threads, batch faces across images,
+write one JSON line per image as it finishes.
+
+    from spiga.inference.batch import expand_inputs, align_files
+    paths = expand_inputs(["photos/", "more/*.jpg", "one.png"])
+    summary = align_files(aligner, paths, jsonl="faces.jsonl", draw_dir="drawn")
+
+The output (`JsonlWriter`) is append-only: one `write` and one `flush` per line, so a
+crash loses nothing already written; a truncated last line (a crash in the middle of a
+write) is cut off when the file is opened again. A line is either the record of one
+image, `{"path", "width", "height", "faces": [...]}` (the single-image JSON's record), or
+an error, `{"path", "error"}`.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO
+
+import numpy as np
+
+from ..errors import InputError, SpigaError
+from ..io import read_image, write_image
+
+log = logging.getLogger(__name__)
+
+#: File suffixes taken from a folder (case-insensitive); other files there are ignored.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                            ".pbm", ".jp2", ".gif"})
+_GLOB_CHARS = set("*?[")
+
+
+def is_glob(text: str) -> bool:
+    """Whether `text` is a glob pattern (has `*`, `?` or `[`) rather than a plain path."""
+    return bool(_GLOB_CHARS & set(text))
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
+    """Image paths from files, folders and glob patterns, in the order given.
+
+    A folder gives its image files (by suffix, see `IMAGE_SUFFIXES`) sorted by name, and
+    those of its sub-folders with `recursive`; a glob pattern gives its matches sorted
+    (`**` matches sub-folders); a plain path is kept as it is, even when it does not exist
+    (it then gets an error line). A path listed twice is kept once.
+
+    Raises:
+        InputError: a pattern or folder that matches no image, or no input at all.
+    """
+    paths: list[Path] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir():
+            walk = path.rglob("*") if recursive else path.iterdir()
+            found = sorted(p for p in walk if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError(f"{text}: folder holds no image files "
+                                 f"({', '.join(sorted(IMAGE_SUFFIXES))}){'' if recursive else ' (not recursive)'}")
+            paths.extend(found)
+        elif is_glob(text) and not path.exists():
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                raise InputError(f"{text}: no file matches this pattern")
+            paths.extend(found)
+        else:
+            paths.append(path)
+    if not paths:
+        raise InputError("no input images given")
+    unique: dict[str, Path] = {}
+    for path in paths:
+        unique.setdefault(str(path), path)
+    return list(unique.values())
+
+
+# --- JSON Lines output ---------------------------------------------------------------
+
+
+def read_jsonl_records(path: str | os.PathLike) -> tuple[list[dict], int]:
+    """The complete lines of a JSON Lines file and the byte length they span.
+
+    A last line without its newline or that is not valid JSON (a write cut short by a
+    crash) is left out of both; a malformed line elsewhere raises `InputError`.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    records: list[dict] = []
+    good_end = 0
+    position = 0
+    number = 0
+    while position < len(data):
+        number += 1
+        newline = data.find(b"\n", position)
+        last = newline < 0 or newline == len(data) - 1
+        end = len(data) if newline < 0 else newline + 1
+        line = data[position:end].strip()
+        if line:
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not an object")
+            except ValueError as exc:
+                if last:
+                    log.warning("%s: line %d is incomplete (an interrupted run?); it will be rewritten", path, number)
+                    break
+                raise InputError(f"{path}: line {number} is not a JSON object ({exc}); "
+                                 "not an output of spiga, or damaged") from None
+            if newline < 0:
+                log.warning("%s: line %d has no newline (an interrupted run?); it will be rewritten", path, number)
+                break
+            records.append(record)
+        good_end = end
+        position = end
+    return records, good_end
+
+
+class JsonlWriter:
+    """Append-only JSON Lines output: one `write` + `flush` per line.
+
+    Args:
+        path: the file, or None for standard output.
+        resume: keep the complete lines already there (a truncated last line is cut off);
+            otherwise the file starts empty.
+    Attributes:
+        existing: the records already in the file (with `resume`).
+    """
+
+    def __init__(self, path: str | os.PathLike | None, resume: bool = False) -> None:
+        self.path = None if path is None else Path(path)
+        self.existing: list[dict] = []
+        self._handle: TextIO
+        if self.path is None:
+            self._handle = sys.stdout
+            self._owned = False
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.path.exists():
+            self.existing, good_end = read_jsonl_records(self.path)
+            with open(self.path, "r+b") as raw:
+                raw.truncate(good_end)
+            self._handle = open(self.path, "a", encoding="utf-8")
+        else:
+            self._handle = open(self.path, "w", encoding="utf-8")
+        self._owned = True
+
+    def write(self, record: dict) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        if self._owned and not self._handle.closed:
+            self._handle.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def done_paths(records: Iterable[dict]) -> set[str]:
+    """Paths whose last line in `records` is a result (not an error): what `--resume` skips."""
+    last: dict[str, bool] = {}
+    for record in records:
+        if "path" in record:
+            last[str(record["path"])] = "error" not in record
+    return {path for path, ok in last.items() if ok}
+
+
+# --- decoding ahead ------------------------------------------------------------------
+
+
+def decode_ahead(paths: Sequence[Path], workers: int = 2, ahead: int = 8,
+                 reader: Callable[[Path], np.ndarray] = read_image
+                 ) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """(path, BGR image, None) or (path, None, error message), in input order, with up to
+    `ahead` images decoded in `workers` threads in advance (OpenCV decodes without the GIL).
+    Errors that are not `SpigaError`s (a bug, not a bad file) are raised."""
+    if workers <= 0:
+        for path in paths:
+            try:
+                yield path, reader(path), None
+            except SpigaError as exc:
+                yield path, None, str(exc)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spiga-decode") as pool:
+        pending: deque[tuple[Path, Future]] = deque()
+        queue = iter(paths)
+        for path in queue:
+            pending.append((path, pool.submit(reader, path)))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            path, future = pending.popleft()
+            next_path = next(queue, None)
+            if next_path is not None:
+                pending.append((next_path, pool.submit(reader, next_path)))
+            try:
+                yield path, future.result(), None
+            except SpigaError as exc:
+                yield path, None, str(exc)
+
+
+# --- the run -------------------------------------------------------------------------
+
+
+def drawing_names(paths: Sequence[Path]) -> dict[str, str]:
+    """File names for drawings: `<stem>.png`, with a short hash of the path added where
+    two inputs share a stem (so names do not depend on which images a run processes)."""
+    stems: dict[str, int] = {}
+    for path in paths:
+        stems[path.stem] = stems.get(path.stem, 0) + 1
+    names = {}
+    for path in paths:
+        if stems[path.stem] == 1:
+            names[str(path)] = f"{path.stem}.png"
+        else:
+            digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+            names[str(path)] = f"{path.stem}_{digest}.png"
+    return names
+
+
+@dataclass
+class BatchSummary:
+    """What a run did: counts and the paths that failed, with their messages."""
+
+    images: int = 0
+    faces: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def exit_status(self) -> int:
+        """The number of failed images, capped at 125 (0: all went well)."""
+        return min(len(self.failed), 125)
+
+
+@dataclass
+class _Pending:
+    """An image waiting for its batch, or an error waiting for the images before it."""
+
+    path: Path
+    image: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    scores: list | None = None
+    error: str | None = None
+
+
+def _boxes_for(aligner, image: np.ndarray, path: Path, boxes: Any) -> tuple[np.ndarray, list]:
+    """Given boxes, or the detector's (a box file is asked for this image's boxes)."""
+    from .aligner import validate_boxes
+
+    height, width = image.shape[:2]
+    if boxes is not None:
+        array = validate_boxes(boxes, width, height)
+        return array, [None] * len(array)
+    detector = aligner.get_detector()
+    if hasattr(detector, "faces_for"):
+        from ..detection import face_box_from_detection
+
+        detections = detector.faces_for(str(path))
+        array = np.array([face_box_from_detection(d) for d in detections], dtype=np.float64).reshape(-1, 4)
+        validate_boxes(array, width, height)
+        return array, [float(d.score) for d in detections]
+    return aligner.detect(image)
+
+
+def align_files(aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None = None,
+                draw_dir: str | os.PathLike | None = None, resume: bool = False, boxes: Any = None,
+                workers: int = 2, batch_faces: int = 32, batch_images: int = 16, progress: bool = True,
+                mesh: bool = False) -> BatchSummary:
+    """Align the faces of many images; one JSON line per image, in input order, written as
+    soon as the image's batch is done.
+
+    Args:
+        aligner: an `Aligner`.
+        paths: image paths (see `expand_inputs`).
+        jsonl: output file, or None for standard output.
+        draw_dir: folder for drawings (`<stem>.png`, see `drawing_names`), or None.
+        resume: skip the paths that already have a result line in `jsonl`; paths with an
+            error line are tried again (a new line is appended: the last line of a path counts).
+        boxes: face boxes for every image (rarely useful); None: the aligner's detector
+            (a `file:` box file is asked for each image's boxes by its path or file name).
+        workers: decoding threads (0: decode in the calling thread).
+        batch_faces, batch_images: the model runs once the gathered images hold
+            `batch_faces` faces or number `batch_images`.
+        progress: show a progress bar (images/s, faces/s) on stderr.
+        mesh: draw the mean-face mesh in the drawings.
+    Returns:
+        a `BatchSummary`; `exit_status` is the number of failed images (capped at 125).
+    """
+    from tqdm import tqdm
+
+    from ..draw import draw_faces
+
+    summary = BatchSummary()
+    start = time.perf_counter()
+    names = drawing_names(paths) if draw_dir else {}
+    mesh_points = aligner.mean_face_world() if mesh else None
+    if resume and jsonl is None:
+        raise InputError("--resume needs an output file (--jsonl)")
+    with JsonlWriter(jsonl, resume=resume) as out:
+        skip = done_paths(out.existing) if resume else set()
+        todo = [p for p in paths if str(p) not in skip]
+        summary.skipped = len(paths) - len(todo)
+        if summary.skipped:
+            log.info("resuming: %d of %d images already done", summary.skipped, len(paths))
+        bar = tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+
+        def fail(path: Path, message: str) -> None:
+            summary.failed[str(path)] = message
+            out.write({"path": str(path), "error": message})
+            bar.update(1)
+
+        def flush(batch: list[_Pending]) -> None:
+            """Run the model on the batch's images; write every line in input order."""
+            images = [item for item in batch if item.error is None]
+            try:
+                results = aligner.align_many([p.image for p in images], [p.boxes for p in images],
+                                             [p.scores for p in images]) if images else []
+            except SpigaError as exc:
+                results = [exc] * len(images)
+            by_item = {id(item): faces for item, faces in zip(images, results)}
+            for item in batch:
+                if item.error is not None:
+                    fail(item.path, item.error)
+                    continue
+                faces = by_item[id(item)]
+                if isinstance(faces, SpigaError):
+                    fail(item.path, str(faces))
+                    continue
+                if draw_dir:
+                    try:
+                        drawing = draw_faces(item.image, faces, aligner.landmark_set, mesh_points=mesh_points)
+                        write_image(Path(draw_dir) / names[str(item.path)], drawing)
+                    except (SpigaError, OSError) as exc:
+                        fail(item.path, f"drawing: {exc}")
+                        continue
+                out.write({"path": str(item.path), "width": int(item.image.shape[1]),
+                           "height": int(item.image.shape[0]), "faces": [face.to_dict() for face in faces]})
+                summary.images += 1
+                summary.faces += len(faces)
+                bar.update(1)
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"{summary.faces / elapsed:.1f} faces/s", refresh=False)
+            batch.clear()
+
+        batch: list[_Pending] = []
+        faces_in_batch = 0
+        try:
+            for path, image, error in decode_ahead(todo, workers=workers):
+                if error is None:
+                    try:
+                        face_boxes, scores = _boxes_for(aligner, image, path, boxes)
+                        batch.append(_Pending(path, image, face_boxes, scores))
+                        faces_in_batch += len(face_boxes)
+                    except SpigaError as exc:
+                        error = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                if error is not None:
+                    batch.append(_Pending(path, error=error))
+                if faces_in_batch >= batch_faces or len(batch) >= batch_images:
+                    flush(batch)
+                    faces_in_batch = 0
+            flush(batch)
+        finally:
+            bar.close()
+    summary.seconds = time.perf_counter() - start
+    if summary.failed:
+        log.info("%d of %d images failed", len(summary.failed), len(todo))
+    return summary
