@@ -305,5 +305,66 @@ def _run_estimate_mean_face(args) -> int:
 # --- data: estimate-mean-face (end) ---
 
 
+# --- serve (begin) ---
+@_command
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="HTTP API and web page: align uploaded images (dynamic batching)",
+        description="Serve a model over HTTP: POST /v1/align, POST /v1/align/batch, GET /v1/models, "
+                    "/healthz, /metrics, the OpenAPI schema at /openapi.json and a web page at /. "
+                    "Needs the `serve` extra. Binds to 127.0.0.1 unless --host says otherwise.")
+    p.add_argument("--model", default="wflw", help="named official model or checkpoint path (default wflw)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=16, metavar="N", help="most faces per forward pass (16)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, metavar="T",
+                   help="longest wait of a queued request for others to batch with, ms (10)")
+    p.add_argument("--workers", type=int, default=1, metavar="W",
+                   help="inference threads: forward passes that may run at once (1)")
+    p.add_argument("--max-queue", type=int, default=256, metavar="FACES",
+                   help="most faces waiting for the model; beyond, 503 with Retry-After (256)")
+    p.add_argument("--max-inflight", type=int, default=64, metavar="REQUESTS",
+                   help="most align requests handled at once; beyond, 503 before the upload is read (64)")
+    p.add_argument("--max-image-mb", type=float, default=10.0, metavar="S", help="largest upload per image, MiB (10)")
+    p.add_argument("--max-pixels", type=int, default=50_000_000, metavar="P",
+                   help="largest image in pixels, checked before decoding (50000000)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="longest wait of a request for the model; 504 after (30)")
+    p.add_argument("--api-key", metavar="KEY",
+                   help="require `Authorization: Bearer KEY` on /v1 (default: $SPIGA_API_KEY, else none)")
+    p.add_argument("--detector", default="blazeface", help="face detector when a request gives no boxes "
+                                                           "(blazeface, haar, dlib, none)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args) -> int:
+    import os
+
+    try:
+        from .serve import ServeSettings, run
+    except ImportError as exc:
+        raise SpigaError(f"spiga serve needs the serve extra: pip install 'spiga[serve]' ({exc})") from None
+    from .inference import load
+
+    api_key = args.api_key or os.environ.get("SPIGA_API_KEY") or None
+    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
+                             max_queue=args.max_queue, max_inflight=args.max_inflight,
+                             max_image_mb=args.max_image_mb, max_pixels=args.max_pixels, timeout=args.timeout,
+                             api_key=api_key)
+    detector = None if args.detector == "none" else args.detector
+    aligner = load(args.model, device=args.device, detector=detector)
+    model_id = os.path.splitext(os.path.basename(str(args.model)))[0]
+    settings.model_id = model_id
+    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        logging.getLogger("spiga.serve").warning(
+            "listening on %s without an API key: anyone who can reach this port can use the model", args.host)
+    print(f"spiga serve: http://{args.host}:{args.port}/ (model {model_id}, {aligner.device})", file=sys.stderr)
+    run(aligner, settings, host=args.host, port=args.port,
+        log_level="info" if args.verbose else "warning", access_log=args.verbose)
+    return 0
+# --- serve (end) ---
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
