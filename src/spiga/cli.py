@@ -159,6 +159,8 @@ def _add_benchmark(sub) -> None:
                         help="benchmark scoring (default: the one named in --model)")
     parser.add_argument("--device", help="torch device (default: the best available)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept image paths in the annotations that leave the image folder (absolute or ..)")
     _add_scoring_arguments(parser)
     parser.set_defaults(run=_run_benchmark)
 
@@ -182,7 +184,7 @@ def _run_benchmark(args) -> int:
     config = _benchmark_config(args)
     info = read_db_info(args.db_info) if args.db_info else None
     scoring = resolve_scoring(config, args.norm, args.threshold, info)
-    test_set = load_test_set(args.dataset, landmark_set_for(config))
+    test_set = load_test_set(args.dataset, landmark_set_for(config), allow_outside_root=args.allow_outside_root)
     aligner = spiga.load(args.model, device=args.device)
     pred = run_benchmark(aligner, test_set, args.predictions, progress=not args.no_progress)
     subsets = info.test_subsets if info else None
@@ -223,6 +225,8 @@ def _add_train(sub) -> None:
     p.add_argument("--mean-face", metavar="FILE", help="3D mean face: `id|x|y|z` text or a spiga checkpoint")
     p.add_argument("--landmark-set", metavar="FILE", help="landmark-set file (custom formats) or wflw98 / ibug68")
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip bad entries and images with a warning")
+    p.add_argument("--allow-outside-root", action="store_true", default=None,
+                   help="accept image paths in annotation files that leave the image folder (absolute or ..)")
     p.add_argument("--precision", choices=["float32", "bfloat16"], help="bfloat16: mixed precision (autocast)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="train on the plain inference crop")
@@ -237,7 +241,7 @@ def _run_train(args) -> int:
     values = read_config(args.config) if args.config else {}
     for key in ("train", "val", "out", "init", "stage", "freeze", "epochs", "max_steps", "batch_size", "lr",
                 "model_size", "device", "workers", "seed", "mean_face", "landmark_set", "skip_bad", "precision",
-                "augment", "resume", "progress"):
+                "augment", "resume", "progress", "allow_outside_root"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
