@@ -56,7 +56,7 @@ def checkpoint_bytes(tiny_checkpoint) -> bytes:
     return tiny_checkpoint.read_bytes()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fraction=st.floats(0.0, 0.999))
 def test_truncated_checkpoints_are_named(tmp_path, checkpoint_bytes, fraction):
     path = tmp_path / "cut.safetensors"
@@ -65,7 +65,7 @@ def test_truncated_checkpoints_are_named(tmp_path, checkpoint_bytes, fraction):
         load_checkpoint(path)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 255)), min_size=1, max_size=4),
        in_header=st.booleans())
 def test_corrupted_checkpoints_load_or_are_refused(tmp_path, checkpoint_bytes, flips, in_header):

@@ -22,7 +22,7 @@ httpx = pytest.importorskip("httpx", reason="httpx is needed to call the server"
 import spiga  # noqa: E402
 from spiga.serve import CODES, ServeSettings, create_app  # noqa: E402
 
-from serve_util import LiveServer, batch_histogram, encode, png_header_only  # noqa: E402
+from serve_util import LiveServer, batch_histogram, encode, parse_metrics, png_header_only  # noqa: E402
 
 FACE_BOX = [70.0, 35.0, 100.0, 130.0]
 
@@ -168,12 +168,20 @@ def test_image_too_large_without_content_length(server):
         for start in range(0, len(body), 16384):
             yield body[start:start + 16384]
 
+    before = parse_metrics(httpx.get(server.url + "/metrics").text)
     try:
         response = httpx.post(server.url + "/v1/align", content=chunks(),
                               headers={"content-type": f"multipart/form-data; boundary={boundary}"}, timeout=60)
     except httpx.TransportError:
         pytest.skip("the connection closed before the client could read the answer (platform socket buffers)")
     assert error_of(response)["code"] == "image_too_large"
+    after = parse_metrics(httpx.get(server.url + "/metrics").text)
+
+    def errors(values, code):
+        return values.get(("spiga_errors_total", (("code", code),)), 0.0)
+
+    assert errors(after, "image_too_large") == errors(before, "image_too_large") + 1
+    assert errors(after, "bad_request") == errors(before, "bad_request")  # the cut body is one error, not two
 
 
 @pytest.mark.parametrize("boxes, code", [

@@ -346,10 +346,12 @@ def _run_serve(args) -> int:
     import os
 
     try:
-        from .serve import ServeSettings, run
+        from .serve import ServeSettings, limit_malloc_arenas, run
     except ImportError as exc:
         raise SpigaError(f"spiga serve needs the serve extra: pip install 'spiga[serve]' ({exc})") from None
     from .inference import load
+
+    limit_malloc_arenas()  # before the model and the threads allocate (see its docstring)
 
     api_key = args.api_key or os.environ.get("SPIGA_API_KEY") or None
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers,

@@ -58,7 +58,9 @@ def _probe_size(data: bytes, source: str) -> tuple[int, int] | None:
             return probe.width, probe.height
     except Image.DecompressionBombError:
         # Pillow's own guard (twice its MAX_IMAGE_PIXELS) fires before ours can read the size
-        raise PixelLimitError(f"{source}: image dimensions exceed the decompression-bomb limit") from None
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise PixelLimitError(f"{source}: image of more than {limit} pixels exceeds the limit (a decompression "
+                              "bomb?); refused before decoding") from None
     except Exception:  # noqa: BLE001 - unknown or broken headers are judged by the decoder below
         return None
 

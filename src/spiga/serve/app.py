@@ -356,6 +356,7 @@ class _Gatekeeper:
                         await answer_error(ApiError("image_too_large", f"request body exceeds the limit of "
                                                                        f"{limit} bytes"))
                         answer["refused"] = True
+                        scope["spiga.refused"] = True  # the app's own error for the cut body is not logged
                         raise _Refused()
                 return message
 
@@ -484,12 +485,20 @@ def create_app(aligner_or_model: Aligner | str | Path, settings: ServeSettings |
     def request_id(request: Request) -> str:
         return request.scope.get("spiga.request_id", "-")
 
+    def answered(request: Request) -> bool:
+        """Whether the gatekeeper already answered (a body cut off at the size limit)."""
+        return bool(request.scope.get("spiga.refused"))
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
+        if answered(request):
+            return Response(status_code=413)
         return state.error_response(exc, request_id(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
+        if answered(request):
+            return Response(status_code=413)
         problems = []
         for error in exc.errors()[:3]:
             where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
@@ -499,6 +508,8 @@ def create_app(aligner_or_model: Aligner | str | Path, settings: ServeSettings |
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
+        if answered(request):
+            return Response(status_code=413)  # dropped by the gatekeeper: it answered already
         code = {404: "not_found", 405: "method_not_allowed", 413: "image_too_large"}.get(exc.status_code,
                                                                                         "bad_request")
         message = exc.detail if isinstance(exc.detail, str) else "bad request"
