@@ -328,6 +328,7 @@ def test_web_page_is_served_with_a_strict_policy(server):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert '<canvas id="overlay"' in page.text
+    assert httpx.head(server.url + "/").status_code == 200
     for name in ("app.js", "style.css"):
         assert httpx.get(f"{server.url}/static/{name}").status_code == 200
     assert error_of(httpx.get(server.url + "/static/../../etc/passwd"))["code"] == "not_found"

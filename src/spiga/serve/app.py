@@ -601,7 +601,7 @@ def create_app(aligner_or_model: Aligner | str | Path, settings: ServeSettings |
     async def metrics():
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
