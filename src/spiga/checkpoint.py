@@ -85,7 +85,7 @@ def _read_header(data: bytes, source: str) -> dict[str, Any]:
     try:
         header = json.loads(data[8:8 + size])
         return json.loads(header["__metadata__"]["spiga"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise CheckpointError(f"{source}: safetensors file without a spiga header (not written by spiga?)") from None
 
 

@@ -273,6 +273,8 @@ def _add_benchmark(sub) -> None:
                         help="benchmark scoring (default: the one named in --model)")
     parser.add_argument("--device", help="torch device (default: the best available)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept image paths in the annotations that leave the image folder (absolute or ..)")
     _add_scoring_arguments(parser)
     parser.set_defaults(run=_run_benchmark)
 
@@ -296,7 +298,7 @@ def _run_benchmark(args) -> int:
     config = _benchmark_config(args)
     info = read_db_info(args.db_info) if args.db_info else None
     scoring = resolve_scoring(config, args.norm, args.threshold, info)
-    test_set = load_test_set(args.dataset, landmark_set_for(config))
+    test_set = load_test_set(args.dataset, landmark_set_for(config), allow_outside_root=args.allow_outside_root)
     aligner = spiga.load(args.model, device=args.device)
     pred = run_benchmark(aligner, test_set, args.predictions, progress=not args.no_progress)
     subsets = info.test_subsets if info else None
@@ -337,6 +339,8 @@ def _add_train(sub) -> None:
     p.add_argument("--mean-face", metavar="FILE", help="3D mean face: `id|x|y|z` text or a spiga checkpoint")
     p.add_argument("--landmark-set", metavar="FILE", help="landmark-set file (custom formats) or wflw98 / ibug68")
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip bad entries and images with a warning")
+    p.add_argument("--allow-outside-root", action="store_true", default=None,
+                   help="accept image paths in annotation files that leave the image folder (absolute or ..)")
     p.add_argument("--precision", choices=["float32", "bfloat16"], help="bfloat16: mixed precision (autocast)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="train on the plain inference crop")
@@ -351,7 +355,7 @@ def _run_train(args) -> int:
     values = read_config(args.config) if args.config else {}
     for key in ("train", "val", "out", "init", "stage", "freeze", "epochs", "max_steps", "batch_size", "lr",
                 "model_size", "device", "workers", "seed", "mean_face", "landmark_set", "skip_bad", "precision",
-                "augment", "resume", "progress"):
+                "augment", "resume", "progress", "allow_outside_root"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -417,6 +421,69 @@ def _run_estimate_mean_face(args) -> int:
         print(dataset.summary(), file=sys.stderr)
     return 0
 # --- data: estimate-mean-face (end) ---
+
+
+# --- serve (begin) ---
+@_command
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="HTTP API and web page: align uploaded images (dynamic batching)",
+        description="Serve a model over HTTP: POST /v1/align, POST /v1/align/batch, GET /v1/models, "
+                    "/healthz, /metrics, the OpenAPI schema at /openapi.json and a web page at /. "
+                    "Needs the `serve` extra. Binds to 127.0.0.1 unless --host says otherwise.")
+    p.add_argument("--model", default="wflw", help="named official model or checkpoint path (default wflw)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=16, metavar="N", help="most faces per forward pass (16)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, metavar="T",
+                   help="longest wait of a queued request for others to batch with, ms (10)")
+    p.add_argument("--workers", type=int, default=1, metavar="W",
+                   help="inference threads: forward passes that may run at once (1)")
+    p.add_argument("--max-queue", type=int, default=256, metavar="FACES",
+                   help="most faces waiting for the model; beyond, 503 with Retry-After (256)")
+    p.add_argument("--max-inflight", type=int, default=64, metavar="REQUESTS",
+                   help="most align requests handled at once; beyond, 503 before the upload is read (64)")
+    p.add_argument("--max-image-mb", type=float, default=10.0, metavar="S", help="largest upload per image, MiB (10)")
+    p.add_argument("--max-pixels", type=int, default=50_000_000, metavar="P",
+                   help="largest image in pixels, checked before decoding (50000000)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="longest wait of a request for the model; 504 after (30)")
+    p.add_argument("--api-key", metavar="KEY",
+                   help="require `Authorization: Bearer KEY` on /v1 (default: $SPIGA_API_KEY, else none)")
+    p.add_argument("--detector", default="blazeface", help="face detector when a request gives no boxes "
+                                                           "(blazeface, haar, dlib, none)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args) -> int:
+    import os
+
+    try:
+        from .serve import ServeSettings, limit_malloc_arenas, run
+    except ImportError as exc:
+        raise SpigaError(f"spiga serve needs the serve extra: pip install 'spiga[serve]' ({exc})") from None
+    from .inference import load
+
+    limit_malloc_arenas()  # before the model and the threads allocate (see its docstring)
+
+    api_key = args.api_key or os.environ.get("SPIGA_API_KEY") or None
+    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
+                             max_queue=args.max_queue, max_inflight=args.max_inflight,
+                             max_image_mb=args.max_image_mb, max_pixels=args.max_pixels, timeout=args.timeout,
+                             api_key=api_key)
+    detector = None if args.detector == "none" else args.detector
+    aligner = load(args.model, device=args.device, detector=detector)
+    model_id = os.path.splitext(os.path.basename(str(args.model)))[0]
+    settings.model_id = model_id
+    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        logging.getLogger("spiga.serve").warning(
+            "listening on %s without an API key: anyone who can reach this port can use the model", args.host)
+    print(f"spiga serve: http://{args.host}:{args.port}/ (model {model_id}, {aligner.device})", file=sys.stderr)
+    run(aligner, settings, host=args.host, port=args.port,
+        log_level="info" if args.verbose else "warning", access_log=args.verbose)
+    return 0
+# --- serve (end) ---
 
 
 if __name__ == "__main__":  # pragma: no cover

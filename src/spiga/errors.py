@@ -17,6 +17,10 @@ class ImageError(SpigaError):
     """An image that cannot be read or used (missing, truncated, too large, bad shape)."""
 
 
+class PixelLimitError(ImageError):
+    """An image whose declared dimensions exceed the pixel limit (refused before decoding)."""
+
+
 class CheckpointError(SpigaError):
     """A checkpoint that cannot be loaded (corrupt, truncated, wrong shapes, unsafe)."""
 

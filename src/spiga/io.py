@@ -6,13 +6,15 @@
 - a NumPy array: (H, W) gray, (H, W, 3) colour in `color` order ("bgr" by default,
   like OpenCV; pass color="rgb" for RGB arrays), (H, W, 4) with alpha (dropped);
   uint8, uint16 (scaled by 1/257, i.e. full range to full range), or float in [0, 1];
-- a PIL image of any mode.
+- a PIL image of any mode;
+- encoded bytes, through `read_image_bytes` (uploads: the HTTP server).
 Images larger than `max_pixels` are refused before they are decoded (a small file
-can declare huge dimensions: a decompression bomb).
+can declare huge dimensions: a decompression bomb), with `PixelLimitError`.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -22,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageError
+from .errors import ImageError, PixelLimitError
 
 #: Default pixel limit (about a 12000 x 8000 photo).
 MAX_PIXELS = 100_000_000
@@ -30,7 +32,7 @@ MAX_PIXELS = 100_000_000
 
 def _check_pixels(width: int, height: int, max_pixels: int, source: str) -> None:
     if width * height > max_pixels:
-        raise ImageError(f"{source}: image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+        raise PixelLimitError(f"{source}: image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
     if width < 1 or height < 1:
         raise ImageError(f"{source}: image has no pixels ({width}x{height})")
 
@@ -45,16 +47,38 @@ def _read_path(path: Path, max_pixels: int) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise ImageError(f"{source}: cannot read ({exc.strerror or exc})") from None
+    return _decode(data, source, max_pixels, require_header=False)
+
+
+def _probe_size(data: bytes, source: str) -> tuple[int, int] | None:
+    """(width, height) from the header alone (Pillow reads no pixel data here), or None
+    when Pillow does not know the format."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            return probe.width, probe.height
+    except Image.DecompressionBombError:
+        # Pillow's own guard (twice its MAX_IMAGE_PIXELS) fires before ours can read the size
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise PixelLimitError(f"{source}: image of more than {limit} pixels exceeds the limit (a decompression "
+                              "bomb?); refused before decoding") from None
+    except Exception:  # noqa: BLE001 - unknown or broken headers are judged by the decoder below
+        return None
+
+
+def _decode(data: bytes, source: str, max_pixels: int, require_header: bool) -> np.ndarray:
+    """Encoded bytes -> BGR uint8, the pixel limit checked on the header before decoding.
+
+    require_header: refuse formats whose dimensions Pillow cannot read from the header
+        (for untrusted bytes: nothing is decoded before its size is known).
+    """
     if not data:
         raise ImageError(f"{source}: empty file")
-    # Pillow reads only the header here: dimensions before any decoding.
-    try:
-        with Image.open(path) as probe:
-            _check_pixels(probe.width, probe.height, max_pixels, source)
-    except ImageError:
-        raise
-    except Exception:  # noqa: BLE001 - formats Pillow does not know are left to OpenCV
-        pass
+    size = _probe_size(data, source)
+    if size is not None:
+        _check_pixels(size[0], size[1], max_pixels, source)
+    elif require_header:
+        raise ImageError(f"{source}: not an image (no image header that Pillow recognises: JPEG, PNG, WebP, "
+                         "BMP, TIFF, GIF, ...)")
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if array is None:
         raise ImageError(f"{source}: not a readable image (unknown format, or a truncated/corrupt file)")
@@ -62,6 +86,16 @@ def _read_path(path: Path, max_pixels: int) -> np.ndarray:
     if _is_truncated(data):
         raise ImageError(f"{source}: image file is truncated")
     return to_bgr8(array, "bgr", source)
+
+
+def read_image_bytes(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes (an upload) -> BGR uint8 (H, W, 3), EXIF orientation applied.
+
+    The header must be one Pillow recognises (JPEG, PNG, WebP, BMP, TIFF, GIF, ...), so
+    that the pixel limit is checked before any decoding; the file name or extension
+    plays no part. Raises `ImageError` (`PixelLimitError` over the limit) naming `source`.
+    """
+    return _decode(bytes(data), source, max_pixels, require_header=True)
 
 
 def _is_truncated(data: bytes) -> bool:

@@ -55,7 +55,8 @@ def parse_spec(spec: str) -> tuple[str, str | None, Path, Path | None]:
 
 def read_dataset(spec: str, landmark_set: LandmarkSet | str | os.PathLike | None = None,
                  skip_bad: bool = False, check_images: bool = False,
-                 scaling: DepthScaling = DEFAULT_SCALING, require_images: bool = True) -> Dataset:
+                 scaling: DepthScaling = DEFAULT_SCALING, require_images: bool = True,
+                 allow_outside_root: bool = False) -> Dataset:
     """Read an annotation source into memory.
 
     Args:
@@ -70,12 +71,14 @@ def read_dataset(spec: str, landmark_set: LandmarkSet | str | os.PathLike | None
         scaling: the rule for images deeper than 8 bits (used by `check_images`).
         require_images: False reads annotations only (mean-face estimation): missing
             images are not looked for.
+        allow_outside_root: accept image paths that leave the image folder (absolute,
+            or `..` above it); by default such an entry is bad.
     Raises:
         DatasetError / ImageError: naming the file and line (or entry) of the first bad
             entry, when `skip_bad` is False.
     """
     fmt, subset, path, root = parse_spec(spec)
-    bad = BadEntries(skip_bad, require_images)
+    bad = BadEntries(skip_bad, require_images, allow_outside_root)
     landmarks, samples = READERS[fmt].read(path, root, resolve_landmark_set(landmark_set), bad)
     dataset = Dataset(spec, landmarks, samples, bad.skipped)
     if check_images:

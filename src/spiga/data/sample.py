@@ -126,12 +126,16 @@ class Skipped:
 class BadEntries:
     """What a reader does with a bad entry: stop, or (with `skip_bad`) warn and count.
 
-    Errors name the file and line (or entry) through `source`.
+    Errors name the file and line (or entry) through `source`. `allow_outside_root`
+    lets image paths in annotation files leave the image folder (absolute paths, `..`);
+    by default such an entry is bad (`spiga.data.formats.common.image_inside`).
     """
 
-    def __init__(self, skip_bad: bool = False, require_images: bool = True) -> None:
+    def __init__(self, skip_bad: bool = False, require_images: bool = True,
+                 allow_outside_root: bool = False) -> None:
         self.skip_bad = skip_bad
         self.require_images = require_images
+        self.allow_outside_root = allow_outside_root
         self.skipped: list[Skipped] = []
 
     def image_ok(self, image: Path | None, source: str, hint: str = "") -> bool:

@@ -26,15 +26,27 @@ from . import Detection, Detector, as_bgr
 _RESERVED_KEYS = ("bbox", "boxes")
 
 
+def _finite_number(value) -> float | None:
+    """`value` as a finite float, or None (for bools, strings, NaN, infinities, huge integers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _parse_box(values, where: str) -> Detection:
     """A Detection from [x, y, w, h] or [x, y, w, h, score]; `where` names the entry for errors."""
     if not isinstance(values, (list, tuple)) or len(values) not in (4, 5):
         raise DatasetError(f"{where}: a box is 4 numbers x, y, w, h (and an optional score), got {values!r}")
     numbers = []
     for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DatasetError(f"{where}: {value!r} is not a finite number in box {values!r}")
-        numbers.append(float(value))
+        number = _finite_number(value)
+        if number is None:
+            raise DatasetError(f"{where}: {repr(value)[:40]} is not a finite number in box {repr(values)[:120]}")
+        numbers.append(number)
     if numbers[2] <= 0 or numbers[3] <= 0:
         raise DatasetError(f"{where}: box {values!r} has a non-positive width or height")
     score = numbers[4] if len(numbers) == 5 else 1.0
@@ -68,6 +80,8 @@ def _read_json(path: Path, text: str) -> dict[str | None, list[Detection]]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError):
+        raise DatasetError(f"{path}: JSON that cannot be read (too deeply nested, or a number too long)") from None
     if isinstance(data, dict) and not any(key in data for key in _RESERVED_KEYS):
         if not data:
             raise DatasetError(f"{path}: no boxes")
@@ -82,6 +96,8 @@ def _read_text(path: Path, text: str) -> dict[str | None, list[Detection]]:
         if not line:
             continue
         fields = [f for f in re.split(r"[,\s]+", line) if f]
+        if not fields:
+            raise DatasetError(f"{path}: line {number}: expected x, y, w, h [score], got {line!r}")
         name = None
         try:
             float(fields[0])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -37,13 +37,21 @@ class Aligner(Protocol):
 
 @dataclass(frozen=True)
 class TestSet:
-    """Annotations of a test set and the folder its image paths are relative to."""
+    """Annotations of a test set and the folder its image paths are relative to.
+
+    Image paths that leave `image_root` (absolute, or `..` above it) are refused unless
+    `allow_outside_root`.
+    """
 
     annotations: Annotations
     image_root: Path
+    allow_outside_root: bool = False
 
     def image_path(self, index: int) -> Path:
-        return self.image_root / self.annotations.paths[index]
+        from ..data.formats.common import image_inside
+
+        return image_inside(self.image_root, self.annotations.paths[index],
+                            f"{self.annotations.source}, entry {index}", self.allow_outside_root)
 
 
 def _read_spiga_json_set(location: str, landmark_set: LandmarkSet) -> TestSet:
@@ -81,8 +89,11 @@ DATASET_FORMATS: dict[str, Callable[[str, LandmarkSet], TestSet]] = {
 }
 
 
-def load_test_set(spec: str, landmark_set: LandmarkSet) -> TestSet:
-    """Read a test set named `FORMAT:PATH` (e.g. `spiga-json:data/cofw68/test.json`)."""
+def load_test_set(spec: str, landmark_set: LandmarkSet, allow_outside_root: bool = False) -> TestSet:
+    """Read a test set named `FORMAT:PATH` (e.g. `spiga-json:data/cofw68/test.json`).
+
+    allow_outside_root: accept image paths that leave the image folder.
+    """
     fmt, sep, location = spec.partition(":")
     if not sep or not location:
         raise InputError(f"dataset {spec!r}: expected FORMAT:PATH, e.g. spiga-json:test.json "
@@ -92,7 +103,12 @@ def load_test_set(spec: str, landmark_set: LandmarkSet) -> TestSet:
         return _read_training_format(fmt)(location, landmark_set)
     if fmt not in DATASET_FORMATS:
         raise InputError(f"dataset {spec!r}: unknown format {fmt!r}; known: {', '.join(sorted(DATASET_FORMATS))}")
-    return DATASET_FORMATS[fmt](location, landmark_set)
+    test_set = DATASET_FORMATS[fmt](location, landmark_set)
+    if allow_outside_root:
+        test_set = replace(test_set, allow_outside_root=True)
+    for index in range(len(test_set.annotations)):
+        test_set.image_path(index)  # refuse an escaping path now, naming its entry
+    return test_set
 
 
 def _check_images_exist(test_set: TestSet) -> None:
@@ -127,7 +143,7 @@ def predict_test_set(aligner: Aligner, test_set: TestSet, progress: bool = True)
     has_pose = np.zeros(n, bool)
     with tqdm(total=n, unit="face", desc="benchmark", disable=not progress) as bar:
         for path, indices in by_image.items():
-            image_path = test_set.image_root / path
+            image_path = test_set.image_path(indices[0])
             boxes = [tuple(float(v) for v in gt.boxes[i]) for i in indices]
             faces = aligner.align(str(image_path), boxes)
             if len(faces) != len(boxes):

@@ -102,6 +102,8 @@ def load_json(path: str | os.PathLike) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except (ValueError, RecursionError):
+        raise DatasetError(f"{path}: JSON that cannot be read (too deeply nested, or a number too long)") from None
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1) -> None:
@@ -115,7 +117,7 @@ def _finite_array(value: Any, shape_tail: tuple[int, ...], what: str) -> np.ndar
     expected = "a list of [x, y] pairs of numbers" if shape_tail == (2,) else f"of shape (*, {shape_tail})"
     try:
         array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{what} must be {expected}") from None
     if array.ndim != 1 + len(shape_tail) or array.shape[1:] != shape_tail:
         raise ValueError(f"{what} must be {expected}")
@@ -128,7 +130,7 @@ def _finite_array(value: Any, shape_tail: tuple[int, ...], what: str) -> np.ndar
 def _finite_vector(value: Any, length: int | None, what: str, min_length: int = 0) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{what} must be a list of numbers") from None
     if array.ndim != 1 or (length is not None and array.size != length) or array.size < min_length:
         size = f"{length}" if length is not None else f"at least {min_length}"
@@ -278,10 +280,15 @@ def read_db_info(path: str | os.PathLike) -> DbInfo:
         raise DatasetError(f"{source}: 'norm' and 'test_subsets' must be objects")
     norms = {}
     for name, threshold in norms_raw.items():
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
+        try:
+            value = float(threshold) if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) \
+                else float("nan")
+        except OverflowError:
+            value = float("inf")
+        if not (0 < value < float("inf")):
             raise DatasetError(f"{source}: norm {name!r}: the threshold must be a positive number, "
-                               f"not {threshold!r}")
-        norms[str(name)] = float(threshold)
+                               f"not {str(threshold)[:40]}")
+        norms[str(name)] = value
     subsets = {}
     for name, indices in subsets_raw.items():
         if not isinstance(indices, list) or not all(
@@ -353,7 +360,7 @@ def parse_align_images(data: Any, landmark_set: LandmarkSet, source: str) -> lis
                         pose = np.concatenate([pose, [float(raw[k]) if raw.get(k) is not None else np.nan
                                                       for k in HEADPOSE_KEYS[3:]]])
                     faces.append(AlignFace(box=box, landmarks=points, headpose=pose))
-                except (ValueError, TypeError) as exc:
+                except (ValueError, TypeError, OverflowError) as exc:
                     raise ValueError(f"face {j}: {exc}") from None
             images.append(AlignImage(path=image["path"], faces=faces))
         except ValueError as exc:

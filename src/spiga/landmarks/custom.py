@@ -23,6 +23,9 @@ from pathlib import Path
 from ..errors import SpigaError
 from .sets import DATASET_LANDMARKS, IBUG_68, WFLW_98, LandmarkSet
 
+#: Most points in a landmark set (a bound against files that declare billions).
+MAX_POINTS = 10_000
+
 #: Built-in layouts by name, as `--landmark-set` accepts them.
 BUILTIN_SETS: dict[str, LandmarkSet] = {WFLW_98.name: WFLW_98, IBUG_68.name: IBUG_68}
 
@@ -43,8 +46,10 @@ def landmark_set_from_description(data: dict, source: str = "<landmark set>") ->
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise fail("`points` must be a list of point names")
     count = data.get("num_points", len(names) if names is not None else None)
-    if not isinstance(count, int) or count < 2:
+    if not isinstance(count, int) or isinstance(count, bool) or count < 2:
         raise fail("give `points` (a list of names) or `num_points` (an integer >= 2)")
+    if count > MAX_POINTS:
+        raise fail(f"{count} points; a landmark set has at most {MAX_POINTS}")
     if names is not None and len(names) != count:
         raise fail(f"`points` has {len(names)} names but `num_points` is {count}")
 
@@ -113,6 +118,8 @@ def read_landmark_set(path: str | os.PathLike) -> LandmarkSet:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SpigaError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError):
+        raise SpigaError(f"{path}: JSON that cannot be read (too deeply nested, or a number too long)") from None
     return landmark_set_from_description(data, str(path))
 
 

@@ -1,1 +1,55 @@
-"""serve"""
+"""The HTTP server: `spiga serve` (FastAPI + uvicorn), dynamic batching, the web page.
+
+    from spiga.serve import create_app, ServeSettings
+    app = create_app("wflw", ServeSettings(max_batch=16, max_wait_ms=10))
+
+Needs the `serve` extra (`pip install "spiga[serve]"`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+
+from .app import ServeSettings, create_app
+from .batcher import Batcher
+from .errors import CODES, ApiError
+
+__all__ = ["ApiError", "Batcher", "CODES", "ServeSettings", "create_app", "limit_malloc_arenas", "run"]
+
+log = logging.getLogger(__name__)
+
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas(count: int = 2) -> bool:
+    """Cap glibc's malloc arenas, as `MALLOC_ARENA_MAX=count` would.
+
+    glibc gives busy threads their own arenas and rarely returns their memory: with the
+    server's decode and inference threads, resident memory otherwise climbs by tens of
+    MiB in steps before it levels off (measured: README.serve.md, load test). Does nothing
+    when `MALLOC_ARENA_MAX` is already set or the C library is not glibc.
+
+    Returns:
+        whether the cap was applied.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, int(count)))
+    except (OSError, AttributeError):
+        return False
+
+
+def run(model, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,
+        log_level: str = "warning", access_log: bool = False) -> None:
+    """Serve `model` with uvicorn until interrupted (SIGINT / SIGTERM stop it cleanly)."""
+    import uvicorn
+
+    limit_malloc_arenas()
+    app = create_app(model, settings)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                server_header=False, timeout_graceful_shutdown=10)

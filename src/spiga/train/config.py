@@ -39,6 +39,7 @@ class TrainConfig:
     mean_face: str | None = None
     landmark_set: str | None = None
     skip_bad: bool = False
+    allow_outside_root: bool = False  # image paths in annotations may leave the image folder
     precision: str = "float32"
     augment: bool = True
     loss_weights: dict[str, float] = field(default_factory=dict)

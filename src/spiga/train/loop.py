@@ -62,10 +62,12 @@ class TrainResult:
 # --------------------------------------------------------------------------- data
 
 
-def _read_datasets(specs: list[str], landmark_set: LandmarkSet | str | None, skip_bad: bool):
+def _read_datasets(specs: list[str], landmark_set: LandmarkSet | str | None, skip_bad: bool,
+                   allow_outside_root: bool = False):
     from ..data import read_dataset
 
-    datasets = [read_dataset(spec, landmark_set, skip_bad=skip_bad) for spec in specs]
+    datasets = [read_dataset(spec, landmark_set, skip_bad=skip_bad, allow_outside_root=allow_outside_root)
+                for spec in specs]
     first = datasets[0].landmark_set
     for dataset in datasets[1:]:
         if dataset.landmark_set.num_landmarks != first.num_landmarks:
@@ -310,7 +312,7 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2 ** 32)
 
-    datasets = _read_datasets(config.train, config.landmark_set, config.skip_bad)
+    datasets = _read_datasets(config.train, config.landmark_set, config.skip_bad, config.allow_outside_root)
     landmarks = datasets[0].landmark_set
     model, mean_face_source = _build(config, landmarks, datasets)
     mean_face = model.mean_face_3d.double().numpy()
@@ -326,7 +328,8 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
         model.load_state_dict(state["model"])
 
     train_set = _face_dataset(datasets, mean_face, model.config, config.augment, config.seed, config.skip_bad)
-    val_sets = _read_datasets(config.val, landmarks, config.skip_bad) if config.val else []
+    val_sets = (_read_datasets(config.val, landmarks, config.skip_bad, config.allow_outside_root)
+                if config.val else [])
     val_set = (_face_dataset(val_sets, mean_face, model.config, False, config.seed, config.skip_bad)
                if val_sets else None)
 
@@ -393,6 +396,8 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
     last_nme = history[-1]["val_nme"] if history else None
     stopped = False
     with _StopRequest() as stop:
+        log.info("training from step %d to %d (%d per epoch); SIGTERM or Ctrl-C saves a resumable state",
+                 step, total_steps, steps_per_epoch)
         for epoch in range(start_epoch, epochs):
             sampler.set_epoch(epoch)
             if hasattr(train_set, "set_epoch"):

@@ -64,6 +64,28 @@ def parse_pts(path: Path) -> np.ndarray:
     return np.asarray(points, dtype=np.float64).reshape(-1, 2)
 
 
+def image_inside(root: Path, name: str, source: str, allow_outside_root: bool = False) -> Path:
+    """`root / name` for an image path written in an annotation file.
+
+    A path that leaves `root` (absolute, or climbing above it with `..`) is refused
+    unless `allow_outside_root`: an annotation file must not make spiga read arbitrary
+    files. The check is lexical: symbolic links inside `root` are the dataset's own
+    business (image folders are often links to another disk).
+
+    Raises:
+        EntryError: naming `source` (file and line or entry) and the path.
+    """
+    if "\x00" in name:
+        raise EntryError(source, "image path contains a NUL character")
+    if allow_outside_root:
+        return root / name
+    normal = os.path.normpath(name) if name else name
+    if os.path.isabs(name) or normal == ".." or normal.startswith(".." + os.sep):
+        raise EntryError(source, f"image path {name!r} leads outside the image folder {root} (absolute, or "
+                                 "`..` above it); allow it with --allow-outside-root")
+    return root / name
+
+
 def image_beside(annotation: Path) -> Path | None:
     """The image with the annotation file's stem in the same folder, or None."""
     for suffix in IMAGE_SUFFIXES:

@@ -35,12 +35,14 @@ import numpy as np
 from ...errors import DatasetError
 from ...landmarks import LandmarkSet
 from ..sample import BadEntries, EntryError, Sample, make_sample
+from .common import image_inside
 
 NAME = "custom"
 _BOX_COLUMNS = ("box_x", "box_y", "box_w", "box_h")
 
 
-def _entry_to_sample(entry, landmark_set: LandmarkSet, root: Path, source: str) -> Sample:
+def _entry_to_sample(entry, landmark_set: LandmarkSet, root: Path, source: str,
+                     allow_outside_root: bool = False) -> Sample:
     def fail(problem: str) -> EntryError:
         return EntryError(source, problem)
 
@@ -58,7 +60,7 @@ def _entry_to_sample(entry, landmark_set: LandmarkSet, root: Path, source: str) 
             continue
         try:
             landmarks[i] = np.asarray(point, dtype=np.float64).reshape(2)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise fail(f"point {i} must be [x, y] or null, found {point!r}") from None
     try:
         visible = entry.get("visible")
@@ -67,12 +69,12 @@ def _entry_to_sample(entry, landmark_set: LandmarkSet, root: Path, source: str) 
         box = None if box is None else np.asarray(box, dtype=np.float64).reshape(4)
         headpose = entry.get("headpose")
         headpose = None if headpose is None else np.asarray(headpose, dtype=np.float64).reshape(6)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise fail(f"`visible` must be {count} flags, `box` 4 numbers, `headpose` 6 numbers") from None
     tags = entry.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise fail("`tags` must be a list of strings")
-    return make_sample(root / image, landmarks, box=box, visible=visible, headpose=headpose,
+    return make_sample(image_inside(root, image, source, allow_outside_root), landmarks, box=box, visible=visible, headpose=headpose,
                        tags=set(tags), source=source)
 
 
@@ -84,6 +86,8 @@ def _json_entries(path: Path) -> list[tuple[str, object]]:
             entries = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError):
+            raise DatasetError(f"{path}: JSON that cannot be read (too deeply nested, or a number too long)") from None
         if not isinstance(entries, list):
             raise DatasetError(f"{path}: expected a JSON list of entries (or use .jsonl)")
         return [(f"{path}, entry {i}", e) for i, e in enumerate(entries)]
@@ -95,6 +99,8 @@ def _json_entries(path: Path) -> list[tuple[str, object]]:
             result.append((f"{path}:{number}", json.loads(line)))
         except json.JSONDecodeError as exc:
             result.append((f"{path}:{number}", f"invalid JSON ({exc.msg})"))
+        except (ValueError, RecursionError):
+            result.append((f"{path}:{number}", "JSON that cannot be read (too deeply nested, or a number too long)"))
     return result
 
 
@@ -193,7 +199,7 @@ def read(path: Path, root: Path | None, landmark_set: LandmarkSet | None,
         try:
             if isinstance(entry, str):  # a problem found while parsing the line
                 raise EntryError(source, entry)
-            sample = _entry_to_sample(entry, landmark_set, root, source)
+            sample = _entry_to_sample(entry, landmark_set, root, source, bad.allow_outside_root)
         except EntryError as exc:
             bad.report(exc.source, exc.problem)
             continue

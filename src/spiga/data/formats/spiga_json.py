@@ -21,6 +21,7 @@ import numpy as np
 from ...errors import DatasetError
 from ...landmarks import IBUG_68, WFLW_98, LandmarkSet
 from ..sample import BadEntries, EntryError, Sample, make_sample
+from .common import image_inside
 
 NAME = "spiga-json"
 
@@ -28,7 +29,7 @@ NAME = "spiga-json"
 def _guess_set(entries: list, path: Path) -> LandmarkSet:
     for entry in entries:
         ids = entry.get("ids") if isinstance(entry, dict) else None
-        if isinstance(ids, list) and ids:
+        if isinstance(ids, list) and ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             if len(ids) == WFLW_98.num_landmarks:
                 return WFLW_98
             if set(ids) <= set(IBUG_68.ids):
@@ -40,7 +41,8 @@ def _guess_set(entries: list, path: Path) -> LandmarkSet:
                        "(--landmark-set wflw98, ibug68 or a file)")
 
 
-def parse_entry(entry: dict, landmark_set: LandmarkSet, image_root: Path, source: str) -> Sample:
+def parse_entry(entry: dict, landmark_set: LandmarkSet, image_root: Path, source: str,
+                allow_outside_root: bool = False) -> Sample:
     """One JSON entry -> `Sample`; raises EntryError naming `source`."""
     def fail(problem: str) -> EntryError:
         return EntryError(source, problem)
@@ -52,7 +54,7 @@ def parse_entry(entry: dict, landmark_set: LandmarkSet, image_root: Path, source
         raise fail(f"missing {', '.join(missing)}")
     try:
         listed = np.asarray(entry["landmarks"], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise fail("`landmarks` must be a list of [x, y] pairs") from None
     if listed.ndim != 2 or listed.shape[1] != 2:
         raise fail(f"`landmarks` must be a list of [x, y] pairs, found shape {listed.shape}")
@@ -64,6 +66,8 @@ def parse_entry(entry: dict, landmark_set: LandmarkSet, image_root: Path, source
         ids = list(landmark_set.ids)
     if not isinstance(ids, list) or len(ids) != len(listed):
         raise fail(f"`ids` must list one id per point ({len(listed)} points)")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise fail("`ids` must be integers")
     flags = entry.get("visible")
     if flags is None:
         flags = [1] * len(listed)
@@ -82,18 +86,19 @@ def parse_entry(entry: dict, landmark_set: LandmarkSet, image_root: Path, source
     landmarks[rows] = listed
     try:
         visible[rows] = np.asarray(flags, dtype=np.float64) > 0.5
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise fail("`visible` must be numbers (1 visible, 0 hidden)") from None
     box = entry.get("bbox")
     headpose = entry.get("headpose")
     try:
         box = None if box is None else np.asarray(box, dtype=np.float64).reshape(4)
         headpose = None if headpose is None else np.asarray(headpose, dtype=np.float64).reshape(6)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise fail("`bbox` must be 4 numbers and `headpose` 6 numbers (or null)") from None
     if not isinstance(entry["imgpath"], str):
         raise fail("`imgpath` must be a string")
-    return make_sample(image_root / entry["imgpath"], landmarks, box=box, visible=visible,
+    image = image_inside(image_root, entry["imgpath"], source, allow_outside_root)
+    return make_sample(image, landmarks, box=box, visible=visible,
                        headpose=headpose, source=source)
 
 
@@ -108,6 +113,8 @@ def read(path: Path, root: Path | None, landmark_set: LandmarkSet | None,
         raise DatasetError(f"{path}: not a text JSON file") from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError):
+        raise DatasetError(f"{path}: JSON that cannot be read (too deeply nested, or a number too long)") from None
     if not isinstance(entries, list):
         raise DatasetError(f"{path}: expected a JSON list of annotation entries")
     landmark_set = landmark_set or _guess_set(entries, path)
@@ -116,7 +123,7 @@ def read(path: Path, root: Path | None, landmark_set: LandmarkSet | None,
     for number, entry in enumerate(entries):
         source = f"{path}, entry {number}"
         try:
-            sample = parse_entry(entry, landmark_set, root, source)
+            sample = parse_entry(entry, landmark_set, root, source, bad.allow_outside_root)
         except EntryError as exc:
             bad.report(exc.source, exc.problem)
             continue

@@ -20,7 +20,7 @@ import numpy as np
 from ...errors import DatasetError
 from ...landmarks import WFLW_98, LandmarkSet
 from ..sample import BadEntries, EntryError, Sample, make_sample
-from .common import require_set
+from .common import image_inside, require_set
 
 NAME = "wflw"
 ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
@@ -68,7 +68,11 @@ def read(path: Path, root: Path | None, landmark_set: LandmarkSet | None,
         if not np.isin(flags, (0, 1)).all():
             bad.report(source, f"attribute flags must be 0 or 1, found {flags.tolist()}")
             continue
-        image = root / fields[-1]
+        try:
+            image = image_inside(root, fields[-1], source, bad.allow_outside_root)
+        except EntryError as exc:
+            bad.report(exc.source, exc.problem)
+            continue
         if not bad.image_ok(image, source):
             continue
         tags = {name for name, flag in zip(ATTRIBUTES, flags) if flag == 1}

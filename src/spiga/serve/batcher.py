@@ -1,0 +1,245 @@
+"""Dynamic batching: face crops of concurrent requests run as one forward pass.
+
+Requests put their crops (all the faces of one image) in a queue bounded in faces.
+One collector task takes the oldest request and waits until the queue holds
+`max_batch` faces or the oldest request has waited `max_wait_ms`, then sends the
+requests that fit in `max_batch` faces (never splitting one request; a request larger
+than `max_batch` goes alone) to ONE `predict` call on an inference thread, and hands
+each request its rows of the result. While all `workers` inference threads are busy
+the collector waits, so under load batches grow instead of queueing more passes.
+
+Overload is answered, not absorbed: a request that would take the queue past
+`max_queue` faces is refused at once (`ApiError("overloaded")`, HTTP 503 with a
+`Retry-After` estimate), and a request not answered within `timeout` seconds is
+dropped from the queue (`ApiError("timeout")`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .errors import ApiError
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: predict(crops (B, S, S, 3) uint8) -> (landmarks (B, L, 2), poses (B, 6)).
+Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(eq=False)
+class _Job:
+    crops: np.ndarray
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def faces(self) -> int:
+        return len(self.crops)
+
+
+class Batcher:
+    """Gathers crops of concurrent requests into batches for `predict`.
+
+    Args:
+        predict: the model call (runs on an inference thread).
+        max_batch: most faces per forward pass (a single larger request runs alone).
+        max_wait_ms: longest time the oldest queued request waits for company.
+        max_queue: most faces waiting (not yet running); more is refused (503).
+        workers: inference threads, i.e. forward passes that may run at once.
+        timeout: seconds a request may wait for its result (504 after).
+        metrics: where batch sizes, pass times and the queue depth are recorded.
+    """
+
+    def __init__(self, predict: Predict, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 256,
+                 workers: int = 1, timeout: float = 30.0, metrics: Metrics | None = None) -> None:
+        if max_batch < 1 or max_queue < 1 or workers < 1 or max_wait_ms < 0 or timeout <= 0:
+            raise ValueError("max_batch, max_queue and workers must be >= 1, max_wait_ms >= 0, timeout > 0")
+        self.predict = predict
+        self.max_batch = int(max_batch)
+        self.max_wait = float(max_wait_ms) / 1000.0
+        self.max_queue = int(max_queue)
+        self.workers = int(workers)
+        self.timeout = float(timeout)
+        self.metrics = metrics
+        self._pending: deque[_Job] = deque()
+        self._pending_faces = 0
+        self._arrived: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._collector: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._seconds_per_face = 0.05  # running estimate for Retry-After
+
+    # ------------------------------------------------------------------ life cycle
+
+    @property
+    def started(self) -> bool:
+        return self._collector is not None and not self._collector.done()
+
+    def start(self) -> None:
+        """Start the collector on the running event loop (idempotent)."""
+        if self.started:
+            return
+        self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.workers)
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="spiga-infer")
+        self._collector = asyncio.get_running_loop().create_task(self._collect(), name="spiga-batcher")
+
+    async def stop(self) -> None:
+        """Stop collecting, fail what is still queued, wait for running passes."""
+        if self._collector is not None:
+            self._collector.cancel()
+            try:
+                await self._collector
+            except asyncio.CancelledError:
+                pass
+            self._collector = None
+        while self._pending:
+            job = self._pending.popleft()
+            if not job.future.done():
+                job.future.set_exception(ApiError("overloaded", "the server is shutting down",
+                                                  {"Retry-After": "5"}))
+        self._pending_faces = 0
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # ------------------------------------------------------------------ requests
+
+    @property
+    def queued_faces(self) -> int:
+        return self._pending_faces
+
+    def retry_after(self) -> int:
+        """Seconds after which a refused request may find room: the queue's drain time."""
+        drain = self._pending_faces * self._seconds_per_face / self.workers
+        return max(1, math.ceil(drain))
+
+    async def submit(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Landmarks (K, L, 2) and poses (K, 6) of K crops (K, S, S, 3), via a shared batch.
+
+        Raises:
+            ApiError: `overloaded` when the queue is full, `timeout` after `self.timeout` s.
+        """
+        if len(crops) == 0:
+            raise ValueError("no crops to submit")
+        self.start()
+        if self._pending_faces and self._pending_faces + len(crops) > self.max_queue:
+            raise ApiError("overloaded", f"the queue is full ({self._pending_faces} faces waiting, "
+                                         f"limit {self.max_queue}); retry later",
+                           {"Retry-After": str(self.retry_after())})
+        job = _Job(crops, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self._set_queue(self._pending_faces + job.faces)
+        self._arrived.set()
+        try:
+            return await asyncio.wait_for(job.future, self.timeout)
+        except asyncio.TimeoutError:
+            raise ApiError("timeout", f"no result within {self.timeout:g} s; the server is busy") from None
+        finally:
+            self._forget(job)
+
+    def _forget(self, job: _Job) -> None:
+        """Take a finished, timed-out or cancelled job off the queue if it is still there."""
+        try:
+            self._pending.remove(job)
+        except ValueError:
+            return
+        self._set_queue(self._pending_faces - job.faces)
+
+    def _set_queue(self, faces: int) -> None:
+        self._pending_faces = faces
+        if self.metrics is not None:
+            self.metrics.queue_faces.set(faces)
+
+    # ------------------------------------------------------------------ the collector
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+            await self._slots.acquire()
+            try:
+                await self._fill(loop)
+                batch = self._take()
+            except BaseException:
+                self._slots.release()
+                raise
+            if not batch:
+                self._slots.release()
+                continue
+            task = loop.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _fill(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait until `max_batch` faces are queued or the oldest job has waited `max_wait`."""
+        while self._pending and self._pending_faces < self.max_batch:
+            remaining = self._pending[0].enqueued + self.max_wait - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _take(self) -> list[_Job]:
+        """The oldest live jobs that fit in `max_batch` faces (at least one)."""
+        batch: list[_Job] = []
+        faces = 0
+        while self._pending:
+            job = self._pending[0]
+            if job.future.done():  # timed out or cancelled while queued
+                self._pending.popleft()
+                self._set_queue(self._pending_faces - job.faces)
+                continue
+            if batch and faces + job.faces > self.max_batch:
+                break
+            self._pending.popleft()
+            self._set_queue(self._pending_faces - job.faces)
+            batch.append(job)
+            faces += job.faces
+        return batch
+
+    async def _run(self, batch: list[_Job]) -> None:
+        """One forward pass for `batch`; each job gets its rows (or the exception)."""
+        loop = asyncio.get_running_loop()
+        try:
+            crops = batch[0].crops if len(batch) == 1 else np.concatenate([job.crops for job in batch])
+            start = time.perf_counter()
+            try:
+                landmarks, poses = await loop.run_in_executor(self._executor, self.predict, crops)
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                return
+            elapsed = time.perf_counter() - start
+            self._seconds_per_face = 0.8 * self._seconds_per_face + 0.2 * elapsed / len(crops)
+            if self.metrics is not None:
+                self.metrics.batch_faces.observe(len(crops))
+                self.metrics.batch_requests.observe(len(batch))
+                self.metrics.inference.observe(elapsed)
+            offset = 0
+            for job in batch:
+                rows = slice(offset, offset + job.faces)
+                offset += job.faces
+                if not job.future.done():
+                    job.future.set_result((landmarks[rows], poses[rows]))
+        finally:
+            self._slots.release()

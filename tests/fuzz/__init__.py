@@ -1,0 +1,1 @@
+"""Fuzz targets of every file reader (see targets.py and fuzz.py)."""

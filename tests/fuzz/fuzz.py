@@ -1,0 +1,111 @@
+"""Coverage-guided fuzzing of spiga's file readers with atheris (libFuzzer).
+
+    python tests/fuzz/fuzz.py list                               # the targets
+    python tests/fuzz/fuzz.py wflw -max_total_time=600           # one target, ten minutes
+    python tests/fuzz/fuzz.py all -max_total_time=30             # every target (CI smoke run)
+
+Run from the repository root, without installing spiga (src/ is put on the path).
+Seeds come from tests/corpus/<target>/ and are copied to a temporary working corpus, so
+the repository is never written; libFuzzer options (`-max_total_time`, `-runs`,
+`-timeout`, `-jobs`, ...) pass through. A finding is any exception other than
+`SpigaError`, or an input running past `-timeout` (20 s unless given): libFuzzer writes
+it to the folder printed at the start (`-artifact_prefix`); add it to
+tests/corpus/<target>/ once fixed, so it stays a regression case.
+
+With `all`, the first byte of each input picks the target.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tests"))
+
+CORPUS = REPO / "tests" / "corpus"
+
+
+def _seed_corpus(names: list[str], select: bool, folder: Path) -> None:
+    """Copy the kept corpus into `folder` (with the target-selecting byte under `all`)."""
+    for index, name in enumerate(names):
+        source = CORPUS / name
+        if not source.is_dir():
+            continue
+        for seed in sorted(source.iterdir()):
+            if seed.is_file():
+                data = seed.read_bytes()
+                (folder / f"{name}-{seed.name}").write_bytes(bytes([index]) + data if select else data)
+
+
+def main(argv: list[str]) -> int:
+    from fuzz.targets import TARGETS, run_target
+
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "list"):
+        print(__doc__.strip().splitlines()[0])
+        print("targets: all, " + ", ".join(sorted(TARGETS)))
+        return 0 if len(argv) >= 2 else 2
+    name, options = argv[1], argv[2:]
+    if name != "all" and name not in TARGETS:
+        print(f"unknown target {name!r}; known: all, {', '.join(sorted(TARGETS))}", file=sys.stderr)
+        return 2
+
+    import atheris
+
+    # the heavy dependencies are imported first so that only spiga's code is instrumented
+    import cv2  # noqa: F401
+    import numpy  # noqa: F401
+    import PIL.Image  # noqa: F401
+    import scipy.io  # noqa: F401
+    import torch  # noqa: F401
+
+    with atheris.instrument_imports(include=["spiga"]):
+        import spiga.data.formats  # noqa: F401
+        import spiga.detection.filebox  # noqa: F401
+        import spiga.evaluate.formats  # noqa: F401
+        import spiga.io  # noqa: F401
+        import spiga.landmarks.custom  # noqa: F401
+        import spiga.landmarks.mean_face  # noqa: F401
+
+    import logging
+
+    logging.disable(logging.CRITICAL)  # skip_bad warnings would drown libFuzzer's output
+    names = sorted(TARGETS) if name == "all" else [name]
+
+    def one_input(data: bytes) -> None:
+        if name == "all":
+            if not data:
+                return
+            target, data = names[data[0] % len(names)], data[1:]
+        else:
+            target = name
+        run_target(target, data, hang_seconds=None)  # libFuzzer's -timeout watches for hangs
+
+    work = Path(tempfile.mkdtemp(prefix=f"spiga-fuzz-{name}-"))
+    corpus = work / "corpus"
+    artifacts = work / "artifacts"
+    corpus.mkdir()
+    artifacts.mkdir()
+    _seed_corpus(names, name == "all", corpus)
+    if not any(o.startswith("-timeout=") for o in options):
+        options.append("-timeout=20")
+    if not any(o.startswith("-artifact_prefix=") for o in options):
+        options.append(f"-artifact_prefix={artifacts}/")
+    print(f"fuzzing {name}: working corpus {corpus}, findings in {artifacts}", file=sys.stderr)
+    positional = [o for o in options if not o.startswith("-")]
+    flags = [o for o in options if o.startswith("-")]
+    atheris.Setup([argv[0], *flags, *(positional or [str(corpus)])], one_input)
+    try:
+        atheris.Fuzz()
+    finally:
+        if not any(artifacts.iterdir()):
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
