@@ -147,7 +147,7 @@ class FaceDataset(TorchDataset):
         else:
             pose, pose_valid, pose_error = np.zeros(6), False, float("inf")
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(crop.image.transpose(2, 0, 1))),
+            "image": torch.from_numpy(np.ascontiguousarray(crop.image.transpose(2, 0, 1), dtype=np.float32)),
             "landmarks": torch.from_numpy((crop.landmarks / size).astype(np.float32)),
             "visible": torch.from_numpy(crop.visible & crop.annotated),
             "annotated": torch.from_numpy(crop.annotated.copy()),
