@@ -134,7 +134,7 @@ def test_sigterm_saves_a_resumable_state_mid_epoch(synthetic, tmp_path):
     subprocess.run(_train_command(synthetic, tmp_path / "straight", *steps), check=True, env=_env(),
                    capture_output=True)
     stopped = tmp_path / "stopped"
-    process = subprocess.Popen(_train_command(synthetic, stopped, *steps, "-v"), env=_env(),
+    process = subprocess.Popen(_train_command(synthetic, stopped, *steps), env=_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (stopped / "config.yaml").exists() and process.poll() is None and time.monotonic() < deadline:
@@ -149,12 +149,20 @@ def test_sigterm_saves_a_resumable_state_mid_epoch(synthetic, tmp_path):
     _assert_same_weights(tmp_path / "straight" / "last.safetensors", stopped / "last.safetensors")
 
 
-def test_two_processes_match_one(synthetic, tmp_path):
-    steps = ["--max-steps", "6"]
+def test_two_processes_match_one(synthetic, trained, tmp_path):
+    """Fine-tuning the cascade (the thermal use case) under torchrun with 2 processes gives
+    the weights of 1 process with the same global batch, to float rounding. (From random
+    weights the tiny CNN's batch norms over 1x1 maps amplify rounding chaotically within a
+    few steps, so the comparison starts from a trained model.)"""
+    steps = ["--init", str(trained.out / "best.safetensors"), "--stage", "3", "--max-steps", "6",
+             "--optimizer", "sgd", "--lr", "0.01"]
     subprocess.run(_train_command(synthetic, tmp_path / "one", *steps), check=True, env=_env(), capture_output=True)
     command = _train_command(synthetic, tmp_path / "two", *steps)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "-m", "spiga", *command[3:]]
     result = subprocess.run(torchrun, env=_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    _assert_same_weights(tmp_path / "one" / "last.safetensors", tmp_path / "two" / "last.safetensors", atol=2e-4)
+    _assert_same_weights(tmp_path / "one" / "last.safetensors", tmp_path / "two" / "last.safetensors", atol=1e-4)
+    moved = load_file(str(tmp_path / "one" / "last.safetensors"))["gcn.0.decoder.decoder.0.weight"]
+    start = load_file(str(trained.out / "best.safetensors"))["gcn.0.decoder.decoder.0.weight"]
+    assert (moved - start).abs().max() > 1e-2  # the comparison is not between two untouched models

@@ -332,6 +332,7 @@ def _add_train(sub) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], help="default adamw (sgd: momentum 0.9)")
     p.add_argument("--model-size", choices=["official", "small", "tiny"])
     p.add_argument("--device")
     p.add_argument("--workers", type=int, help="data-loading worker processes")
@@ -353,7 +354,7 @@ def _run_train(args) -> int:
     from .train import TrainConfig, read_config, train
 
     values = read_config(args.config) if args.config else {}
-    for key in ("train", "val", "out", "init", "stage", "freeze", "epochs", "max_steps", "batch_size", "lr",
+    for key in ("train", "val", "out", "init", "stage", "freeze", "epochs", "max_steps", "batch_size", "lr", "optimizer",
                 "model_size", "device", "workers", "seed", "mean_face", "landmark_set", "skip_bad", "precision",
                 "augment", "resume", "progress", "allow_outside_root"):
         value = getattr(args, key)

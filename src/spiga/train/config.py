@@ -55,8 +55,8 @@ class TrainConfig:
             problems.append("epochs must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append("max_steps must be >= 1")
-        if self.optimizer not in ("adam", "adamw"):
-            problems.append(f"optimizer must be adam or adamw, not {self.optimizer!r}")
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            problems.append(f"optimizer must be adam, adamw or sgd, not {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant", "step"):
             problems.append(f"schedule must be cosine, constant or step, not {self.schedule!r}")
         if self.precision not in ("float32", "bfloat16"):

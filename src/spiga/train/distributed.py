@@ -56,8 +56,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm whose training statistics cover the batches of all processes.
 
     (B, C, ...) -> (B, C, ...). Without a process group (or outside training) it is
-    PyTorch's own batch norm; with one, the statistics are sums all-reduced over the
-    processes, so N processes differ from one only by float rounding.
+    PyTorch's own batch norm; with one, each process's mean and squared deviations are
+    gathered (differentiably) and combined, so N processes differ from one only by
+    float rounding.
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -67,25 +68,32 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if not (self.training and distributed):
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked.add_(1)
             return nn.functional.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
                 self.momentum if self.momentum is not None else 0.1, self.eps)
-        from torch.distributed.nn.functional import all_reduce
+        from torch.distributed.nn.functional import all_gather
 
+        # each process's mean and sum of squared deviations, combined exactly (Chan et al.);
+        # sums of x and x^2 would lose the variance to cancellation in float32
         channels = x.shape[1]
         dims = [0, *range(2, x.dim())]
-        count = torch.tensor([x.numel() / channels], dtype=x.dtype, device=x.device)
-        total = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
-        n = total[-1]
-        mean = total[:channels] / n
-        var = (total[channels:2 * channels] / n - mean * mean).clamp(min=0)
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        local_mean = x.mean(dims)
+        local_m2 = ((x - local_mean.view(shape)) ** 2).sum(dims)
+        count = torch.full((1,), x.numel() / channels, dtype=x.dtype, device=x.device)
+        gathered = torch.stack(all_gather(torch.cat([local_mean, local_m2, count])))
+        means, m2s, counts = gathered[:, :channels], gathered[:, channels:2 * channels], gathered[:, -1:]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 momentum = self.momentum if self.momentum is not None else 0.1
                 self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
                 self.running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / (n - 1).clamp(min=1))
                 self.num_batches_tracked.add_(1)
-        shape = [1, channels] + [1] * (x.dim() - 2)
         out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)

@@ -352,8 +352,11 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
     parameters = trainable_parameters(model)
     if not parameters:
         raise SpigaError(f"nothing to train: every part is frozen ({', '.join(frozen)})")
-    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_class(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    else:
+        optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_class(parameters, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps))
 
     trained: torch.nn.Module = model
@@ -409,6 +412,7 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
             for batch_index, batch in enumerate(loader):
                 if batch_index < skip_batches:
                     continue
+                log.debug("rank %d step %d samples %s", dist_info.rank, step, batch["index"].tolist())
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with autocast():
                     outputs = trained(batch["image"])
