@@ -77,7 +77,7 @@ def _read_training_format(fmt: str) -> Callable[[str, LandmarkSet], TestSet]:
             landmarks=np.array([np.where(s.annotated[:, None], s.landmarks, nan) for s in samples]),
             annotated=np.array([s.annotated for s in samples]), visible=np.array([s.visible for s in samples]),
             headposes=np.array(poses, dtype=np.float64) if all(p is not None for p in poses) else None,
-        ), Path(""))
+        ), Path(""), allow_outside_root=True)  # the reader has already kept its paths inside its root
 
     return read
 
