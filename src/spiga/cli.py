@@ -46,6 +46,13 @@ def _add_align(sub) -> None:
     p.add_argument("--json", metavar="OUT.json", help="write results as JSON (default: print to stdout)")
     p.add_argument("--draw", metavar="OUT.png", help="write the image with landmarks, boxes and pose axes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="arithmetic of the network: float32 (default), bfloat16 (CPUs with AVX-512 BF16/AMX, "
+                        "CUDA), float16 (CUDA only)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="torch (default) or onnxruntime (--model may then be an .onnx file from `spiga export`)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (slow first call; pays off for long runs only)")
     p.set_defaults(run=_run_align)
 
 
@@ -59,7 +66,8 @@ def _run_align(args) -> int:
     if not args.box:
         raise InputError("no face boxes: give --box X Y W H (automatic face detection is not available yet)")
     image = read_image(args.image)
-    aligner = load(args.model, device=args.device)
+    aligner = load(args.model, device=args.device, precision=args.precision, backend=args.backend,
+                   compile=args.compile)
     faces = aligner.align(image, boxes=args.box)
     record = {"path": args.image, "width": int(image.shape[1]), "height": int(image.shape[0]),
               "faces": [face.to_dict() for face in faces]}
@@ -91,6 +99,33 @@ def _run_convert(args) -> int:
     from .checkpoint import convert_official
 
     path = convert_official(args.weights, args.config, args.mean_face, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+# --- export ------------------------------------------------------------------------
+
+
+@_command
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX",
+                       description="Write MODEL as an ONNX graph: input `images` float32 (B, 3, 256, 256) BGR crops "
+                                   "in [0, 1]; outputs `landmarks` (B, L, 2) in crop units [0, 1] and `pose` (B, 6). "
+                                   "The landmark set and sizes are stored in the file's metadata.")
+    p.add_argument("--model", default="wflw", help="named official model or checkpoint path")
+    p.add_argument("--out", required=True, metavar="MODEL.onnx", help="output file")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 13; default 17)")
+    p.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (default: fixed)")
+    p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size (default 1)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from .hub import resolve_model
+    from .inference.onnx_export import export_onnx
+
+    path = export_onnx(resolve_model(args.model), args.out, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                       batch_size=args.batch_size)
     print(f"wrote {path}")
     return 0
 
