@@ -499,7 +499,7 @@ class InferenceSPIGA(nn.Module):
                  cascade_dtype: torch.dtype = torch.float32, channels_last: bool = True, fuse: bool = False,
                  sampler: str = "embedding_bag"):
         super().__init__()
-        model = copy.deepcopy(model).float().eval()
+        model = copy.deepcopy(model).eval()
         self.config = model.config
         self.backbone_dtype = backbone_dtype
         self.channels_last = channels_last
