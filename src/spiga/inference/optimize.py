@@ -292,6 +292,48 @@ def _conv_add(block: nn.Module, x: torch.Tensor, add: torch.Tensor) -> torch.Ten
     return block(x) + add
 
 
+class FusedLinear(nn.Module):
+    """`nn.Linear` (optionally followed by ReLU) as one oneDNN call with pre-reordered weights.
+    (..., C_in) -> (..., C_out)."""
+
+    def __init__(self, linear: nn.Linear, relu: bool):
+        super().__init__()
+        self.attr = "relu" if relu else "none"
+        self.out_features = linear.out_features
+        # plain attributes: the packed weight is an opaque oneDNN tensor (see FusedConv)
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.bias = linear.bias.detach() if linear.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.attr, [], "")
+
+
+def fuse_linears(module: nn.Module) -> nn.Module:
+    """Replace, in place, every `nn.Linear` under `module` by a `FusedLinear`, absorbing a
+    ReLU that directly follows it in an `nn.Sequential`."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Sequential):
+            layers = list(child)
+            fused: list[nn.Module] = []
+            i = 0
+            while i < len(layers):
+                layer = layers[i]
+                if isinstance(layer, nn.Linear):
+                    relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
+                    fused.append(FusedLinear(layer, relu))
+                    i += 2 if relu else 1
+                else:
+                    fuse_linears(layer)
+                    fused.append(layer)
+                    i += 1
+            setattr(module, name, nn.Sequential(*fused))
+        elif isinstance(child, nn.Linear):
+            setattr(module, name, FusedLinear(child, relu=False))
+        else:
+            fuse_linears(child)
+    return module
+
+
 def _input_sizes(backbone: nn.Module, example: torch.Tensor) -> dict[nn.Module, list[int]]:
     """The input size of every convolution of `backbone` on `example`."""
     sizes: dict[nn.Module, list[int]] = {}
@@ -476,7 +518,8 @@ class CascadeStep(nn.Module):
 
     def relative_positions(self, points: torch.Tensor) -> torch.Tensor:
         """(B, L, 2) -> (B, L, 2(L-1)): each point's offset to every other point."""
-        return (points.unsqueeze(2) - points[:, self.other_index]).flatten(2)
+        others = torch.index_select(points, 1, self.other_index.reshape(-1))  # (B, L (L-1), 2)
+        return (points.unsqueeze(2) - others.view(points.shape[0], points.shape[1], -1, 2)).flatten(2)
 
     def forward(self, points: torch.Tensor, table: torch.Tensor, batch: int) -> torch.Tensor:
         embedded = self.window(self.sample_windows(points, table, batch).to(self.dtype))
@@ -522,6 +565,8 @@ class InferenceSPIGA(nn.Module):
         for step in self.steps:
             step.window_offsets = step.window_offsets.float()
             step.sampler = sampler
+            if fuse:
+                fuse_linears(step)
         self.register_buffer("mean_face_3d", model.mean_face_3d.clone(), persistent=False)
         self.register_buffer("camera_matrix", model.camera_matrix.clone(), persistent=False)
         self.requires_grad_(False)
