@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or this process's CPU time (meaningful with --threads 1 on a busy "
+                             "machine: time spent waiting for a core is not counted)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
 
@@ -98,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
                     reference = out
                 differences[name] = max(differences.get(name, 0.0), float((out - reference).abs().max()) * 256)
                 print(f"[ablation] warm {name}, batch {batch}", file=sys.stderr, flush=True)
+            clock = time.process_time if args.clock == "cpu" else time.perf_counter
             for repeat in range(args.repeats):
                 shift = repeat % len(variants)
                 for name, run in variants[shift:] + variants[:shift]:
-                    start = time.perf_counter()
+                    start = clock()
                     with torch.no_grad():
                         run(x)
-                    times[name][batch].append((time.perf_counter() - start) / batch)
+                    times[name][batch].append((clock() - start) / batch)
     header = ["network variant"] + [f"ms/face batch {b}" for b in args.batches] + \
         [f"vs first, batch {b}" for b in args.batches] + ["max |diff| px"]
     rows = []
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                     [f"{differences[name]:.3f}"])
     print(bench.format_text(header, rows))
     print(f"\n{bench.cpu_name()}, {threads} threads, torch {torch.__version__}; weights: {weights_note}; "
-          f"medians of {args.repeats} interleaved repeats")
+          f"medians of {args.repeats} interleaved repeats, {args.clock} clock")
     for name, seconds in compile_s.items():
         print(f"first call of {name}: {seconds:.0f} s (compiling)")
     if args.markdown:

@@ -205,7 +205,7 @@ class Impl:
     backend: str = "torch"
 
 
-def worker(conn, impl: Impl, threads: int, paths: dict) -> None:
+def worker(conn, impl: Impl, threads: int, paths: dict, clock_name: str = "wall") -> None:
     """Load `impl` and answer ("warm", batch) / ("time", batch, calls) / ("quit",) messages."""
     try:
         import torch
@@ -247,22 +247,23 @@ def worker(conn, impl: Impl, threads: int, paths: dict) -> None:
                 conn.send(("ok", (time.perf_counter() - start, np.asarray(landmarks), np.asarray(pose))))
             elif message[0] == "time":
                 resettable = reset_peak_rss()
+                clock = time.process_time if clock_name == "cpu" else time.perf_counter
                 seconds = []
                 for _ in range(message[2]):
-                    start = time.perf_counter()
+                    start = clock()
                     run(image, boxes)
-                    seconds.append(time.perf_counter() - start)
+                    seconds.append(clock() - start)
                 conn.send(("ok", (seconds, peak_rss_mib(), resettable)))
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 class Worker:
-    def __init__(self, impl: Impl, threads: int, paths: dict):
+    def __init__(self, impl: Impl, threads: int, paths: dict, clock: str = "wall"):
         context = mp.get_context("spawn")
         self.impl = impl
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=worker, args=(child, impl, threads, paths), daemon=True)
+        self.process = context.Process(target=worker, args=(child, impl, threads, paths, clock), daemon=True)
         self.process.start()
         status, detail = self.conn.recv()
         self.error = detail if status == "error" else None
@@ -346,7 +347,7 @@ def run_benchmark(args) -> dict:
     try:
         for impl in impls:
             log(f"loading {impl.label}")
-            w = Worker(impl, threads, paths)
+            w = Worker(impl, threads, paths, args.clock)
             if w.error:
                 results[impl].error = w.error
                 w.close()
@@ -388,8 +389,16 @@ def run_benchmark(args) -> dict:
                     "python": platform.python_version(), "torch": torch.__version__},
         "weights": weights_note, "gflops_per_face": gflops_per_face, "params_m": params_m,
         "matmul_peak_gflops": peaks, "original_error": original_error, "batches": args.batches,
+        "clock": args.clock, "load_average": _load_average(),
         "results": results,
     }
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def log(message: str) -> None:
@@ -429,8 +438,9 @@ def summarise(report: dict) -> tuple[list[str], list[list[str]], list[str]]:
         f"GFLOPS, bfloat16 {report['matmul_peak_gflops']['bfloat16']:.0f} GFLOPS",
         f"model: official size, 98 landmarks, {report['gflops_per_face']:.1f} GFLOPs/face, "
         f"{report['params_m']:.1f}M parameters; weights: {report['weights']}",
-        "timed: image + boxes -> landmarks in image pixels (crop, network, back-projection); medians of "
-        "interleaved repeats; max |diff|: landmarks vs the original on the same faces (random weights amplify "
+        f"timed ({report['clock']} clock): image + boxes -> landmarks in image pixels (crop, network, "
+        f"back-projection); medians of interleaved repeats; load average at the end {report['load_average']}; "
+        "max |diff|: landmarks vs the original on the same faces (random weights amplify "
         "rounding: bfloat16 differences here say nothing about accuracy on a trained model)",
     ]
     if report["original_error"]:
@@ -470,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", action="store_true", help="also measure the onnxruntime backend")
     parser.add_argument("--no-original", action="store_true", help="do not install or run the original")
     parser.add_argument("--quick", action="store_true", help="batch 1 and 8, two repeats")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or each worker's CPU time (meaningful with --threads 1 on a busy "
+                             "machine: time spent waiting for a core is not counted)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     parser.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     args = parser.parse_args(argv)

@@ -65,12 +65,12 @@ class Aligner:
 
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device | None = None,
                  precision: str = "float32", max_batch: int = 32, detector: Any = None, compile: bool = False,
-                 flush_denormal: bool = True):
+                 tune_process: bool = True):
         if precision not in PRECISIONS:
             raise SpigaError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
         device = _pick_device(device)
         backend = TorchBackend(checkpoint.model.eval(), device, precision, max_batch=max_batch, compile=compile,
-                               flush_denormal=flush_denormal)
+                               tune_process=tune_process)
         self._setup(backend, checkpoint.landmarks, checkpoint.config,
                     str(checkpoint.path) if checkpoint.path else "<in memory>", detector)
         self.checkpoint = checkpoint
@@ -173,8 +173,8 @@ def load(model: str | os.PathLike = "wflw", device: str | torch.device | None = 
         compile: `torch.compile` the network (frozen weights). Pays off only for long runs:
             every new batch size compiles for about a minute on a small CPU.
         options: `max_batch` (faces per network call, default 32), `detector`,
-            `flush_denormal` (torch backend on CPU: flush denormal floats to zero, process-wide;
-            default True).
+            `tune_process` (torch backend on CPU: flush denormal floats to zero and keep large
+            freed blocks in the heap, process-wide; default True; see `tune_cpu_process`).
     """
     if backend not in BACKENDS:
         raise SpigaError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")

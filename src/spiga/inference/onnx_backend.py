@@ -97,7 +97,7 @@ class OnnxBackend:
 
 
 def load_onnx(model: str | os.PathLike, device: Any = None, precision: str = "float32", compile: bool = False,
-              max_batch: int = 32, detector: Any = None, flush_denormal: bool = True):
+              max_batch: int = 32, detector: Any = None, tune_process: bool = True):
     """`spiga.load(..., backend="onnxruntime")`: an Aligner over an .onnx file, or over a
     checkpoint exported on the fly (to a temporary file, removed once loaded)."""
     from ..hub import resolve_model
