@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +48,34 @@ def face_image() -> np.ndarray:
     image = np.full((200, 240, 3), 40, np.uint8)
     cv2.ellipse(image, (120, 100), (50, 65), 0, 0, 360, (150, 170, 210), -1)
     return image
+
+
+EQUIVALENCE_FIXTURES = (sorted((SHARED / "fixtures" / "equivalence").glob("*_sportsfan.json"))
+                        if SHARED.exists() else [])
+MEAN_FACES = {98: "mean_face_3D_98.txt", 68: "mean_face_3D_68.txt"}
+
+
+@pytest.fixture(scope="session", params=EQUIVALENCE_FIXTURES or [None], ids=lambda p: p.stem if p else "absent")
+def equivalence_model(request, tmp_path_factory):
+    """(reference outputs of the original, converted checkpoint path, scratch folder) for each
+    fixture in ../shared/fixtures/equivalence: the seeded random weights are regenerated with
+    the shared tool and converted with `spiga convert` (once per session)."""
+    from spiga.cli import main as cli
+
+    if request.param is None:
+        pytest.skip("needs ../shared/fixtures/equivalence (the project's shared fixtures), absent in this checkout")
+    reference = json.loads(request.param.read_text())
+    weights = reference["weights"]
+    folder = tmp_path_factory.mktemp(request.param.stem)
+    official = folder / "official.pt"
+    subprocess.run(
+        [sys.executable, str(SHARED / "tools" / "random_spiga_weights.py"), "--landmarks", str(weights["landmarks"]),
+         "--seed", str(weights["seed"]), "--bn-stats", str(request.param.parent / weights["bn_stats"]),
+         "--out", str(official)],
+        check=True)
+    model = folder / "model.safetensors"
+    mean_face = SHARED / "fixtures" / "upstream" / "models3D" / MEAN_FACES[weights["landmarks"]]
+    assert cli(["convert", str(official), "--config", reference["dataset"], "--mean-face", str(mean_face),
+                "--out", str(model)]) == 0
+    official.unlink()
+    return reference, model, folder

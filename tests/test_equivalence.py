@@ -8,8 +8,6 @@ with the fixture's boxes, and compare with what the original code returned.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,29 +20,11 @@ from spiga.io import read_image
 
 from conftest import SHARED
 
-FIXTURES = sorted((SHARED / "fixtures" / "equivalence").glob("*_sportsfan.json")) if SHARED.exists() else []
-MEAN_FACES = {98: "mean_face_3D_98.txt", 68: "mean_face_3D_68.txt"}
 
-
-@pytest.fixture(scope="module", params=FIXTURES or [None], ids=lambda p: p.stem if p else "absent")
-def converted(request, tmp_path_factory):
-    if request.param is None:
-        pytest.skip("needs ../shared/fixtures/equivalence (the project's shared fixtures), absent in this checkout")
-    reference = json.loads(request.param.read_text())
-    weights = reference["weights"]
-    folder = tmp_path_factory.mktemp(request.param.stem)
-    official = folder / "official.pt"
-    subprocess.run(
-        [sys.executable, str(SHARED / "tools" / "random_spiga_weights.py"), "--landmarks", str(weights["landmarks"]),
-         "--seed", str(weights["seed"]), "--bn-stats", str(request.param.parent / weights["bn_stats"]),
-         "--out", str(official)],
-        check=True)
-    model = folder / "model.safetensors"
-    mean_face = SHARED / "fixtures" / "upstream" / "models3D" / MEAN_FACES[weights["landmarks"]]
-    assert cli(["convert", str(official), "--config", reference["dataset"], "--mean-face", str(mean_face),
-                "--out", str(model)]) == 0
-    official.unlink()
-    return reference, model, folder
+@pytest.fixture(scope="module")
+def converted(equivalence_model):
+    """(reference, converted checkpoint, a scratch folder) per equivalence fixture."""
+    return equivalence_model
 
 
 def test_cli_align_matches_original(converted):

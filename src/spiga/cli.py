@@ -52,6 +52,13 @@ def _add_align(sub) -> None:
                    help="face detector when no --box is given: blazeface (default), haar, dlib, file:BOXES")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     _add_many_images_arguments(p)
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="arithmetic of the network: float32 (default), bfloat16 (CPUs with AVX-512 BF16/AMX, "
+                        "CUDA), float16 (CUDA only)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="torch (default) or onnxruntime (--model may then be an .onnx file from `spiga export`)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (slow first call; pays off for long runs only)")
     p.set_defaults(run=_run_align)
 
 
@@ -65,7 +72,8 @@ def _run_align(args) -> int:
     paths = _many_image_paths(args) if _is_many_images(args) else None  # None: the single-image form
     args.image = args.image[0] if paths is None else args.image
     image = read_image(args.image) if paths is None else None
-    aligner = load(args.model, device=args.device, detector=args.detector)
+    aligner = load(args.model, device=args.device, detector=args.detector, precision=args.precision,
+                   backend=args.backend, compile=args.compile)
     if paths is not None:
         return _run_align_many(args, paths, aligner)
     faces = aligner.align(image, boxes=args.box)
@@ -363,6 +371,33 @@ def _run_train(args) -> int:
     result = train(TrainConfig.from_dict(values, args.config or "<command line>"))
     best = f", best validation NME {result.best_nme:.3f}" if result.best_nme is not None else ""
     print(f"trained {result.steps} steps{best}; checkpoints in {result.out}")
+    return 0
+
+
+# --- export ------------------------------------------------------------------------
+
+
+@_command
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX",
+                       description="Write MODEL as an ONNX graph: input `images` float32 (B, 3, 256, 256) BGR crops "
+                                   "in [0, 1]; outputs `landmarks` (B, L, 2) in crop units [0, 1] and `pose` (B, 6). "
+                                   "The landmark set and sizes are stored in the file's metadata.")
+    p.add_argument("--model", default="wflw", help="named official model or checkpoint path")
+    p.add_argument("--out", required=True, metavar="MODEL.onnx", help="output file")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 13; default 17)")
+    p.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (default: fixed)")
+    p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size (default 1)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from .hub import resolve_model
+    from .inference.onnx_export import export_onnx
+
+    path = export_onnx(resolve_model(args.model), args.out, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                       batch_size=args.batch_size)
+    print(f"wrote {path}")
     return 0
 
 

@@ -48,15 +48,16 @@ def transform_points(points: np.ndarray, matrices: np.ndarray) -> np.ndarray:
     return points @ np.swapaxes(matrices[..., :2, :2], -1, -2) + matrices[..., None, :, 2]
 
 
-def _source_indices(start: float, step: float, count: int, limit: int) -> np.ndarray:
-    """Pillow's pre-tabulated nearest-neighbour source positions (one axis).
+def _source_indices(start: np.ndarray, step: np.ndarray, count: int, limit: int) -> np.ndarray:
+    """Pillow's pre-tabulated nearest-neighbour source positions along one axis, for B crops.
 
-    Positions are accumulated by repeated addition in float64, exactly as Pillow
-    does, then truncated; negative positions and positions >= limit give -1.
+    start, step: (B,) -> (B, count) int64 indices. Positions are accumulated by repeated
+    addition in float64 (a running sum along each row, in order), exactly as Pillow does,
+    then truncated; negative positions and positions >= limit give -1.
     """
-    steps = np.full(count, step)
-    steps[0] = start
-    positions = np.cumsum(steps)
+    steps = np.repeat(np.asarray(step, np.float64)[:, None], count, axis=1)
+    steps[:, 0] = start
+    positions = np.cumsum(steps, axis=1)
     index = np.where(positions < 0, -1, np.trunc(positions)).astype(np.int64)
     index[index >= limit] = -1
     return index
@@ -76,12 +77,11 @@ def crop_images(image: np.ndarray, boxes: np.ndarray, size: int = 256,
     height, width = image.shape[:2]
     matrices = crop_matrices(boxes, size, enlarge)
     inverse = invert_affine(matrices)
-    crops = np.zeros((len(matrices), size, size) + image.shape[2:], dtype=image.dtype)
-    for b, inv in enumerate(inverse):
-        cols = _source_indices(inv[0, 2] + inv[0, 0] * 0.5, inv[0, 0], size, width)
-        rows = _source_indices(inv[1, 2] + inv[1, 1] * 0.5, inv[1, 1], size, height)
-        valid_cols = np.flatnonzero(cols >= 0)
-        valid_rows = np.flatnonzero(rows >= 0)
-        if len(valid_cols) and len(valid_rows):
-            crops[b][np.ix_(valid_rows, valid_cols)] = image[np.ix_(rows[valid_rows], cols[valid_cols])]
+    cols = _source_indices(inverse[:, 0, 2] + inverse[:, 0, 0] * 0.5, inverse[:, 0, 0], size, width)  # (B, S)
+    rows = _source_indices(inverse[:, 1, 2] + inverse[:, 1, 1] * 0.5, inverse[:, 1, 1], size, height)
+    # one gather for every face (out-of-image positions read pixel 0, then are blacked out)
+    crops = image[np.maximum(rows, 0)[:, :, None], np.maximum(cols, 0)[:, None, :]]
+    outside = (rows < 0)[:, :, None] | (cols < 0)[:, None, :]
+    if outside.any():
+        crops[outside] = 0
     return crops, matrices

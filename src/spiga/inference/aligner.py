@@ -19,11 +19,12 @@ from ..face import Face, HeadPose
 from ..geometry.crop import crop_images, invert_affine, transform_points
 from ..hub import resolve_model
 from ..io import read_image
+from ..landmarks import LandmarkSet
+from ..model import ModelConfig
+from .backends import BACKENDS, Backend, TorchBackend
+from .optimize import PRECISIONS
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = {"float32": torch.float32}
-
 
 def _pick_device(device: str | torch.device | None) -> torch.device:
     if device is None:
@@ -57,29 +58,49 @@ def validate_boxes(boxes: Any, width: int, height: int) -> np.ndarray:
 class Aligner:
     """A loaded model ready to align faces.
 
-    Use `spiga.load(...)` rather than building one directly.
+    Use `spiga.load(...)` rather than building one directly. The network runs in a
+    backend (`predict_crops`: crops in, landmarks in crop pixels and pose out); cropping,
+    back-projection and `Face` construction are the same for every backend.
     """
 
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device | None = None,
-                 precision: str = "float32", max_batch: int = 32, detector: Any = "blazeface"):
+                 precision: str = "float32", max_batch: int = 32, detector: Any = "blazeface", compile: bool = False,
+                 tune_process: bool = True):
         if precision not in PRECISIONS:
             raise SpigaError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
-        self.device = _pick_device(device)
-        self.precision = precision
-        self.dtype = PRECISIONS[precision]
-        self.max_batch = max_batch
+        device = _pick_device(device)
+        backend = TorchBackend(checkpoint.model.eval(), device, precision, max_batch=max_batch, compile=compile,
+                               tune_process=tune_process)
+        self._setup(backend, checkpoint.landmarks, checkpoint.config,
+                    str(checkpoint.path) if checkpoint.path else "<in memory>", detector)
         self.checkpoint = checkpoint
-        self.model = checkpoint.model.eval().to(self.device)
-        self.landmark_set = checkpoint.landmarks
-        self.config = checkpoint.config
-        self.name = str(checkpoint.path) if checkpoint.path else "<in memory>"
+        self.model = backend.model
+
+    @classmethod
+    def from_backend(cls, backend: Backend, landmark_set: LandmarkSet, config: ModelConfig, name: str,
+                     detector: Any = None) -> "Aligner":
+        """An Aligner around any backend (e.g. `OnnxBackend`), without a PyTorch checkpoint."""
+        aligner = cls.__new__(cls)
+        aligner._setup(backend, landmark_set, config, name, detector)
+        aligner.checkpoint = None
+        aligner.model = None
+        return aligner
+
+    def _setup(self, backend: Backend, landmark_set: LandmarkSet, config: ModelConfig, name: str,
+               detector: Any) -> None:
+        self.backend = backend
+        self.device = backend.device
+        self.precision = backend.precision
+        self.max_batch = backend.max_batch
+        self.landmark_set = landmark_set
+        self.config = config
+        self.name = name
         self.detector = detector
 
     def __repr__(self) -> str:
-        return (f"Aligner({self.name}, {self.landmark_set.num_landmarks} landmarks, device={self.device}, "
-                f"precision={self.precision})")
+        return (f"Aligner({self.name}, {self.landmark_set.num_landmarks} landmarks, backend={self.backend.name}, "
+                f"device={self.device}, precision={self.precision})")
 
-    @torch.inference_mode()
     def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the network on crops.
 
@@ -88,17 +109,7 @@ class Aligner:
         Returns:
             landmarks (B, L, 2) in crop pixels and pose (B, 6), both float64.
         """
-        size = self.config.image_size
-        landmarks, poses = [], []
-        for start in range(0, len(crops), self.max_batch):
-            chunk = torch.from_numpy(crops[start:start + self.max_batch]).to(self.device)
-            images = chunk.permute(0, 3, 1, 2).to(self.dtype) / 255.0
-            out = self.model(images)
-            landmarks.append(out["landmarks"][-1].double().cpu().numpy() * size)
-            poses.append(out["pose"].double().cpu().numpy())
-        if not landmarks:
-            return np.zeros((0, self.landmark_set.num_landmarks, 2)), np.zeros((0, 6))
-        return np.concatenate(landmarks), np.concatenate(poses)
+        return self.backend.predict_crops(crops)
 
     def mean_face_world(self) -> np.ndarray:
         """(L, 3) float64: the model's 3D mean face in SPIGA's world frame (for mesh drawings)."""
@@ -212,17 +223,32 @@ class Aligner:
 
 
 def load(model: str | os.PathLike = "wflw", device: str | torch.device | None = None,
-         precision: str = "float32", **options: Any) -> Aligner:
+         precision: str = "float32", backend: str = "torch", compile: bool = False, **options: Any) -> Aligner:
     """Load a model for alignment.
 
     Args:
         model: a named official model (`wflw`, `300wpublic`, `300wprivate`, `merlrav`,
-            `cofw68`; downloaded and cached on first use) or a spiga checkpoint path.
+            `cofw68`; downloaded and cached on first use), a spiga checkpoint path, or,
+            with `backend="onnxruntime"`, an `.onnx` file written by `spiga export`.
         device: `"cpu"`, `"cuda"`, `"cuda:1"`, ...; None picks CUDA when available, else CPU.
-        precision: `"float32"` (default).
-        detector: the face detector used when `align` gets no boxes: a name for
-            `spiga.detection.make_detector` (`blazeface` by default, `haar`, `dlib`,
-            `file:PATH`), a `Detector`, or None for none.
+        precision: `"float32"` (default), `"bfloat16"` (CPU with AVX-512 BF16/AMX, or CUDA)
+            or `"float16"` (CUDA only). The backbone runs in it; pose and landmark geometry
+            stay float32.
+        backend: `"torch"` (default) or `"onnxruntime"` (float32; a checkpoint is exported
+            to a temporary .onnx file first).
+        compile: `torch.compile` the network (frozen weights). Pays off only for long runs:
+            every new batch size compiles for about a minute on a small CPU.
+        options: `max_batch` (faces per network call, default 32), `detector` (the face
+            detector used when `align` gets no boxes: a name for `spiga.detection.make_detector`,
+            `blazeface` by default, `haar`, `dlib`, `file:PATH`; a `Detector`; or None),
+            `tune_process` (torch backend on CPU: flush denormal floats to zero and keep large
+            freed blocks in the heap, process-wide; default True; see `tune_cpu_process`).
     """
+    if backend not in BACKENDS:
+        raise SpigaError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        from .onnx_backend import load_onnx
+
+        return load_onnx(model, device=device, precision=precision, compile=compile, **options)
     path = resolve_model(model)
-    return Aligner(load_checkpoint(path), device=device, precision=precision, **options)
+    return Aligner(load_checkpoint(path), device=device, precision=precision, compile=compile, **options)

@@ -1,0 +1,509 @@
+#!/usr/bin/env python3
+"""Speed of spiga against the original SPIGA implementation, on the same weights and images.
+
+    python benchmarks/bench.py                     # float32 + bfloat16 vs the original, batch 1/8/32
+    python benchmarks/bench.py --quick             # batch 1 and 8, two repeats
+    python benchmarks/bench.py --compile           # also the torch.compile paths (minutes of compiling)
+    python benchmarks/bench.py --markdown          # also print the table as Markdown (for the README)
+
+Runs from a clean checkout without installing spiga (it puts ../src on the path). The
+original (`spiga==0.0.6`) is pip-installed into ~/.cache/spiga-benchmarks on first use and
+run with stubs (see original.py); when that fails the table says why and shows ours only.
+
+Method: every implementation runs in a worker process of its own (same thread count,
+denormals flushed), all load the same random weights in the official layout (the shared
+tool's seeded weights with measured batch-norm statistics when ../shared is present, else
+PyTorch's default initialisation) and align the same boxes on the same image (the
+shared fixture image, else a synthetic one). The full path is timed: image and boxes in,
+landmarks in image pixels out (crop, network, back-projection). The implementations take
+turns for every repeat and batch size (the order rotates), so load from other processes
+on the machine hits them alike; the table shows medians. Peak memory is the worker's
+peak resident set size while it ran that batch size (weights included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SHARED = REPO.parent / "shared"
+DATASET = "wflw"
+
+
+# --- the machine -----------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def matmul_peak(threads: int, dtype_name: str, size: int = 2048, runs: int = 8) -> float:
+    """Best GFLOPS of a (size x size) @ (size x size) matmul in `dtype_name`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    for _ in range(2):
+        a @ b
+    best = math.inf
+    for _ in range(runs):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+# --- memory ----------------------------------------------------------------------------
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- inputs ----------------------------------------------------------------------------
+
+
+def make_inputs(folder: Path, max_batch: int) -> tuple[Path, Path]:
+    """The image (BGR uint8) and `max_batch` face boxes, saved as .npy files in `folder`."""
+    import cv2
+
+    image_path = SHARED / "fixtures" / "images" / "image_sportsfan.jpg"
+    rng = np.random.default_rng(0)
+    if image_path.is_file():
+        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        box = np.array(json.loads((SHARED / "fixtures" / "equivalence" / "wflw_seed1_sportsfan.json").read_text())
+                       ["bboxes_xywh"][0])
+    else:
+        image = rng.integers(0, 256, (720, 960, 3), dtype=np.uint8)
+        image = cv2.GaussianBlur(image, (0, 0), 6)
+        cv2.ellipse(image, (480, 360), (140, 180), 0, 0, 360, (150, 170, 210), -1)
+        box = np.array([350.0, 200.0, 260.0, 300.0])
+    # the same face, jittered: every box is a different crop
+    jitter = rng.uniform(-0.08, 0.08, (max_batch, 4)) * box[[2, 3, 2, 3]]
+    boxes = box + jitter
+    boxes[0] = box
+    np.save(folder / "image.npy", image)
+    np.save(folder / "boxes.npy", boxes)
+    return folder / "image.npy", folder / "boxes.npy"
+
+
+def make_weights(folder: Path, original_site: Path | None) -> tuple[Path, Path, str]:
+    """Random official-layout weights (.pt) and the same weights as a spiga checkpoint.
+
+    Returns (official .pt, checkpoint, a description of the weights)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "src"))
+    from spiga.checkpoint import build_model, convert_official, save_checkpoint
+    from spiga.landmarks import landmark_set_for, read_mean_face
+    from spiga.model import ModelConfig
+
+    landmarks = landmark_set_for(DATASET)
+    official = folder / f"spiga_{DATASET}.pt"
+    checkpoint = folder / f"{DATASET}.safetensors"
+    mean_face = None
+    for candidate in (SHARED / "fixtures" / "upstream" / "models3D" / "mean_face_3D_98.txt",
+                      (original_site / "spiga" / "data" / "models3D" / "mean_face_3D_98.txt") if original_site else None):
+        if candidate is not None and candidate.is_file():
+            mean_face = candidate
+            break
+    tool = SHARED / "tools" / "random_spiga_weights.py"
+    bn_stats = SHARED / "fixtures" / "equivalence" / "bn_stats_wflw_seed1.npz"
+    if tool.is_file() and bn_stats.is_file() and mean_face is not None:
+        subprocess.run([sys.executable, str(tool), "--landmarks", "98", "--seed", "1", "--bn-stats", str(bn_stats),
+                        "--out", str(official)], check=True)
+        convert_official(official, DATASET, mean_face, checkpoint)
+        return official, checkpoint, "shared tool, seed 1, measured batch-norm statistics"
+    torch.manual_seed(0)
+    if mean_face is not None:
+        points = read_mean_face(mean_face, landmarks)
+    else:
+        rng = np.random.default_rng(0)
+        points = np.column_stack([rng.uniform(-0.3, 0.1, 98), rng.uniform(-0.8, 0.8, 98), rng.uniform(-1, 1, 98)])
+    model = build_model(ModelConfig.official(landmarks.num_landmarks, landmarks.num_edges), landmarks, points).eval()
+    torch.save(model.state_dict(), official)
+    save_checkpoint(checkpoint, model, landmarks)
+    return official, checkpoint, "PyTorch default initialisation, seed 0"
+
+
+def model_flops() -> tuple[float, float]:
+    """(GFLOPs per face, millions of parameters) of the official-size model."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(REPO / "src"))
+    from spiga.model import SPIGA, ModelConfig
+
+    model = SPIGA(ModelConfig.official(98, 15), torch.zeros(98, 16)).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.rand(1, 3, 256, 256))
+    return counter.get_total_flops() / 1e9, sum(p.numel() for p in model.parameters()) / 1e6
+
+
+# --- workers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation under test."""
+
+    label: str
+    kind: str  # "original" or "ours"
+    precision: str = "float32"
+    compile: bool = False
+    backend: str = "torch"
+
+
+def worker(conn, impl: Impl, threads: int, paths: dict, clock_name: str = "wall") -> None:
+    """Load `impl` and answer ("warm", batch) / ("time", batch, calls) / ("quit",) messages."""
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)
+        image = np.load(paths["image"])
+        all_boxes = np.load(paths["boxes"])
+        if impl.kind == "original":
+            sys.path.insert(0, str(HERE))
+            from original import load_original
+
+            run = load_original(Path(paths["original_site"]), Path(paths["official"]), DATASET)
+        else:
+            sys.path.insert(0, str(REPO / "src"))
+            import spiga
+
+            model = paths["onnx"] if impl.backend == "onnxruntime" else paths["checkpoint"]
+            aligner = spiga.load(model, device="cpu", precision=impl.precision, compile=impl.compile,
+                                 backend=impl.backend, max_batch=64)
+
+            def run(image, boxes):
+                faces = aligner.align(image, boxes)
+                return (np.stack([f.landmarks for f in faces]), np.stack([f.headpose.as_array() for f in faces]))
+        conn.send(("ready", None))
+    except Exception as exc:  # reported, not raised: the table says what failed
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    while True:
+        message = conn.recv()
+        try:
+            if message[0] == "quit":
+                return
+            batch = message[1]
+            boxes = all_boxes[:batch]
+            if message[0] == "warm":
+                start = time.perf_counter()
+                landmarks, pose = run(image, boxes)
+                conn.send(("ok", (time.perf_counter() - start, np.asarray(landmarks), np.asarray(pose))))
+            elif message[0] == "time":
+                resettable = reset_peak_rss()
+                clock = time.process_time if clock_name == "cpu" else time.perf_counter
+                seconds = []
+                for _ in range(message[2]):
+                    start = clock()
+                    run(image, boxes)
+                    seconds.append(clock() - start)
+                conn.send(("ok", (seconds, peak_rss_mib(), resettable)))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class Worker:
+    def __init__(self, impl: Impl, threads: int, paths: dict, clock: str = "wall"):
+        context = mp.get_context("spawn")
+        self.impl = impl
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=worker, args=(child, impl, threads, paths, clock), daemon=True)
+        self.process.start()
+        status, detail = self.conn.recv()
+        self.error = detail if status == "error" else None
+
+    def ask(self, *message):
+        self.conn.send(message)
+        status, detail = self.conn.recv()
+        if status == "error":
+            raise RuntimeError(detail)
+        return detail
+
+    def close(self) -> None:
+        try:
+            if self.process.is_alive() and self.error is None:
+                self.conn.send(("quit",))
+            self.process.join(timeout=10)
+        finally:
+            if self.process.is_alive():
+                self.process.terminate()
+
+
+# --- the run ---------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    impl: Impl
+    per_face: dict[int, list[float]] = field(default_factory=dict)
+    peak_mib: dict[int, float] = field(default_factory=dict)
+    warm_s: dict[int, float] = field(default_factory=dict)
+    outputs: dict[int, tuple] = field(default_factory=dict)
+    error: str | None = None
+
+
+def run_benchmark(args) -> dict:
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
+    folder = Path(tempfile.mkdtemp(prefix="spiga-bench-"))
+    original_site, original_error = None, None
+    if not args.no_original:
+        sys.path.insert(0, str(HERE))
+        from original import install_original
+
+        try:
+            original_site = install_original()
+        except Exception as exc:
+            original_error = str(exc)
+    elif args.no_original:
+        original_error = "skipped (--no-original)"
+    log(f"preparing weights and inputs in {folder}")
+    official, checkpoint, weights_note = make_weights(folder, original_site)
+    image_path, boxes_path = make_inputs(folder, max(args.batches))
+    paths = {"image": str(image_path), "boxes": str(boxes_path), "official": str(official),
+             "checkpoint": str(checkpoint), "original_site": str(original_site)}
+
+    impls = []
+    if original_site is not None:
+        impls.append(Impl("original 0.0.6", "original"))
+    for precision in args.precisions:
+        impls.append(Impl(f"spiga {precision}", "ours", precision))
+        if args.compile:
+            impls.append(Impl(f"spiga {precision} compiled", "ours", precision, compile=True))
+    if args.onnx:
+        from spiga.inference.onnx_export import export_onnx
+
+        paths["onnx"] = str(folder / "model.onnx")
+        export_onnx(checkpoint, paths["onnx"], dynamic_batch=True)
+        impls.append(Impl("spiga onnxruntime float32", "ours", backend="onnxruntime"))
+
+    log("measuring the matmul peak")
+    peaks = {name: matmul_peak(threads, name) for name in ("float32", "bfloat16")}
+    gflops_per_face, params_m = model_flops()
+
+    def remeasure_peaks() -> None:  # the best of several: other load on the machine only lowers it
+        for name in peaks:
+            peaks[name] = max(peaks[name], matmul_peak(threads, name, runs=4))
+
+    results = {impl: Result(impl) for impl in impls}
+    workers: dict[Impl, Worker] = {}
+    try:
+        for impl in impls:
+            log(f"loading {impl.label}")
+            w = Worker(impl, threads, paths, args.clock)
+            if w.error:
+                results[impl].error = w.error
+                w.close()
+                continue
+            workers[impl] = w
+        calls: dict[int, int] = {}
+        for batch in args.batches:
+            for impl, w in list(workers.items()):
+                log(f"warm-up {impl.label}, batch {batch}")
+                try:
+                    seconds, landmarks, pose = w.ask("warm", batch)
+                except RuntimeError as exc:
+                    results[impl].error = str(exc)
+                    w.close()
+                    del workers[impl]
+                    continue
+                results[impl].warm_s[batch] = seconds
+                results[impl].outputs[batch] = (landmarks, pose)
+            # each timed turn lasts about args.turn_s for the slowest implementation
+            slowest = max((r.warm_s.get(batch, 0) for r in results.values()), default=1.0)
+            calls[batch] = max(1, min(10, round(args.turn_s / max(slowest, 1e-3))))
+        for repeat in range(args.repeats):
+            for batch in args.batches:
+                order = list(workers.items())
+                shift = repeat % max(1, len(order))
+                for impl, w in order[shift:] + order[:shift]:
+                    seconds, peak, _ = w.ask("time", batch, calls[batch])
+                    results[impl].per_face.setdefault(batch, []).extend(s / batch for s in seconds)
+                    results[impl].peak_mib[batch] = max(results[impl].peak_mib.get(batch, 0.0), peak)
+                log(f"repeat {repeat + 1}/{args.repeats}, batch {batch} done")
+            remeasure_peaks()
+    finally:
+        for w in workers.values():
+            w.close()
+
+    return {
+        "machine": {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "threads": threads,
+                    "amx_bf16": "amx_bf16" in cpu_flags(), "avx512_bf16": "avx512_bf16" in cpu_flags(),
+                    "python": platform.python_version(), "torch": torch.__version__},
+        "weights": weights_note, "gflops_per_face": gflops_per_face, "params_m": params_m,
+        "matmul_peak_gflops": peaks, "original_error": original_error, "batches": args.batches,
+        "clock": args.clock, "load_average": _load_average(),
+        "results": results,
+    }
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def summarise(report: dict) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows and notes of the result table."""
+    results: dict[Impl, Result] = report["results"]
+    original = next((r for i, r in results.items() if i.kind == "original" and not r.error), None)
+    header = ["implementation", "batch", "ms/face", "faces/s", "peak MiB", "vs original", "GFLOPS",
+              "% matmul peak", "max |diff| px"]
+    rows = []
+    for batch in report["batches"]:
+        for impl, result in results.items():
+            if result.error or batch not in result.per_face:
+                continue
+            per_face = float(np.median(result.per_face[batch]))
+            speedup = ""
+            diff = ""
+            if original is not None and batch in original.per_face:
+                speedup = f"{np.median(original.per_face[batch]) / per_face:.2f}x"
+                if impl.kind != "original" and batch in original.outputs:
+                    diff = f"{np.abs(result.outputs[batch][0] - original.outputs[batch][0]).max():.3f}"
+            achieved = report["gflops_per_face"] / per_face
+            peak_name = "bfloat16" if impl.precision == "bfloat16" else "float32"
+            short = {"bfloat16": "bf16", "float32": "fp32"}[peak_name]
+            rows.append([impl.label, str(batch), f"{per_face * 1000:.0f}", f"{1 / per_face:.2f}",
+                         f"{result.peak_mib.get(batch, float('nan')):.0f}", speedup, f"{achieved:.0f}",
+                         f"{100 * achieved / report['matmul_peak_gflops'][peak_name]:.0f}% {short}", diff])
+    machine = report["machine"]
+    notes = [
+        f"machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['threads']} threads, "
+        f"AMX-BF16 {'yes' if machine['amx_bf16'] else 'no'}, AVX512-BF16 {'yes' if machine['avx512_bf16'] else 'no'}; "
+        f"Python {machine['python']}, torch {machine['torch']}",
+        f"matmul peak (2048^3, {machine['threads']} threads): float32 {report['matmul_peak_gflops']['float32']:.0f} "
+        f"GFLOPS, bfloat16 {report['matmul_peak_gflops']['bfloat16']:.0f} GFLOPS",
+        f"model: official size, 98 landmarks, {report['gflops_per_face']:.1f} GFLOPs/face, "
+        f"{report['params_m']:.1f}M parameters; weights: {report['weights']}",
+        f"timed ({report['clock']} clock): image + boxes -> landmarks in image pixels (crop, network, "
+        f"back-projection); medians of interleaved repeats; load average at the end {report['load_average']}; "
+        "max |diff|: landmarks vs the original on the same faces (random weights amplify "
+        "rounding: bfloat16 differences here say nothing about accuracy on a trained model)",
+    ]
+    if report["original_error"]:
+        notes.append(f"original: not available ({report['original_error']})")
+    for impl, result in results.items():
+        if result.error:
+            notes.append(f"{impl.label}: failed ({result.error})")
+        elif impl.compile:
+            warm = ", ".join(f"batch {b}: {s:.0f} s" for b, s in result.warm_s.items())
+            notes.append(f"{impl.label}: first call per batch size (compiling) {warm}")
+    return header, rows, notes
+
+
+def format_text(header, rows) -> str:
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_markdown(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=None, help="threads per implementation (default: torch's)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="faces per call")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed turns per batch size")
+    parser.add_argument("--turn-s", type=float, default=1.5, help="about how long one timed turn lasts")
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"],
+                        choices=["float32", "bfloat16"], help="our precisions to measure")
+    parser.add_argument("--compile", action="store_true", help="also measure the torch.compile paths")
+    parser.add_argument("--onnx", action="store_true", help="also measure the onnxruntime backend")
+    parser.add_argument("--no-original", action="store_true", help="do not install or run the original")
+    parser.add_argument("--quick", action="store_true", help="batch 1 and 8, two repeats")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or each worker's CPU time (meaningful with --threads 1 on a busy "
+                             "machine: time spent waiting for a core is not counted)")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    parser.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batches, args.repeats = [1, 8], 2
+    report = run_benchmark(args)
+    header, rows, notes = summarise(report)
+    print(format_text(header, rows))
+    print()
+    print("\n".join(notes))
+    if args.markdown:
+        print()
+        print(format_markdown(header, rows))
+        print()
+        print("\n".join(f"- {note}" for note in notes))
+    if args.json:
+        data = {k: v for k, v in report.items() if k != "results"}
+        data["table"] = {"header": header, "rows": rows, "notes": notes}
+        Path(args.json).write_text(json.dumps(data, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""onnxruntime backend: runs a graph written by `spiga export` (see `onnx_export`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SpigaError
+from ..landmarks import LandmarkSet
+from ..model import ModelConfig
+from .onnx_export import METADATA_KEY
+
+log = logging.getLogger(__name__)
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise SpigaError("the onnxruntime backend needs the `onnxruntime` package: "
+                         "pip install 'spiga[onnx]'") from None
+    return onnxruntime
+
+
+class OnnxBackend:
+    """`predict_crops` with onnxruntime.
+
+    Args:
+        path: an .onnx file written by `spiga export`.
+        device: "cpu" or "cuda[:N]" (needs onnxruntime-gpu's CUDA execution provider).
+        max_batch: faces per call (graphs with a fixed batch size use that size instead).
+        threads: intra-op threads; default: PyTorch's thread count, so that one setting
+            (`torch.set_num_threads`) governs both backends.
+    """
+
+    name = "onnxruntime"
+    precision = "float32"
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", max_batch: int = 32,
+                 threads: int | None = None):
+        ort = _import_onnxruntime()
+        import torch
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SpigaError(f"{self.path}: no such file")
+        self.device = str(device or "cpu")
+        providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise SpigaError("device 'cuda' asked for, but this onnxruntime has no CUDA execution provider "
+                                 "(install onnxruntime-gpu)")
+            index = int(self.device.split(":")[1]) if ":" in self.device else 0
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise SpigaError(f"{self.path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in metadata:
+            raise SpigaError(f"{self.path}: ONNX file without spiga metadata (not written by `spiga export`?)")
+        try:
+            self.header = json.loads(metadata[METADATA_KEY])
+            self.config = ModelConfig.from_dict(self.header["model_config"])
+            self.landmark_set = LandmarkSet.from_dict(self.header["landmarks"])
+        except (ValueError, KeyError, TypeError, SpigaError) as exc:
+            raise SpigaError(f"{self.path}: bad spiga metadata ({exc})") from None
+        shape = self.session.get_inputs()[0].shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.max_batch = self.fixed_batch or int(max_batch)
+        self.image_size = self.config.image_size
+
+    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, S, S, 3) BGR uint8 -> landmarks (B, L, 2) crop pixels, pose (B, 6); float64."""
+        landmarks, poses = [], []
+        for start in range(0, len(crops), self.max_batch):
+            chunk = crops[start:start + self.max_batch]
+            count = len(chunk)
+            if self.fixed_batch and count < self.fixed_batch:
+                chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - count, *chunk.shape[1:]), chunk.dtype)])
+            images = np.ascontiguousarray(chunk.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+            points, pose = self.session.run(["landmarks", "pose"], {"images": images})
+            landmarks.append(points[:count].astype(np.float64) * self.image_size)
+            poses.append(pose[:count].astype(np.float64))
+        if not landmarks:
+            return np.zeros((0, self.config.num_landmarks, 2)), np.zeros((0, 6))
+        return np.concatenate(landmarks), np.concatenate(poses)
+
+
+def load_onnx(model: str | os.PathLike, device: Any = None, precision: str = "float32", compile: bool = False,
+              max_batch: int = 32, detector: Any = "blazeface", tune_process: bool = True):
+    """`spiga.load(..., backend="onnxruntime")`: an Aligner over an .onnx file, or over a
+    checkpoint exported on the fly (to a temporary file, removed once loaded)."""
+    from ..hub import resolve_model
+    from .aligner import Aligner
+    from .onnx_export import export_onnx
+
+    if precision != "float32":
+        raise SpigaError(f"the onnxruntime backend runs float32 only (asked for {precision!r})")
+    if compile:
+        raise SpigaError("compile applies to the torch backend only")
+    device = "cpu" if device is None else str(device)
+    if str(model).endswith(".onnx"):
+        backend = OnnxBackend(model, device, max_batch)
+        name = str(model)
+    else:
+        path = resolve_model(model)
+        with tempfile.TemporaryDirectory(prefix="spiga-onnx-") as folder:
+            log.info("exporting %s to ONNX for onnxruntime", path)
+            onnx_path = export_onnx(path, Path(folder) / "model.onnx", dynamic_batch=True)
+            backend = OnnxBackend(onnx_path, device, max_batch)
+        name = str(path)
+    return Aligner.from_backend(backend, backend.landmark_set, backend.config, name, detector)
