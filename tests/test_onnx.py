@@ -31,7 +31,7 @@ def tiny_onnx(tiny_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="module")
 def crops():
     rng = np.random.default_rng(1)
-    return rng.integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
+    return rng.integers(0, 256, (3, 128, 128, 3), dtype=np.uint8)
 
 
 def test_graph_uses_plain_operators_and_carries_metadata(tiny_onnx, tiny_checkpoint):

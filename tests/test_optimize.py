@@ -50,7 +50,7 @@ def _model(size: str, landmarks, seed: int = 0, negative_scales: bool = False):
 @pytest.fixture(scope="module")
 def images():
     torch.manual_seed(1)
-    return torch.rand(3, 3, 256, 256)
+    return torch.rand(3, 3, 128, 128)
 
 
 @pytest.mark.parametrize("fuse", [False, pytest.param(True, marks=needs_onednn)], ids=["plain", "fused"])
@@ -65,7 +65,7 @@ def test_optimised_copy_matches_model(images, fuse, sampler, landmarks, negative
     assert isinstance(optimised, InferenceSPIGA)
     assert points.shape == (3, landmarks.num_landmarks, 2) and pose.shape == (3, 6)
     assert (pose - expected["pose"]).abs().max() < 1e-3
-    assert (points - expected["landmarks"][-1]).abs().max() * 256 < 0.01  # crop pixels
+    assert (points - expected["landmarks"][-1]).abs().max() * 128 < 0.01  # crop pixels
     if fuse:
         residuals = [m for m in optimised.modules() if isinstance(m, FusedResidual)]
         assert residuals
@@ -107,7 +107,7 @@ def test_stem_conv_matches_coord_channels_and_conv():
     folded = fold_batch_norms(copy.deepcopy(model.visual_cnn)).pre
     stem = StemConv(folded[0], folded[1])
     torch.manual_seed(3)
-    x = torch.rand(2, 3, 256, 256)
+    x = torch.rand(2, 3, 128, 128)
     with torch.inference_mode():
         assert (stem(x) - pre[1](pre[0](x))).abs().max() < 1e-4
 
@@ -116,7 +116,7 @@ def test_batch_norm_folding_is_exact_in_float64():
     """Folding changes only rounding: in float64 the folded copy equals the model to 1e-9."""
     model = _model("tiny", WFLW_98).double()
     optimised = InferenceSPIGA(model, torch.float64, torch.float64, channels_last=False)
-    x = torch.rand(2, 3, 256, 256, dtype=torch.float64)
+    x = torch.rand(2, 3, 128, 128, dtype=torch.float64)
     with torch.inference_mode():
         features = model.visual_cnn(x)
         visual, core = optimised.run_backbone(x)
@@ -151,14 +151,14 @@ def test_bfloat16_keeps_geometry_in_float32(tiny_checkpoint):
     assert optimised.mean_face_3d.dtype == torch.float32 and optimised.pose_fc.weight.dtype == torch.float32
     assert all(step.window_offsets.dtype == torch.float32 for step in optimised.steps)
     with torch.inference_mode():
-        points, pose = optimised(torch.rand(1, 3, 256, 256))
+        points, pose = optimised(torch.rand(1, 3, 128, 128))
     assert points.dtype == torch.float32 and pose.dtype == torch.float32
 
 
 def test_backend_splits_large_inputs(tiny_checkpoint):
     model = load_checkpoint(tiny_checkpoint).model
     rng = np.random.default_rng(4)
-    crops = rng.integers(0, 256, (5, 256, 256, 3), dtype=np.uint8)
+    crops = rng.integers(0, 256, (5, 128, 128, 3), dtype=np.uint8)
     small = TorchBackend(model, torch.device("cpu"), max_batch=2).predict_crops(crops)
     large = TorchBackend(model, torch.device("cpu"), max_batch=8).predict_crops(crops)
     assert small[0].shape == (5, 98, 2)
@@ -177,7 +177,7 @@ def test_batch_buckets(size, expected):
 def test_compiled_backend_matches_eager(tiny_checkpoint):
     model = load_checkpoint(tiny_checkpoint).model
     rng = np.random.default_rng(5)
-    crops = rng.integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
+    crops = rng.integers(0, 256, (3, 128, 128, 3), dtype=np.uint8)
     eager = TorchBackend(model, torch.device("cpu")).predict_crops(crops)
     compiled = TorchBackend(model, torch.device("cpu"), max_batch=4, compile=True)
     for _ in range(2):  # the second call runs the compiled graph again (frozen weights stay intact)
