@@ -79,3 +79,12 @@ def equivalence_model(request, tmp_path_factory):
                 "--out", str(model)]) == 0
     official.unlink()
     return reference, model, folder
+
+
+@pytest.fixture(autouse=True)
+def _plain_float_state():
+    """Aligners flush denormal floats process-wide (a speed setting, see
+    `spiga.inference.tune_cpu_process`); tests after them, hypothesis's above all, expect
+    IEEE arithmetic, so each test ends with the default restored."""
+    yield
+    torch.set_flush_denormal(False)
