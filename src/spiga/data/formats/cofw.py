@@ -17,12 +17,12 @@ import re
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from ...errors import DatasetError
 from ...landmarks import IBUG_68, LandmarkSet
 from ..sample import BadEntries, EntryError, Sample, make_sample
 from .common import IMAGE_SUFFIXES, count_problem, require_set
+from .matlab import MatFileError, read_mat
 
 NAME = "cofw68"
 _BOXES_FILE = "cofw68_test_bboxes.mat"
@@ -31,12 +31,11 @@ _NUMBERED = re.compile(r"^(\d+)_points\.mat$", re.IGNORECASE)
 
 def _load_mat(path: Path) -> dict:
     try:
-        return scipy.io.loadmat(str(path))
-    except NotImplementedError:
-        raise EntryError(str(path), "MATLAB v7.3 (HDF5) files are not supported; save it with "
-                                    "`save(..., '-v7')`") from None
-    except Exception as exc:  # scipy raises a zoo of types (ValueError, MatReadError, OSError)
-        raise EntryError(str(path), f"not a readable MATLAB file ({exc})") from None
+        return read_mat(path)
+    except MatFileError as exc:
+        raise EntryError(str(path), f"not a readable MATLAB file: {exc}") from None
+    except OSError as exc:
+        raise EntryError(str(path), f"cannot read ({exc.strerror or exc})") from None
 
 
 def _variable(data: dict, name: str) -> np.ndarray | None:
