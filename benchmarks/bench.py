@@ -269,8 +269,15 @@ class Worker:
         self.error = detail if status == "error" else None
 
     def ask(self, *message):
-        self.conn.send(message)
-        status, detail = self.conn.recv()
+        try:
+            self.conn.send(message)
+            status, detail = self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(timeout=5)
+            code = self.process.exitcode
+            reason = "killed (out of memory?)" if code in (-9, 137) else f"exit code {code}"
+            self.error = f"worker process died: {reason}"
+            raise RuntimeError(self.error) from None
         if status == "error":
             raise RuntimeError(detail)
         return detail
@@ -280,6 +287,8 @@ class Worker:
             if self.process.is_alive() and self.error is None:
                 self.conn.send(("quit",))
             self.process.join(timeout=10)
+        except (OSError, EOFError):
+            pass
         finally:
             if self.process.is_alive():
                 self.process.terminate()
@@ -360,7 +369,7 @@ def run_benchmark(args) -> dict:
                 try:
                     seconds, landmarks, pose = w.ask("warm", batch)
                 except RuntimeError as exc:
-                    results[impl].error = str(exc)
+                    results[impl].error = f"batch {batch}: {exc}"
                     w.close()
                     del workers[impl]
                     continue
@@ -374,7 +383,15 @@ def run_benchmark(args) -> dict:
                 order = list(workers.items())
                 shift = repeat % max(1, len(order))
                 for impl, w in order[shift:] + order[:shift]:
-                    seconds, peak, _ = w.ask("time", batch, calls[batch])
+                    if impl not in workers or batch not in results[impl].warm_s:
+                        continue
+                    try:
+                        seconds, peak, _ = w.ask("time", batch, calls[batch])
+                    except RuntimeError as exc:
+                        results[impl].error = f"batch {batch}: {exc}"
+                        w.close()
+                        del workers[impl]
+                        continue
                     results[impl].per_face.setdefault(batch, []).extend(s / batch for s in seconds)
                     results[impl].peak_mib[batch] = max(results[impl].peak_mib.get(batch, 0.0), peak)
                 log(f"repeat {repeat + 1}/{args.repeats}, batch {batch} done")
@@ -408,13 +425,13 @@ def log(message: str) -> None:
 def summarise(report: dict) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, rows and notes of the result table."""
     results: dict[Impl, Result] = report["results"]
-    original = next((r for i, r in results.items() if i.kind == "original" and not r.error), None)
+    original = next((r for i, r in results.items() if i.kind == "original"), None)
     header = ["implementation", "batch", "ms/face", "faces/s", "peak MiB", "vs original", "GFLOPS",
               "% matmul peak", "max |diff| px"]
     rows = []
     for batch in report["batches"]:
         for impl, result in results.items():
-            if result.error or batch not in result.per_face:
+            if batch not in result.per_face:
                 continue
             per_face = float(np.median(result.per_face[batch]))
             speedup = ""
