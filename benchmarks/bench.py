@@ -88,6 +88,20 @@ def matmul_peak(threads: int, dtype_name: str, size: int = 2048, runs: int = 8) 
 # --- memory ----------------------------------------------------------------------------
 
 
+def available_memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return None
+
+
+# the original's inference keeps the autograd graph: about 0.45 GiB per face (measured)
+ORIGINAL_GIB_PER_FACE = 0.45
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter of this process (Linux); False if not possible."""
     try:
@@ -362,9 +376,18 @@ def run_benchmark(args) -> dict:
                 w.close()
                 continue
             workers[impl] = w
-        calls: dict[int, int] = {}
+        # batch sizes in increasing order, each warmed up then timed in interleaved turns,
+        # so that a batch size's peak memory is not raised by a larger one run before it
         for batch in args.batches:
             for impl, w in list(workers.items()):
+                available = available_memory_gib()
+                needed = ORIGINAL_GIB_PER_FACE * batch
+                if impl.kind == "original" and available is not None and needed > 0.9 * available:
+                    results[impl].error = (f"batch {batch} skipped: it would need about {needed:.0f} GiB more "
+                                           f"(its inference keeps the autograd graph), {available:.0f} GiB available")
+                    w.close()
+                    del workers[impl]
+                    continue
                 log(f"warm-up {impl.label}, batch {batch}")
                 try:
                     seconds, landmarks, pose = w.ask("warm", batch)
@@ -377,16 +400,15 @@ def run_benchmark(args) -> dict:
                 results[impl].outputs[batch] = (landmarks, pose)
             # each timed turn lasts about args.turn_s for the slowest implementation
             slowest = max((r.warm_s.get(batch, 0) for r in results.values()), default=1.0)
-            calls[batch] = max(1, min(10, round(args.turn_s / max(slowest, 1e-3))))
-        for repeat in range(args.repeats):
-            for batch in args.batches:
+            calls = max(1, min(10, round(args.turn_s / max(slowest, 1e-3))))
+            for repeat in range(args.repeats):
                 order = list(workers.items())
                 shift = repeat % max(1, len(order))
                 for impl, w in order[shift:] + order[:shift]:
                     if impl not in workers or batch not in results[impl].warm_s:
                         continue
                     try:
-                        seconds, peak, _ = w.ask("time", batch, calls[batch])
+                        seconds, peak, _ = w.ask("time", batch, calls)
                     except RuntimeError as exc:
                         results[impl].error = f"batch {batch}: {exc}"
                         w.close()
@@ -394,8 +416,8 @@ def run_benchmark(args) -> dict:
                         continue
                     results[impl].per_face.setdefault(batch, []).extend(s / batch for s in seconds)
                     results[impl].peak_mib[batch] = max(results[impl].peak_mib.get(batch, 0.0), peak)
-                log(f"repeat {repeat + 1}/{args.repeats}, batch {batch} done")
-            remeasure_peaks()
+                log(f"batch {batch}: repeat {repeat + 1}/{args.repeats} done")
+                remeasure_peaks()
     finally:
         for w in workers.values():
             w.close()
@@ -471,6 +493,21 @@ def summarise(report: dict) -> tuple[list[str], list[list[str]], list[str]]:
     return header, rows, notes
 
 
+def update_readme_section(path: Path, name: str, text: str, title: str) -> None:
+    """Put `text` between `<!-- {name}:start -->` and `<!-- {name}:end -->` in the Markdown file
+    `path` (appending a section `title` with the markers when absent); atomic."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    content = path.read_text() if path.is_file() else ""
+    block = f"{start}\n{text}\n{end}"
+    if start in content and end in content:
+        content = content[:content.index(start)] + block + content[content.index(end) + len(end):]
+    else:
+        content = content.rstrip() + f"\n\n{title}\n\n" + block + "\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(content)
+    os.replace(tmp, path)
+
+
 def format_text(header, rows) -> str:
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
@@ -502,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
                              "machine: time spent waiting for a core is not counted)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     parser.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    parser.add_argument("--readme", metavar="FILE.md",
+                        help="put the Markdown table into FILE.md between <!-- SECTION:start/end --> markers")
+    parser.add_argument("--section", default="cpu-results", help="marker name for --readme (default cpu-results)")
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.repeats = [1, 8], 2
@@ -515,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
         print(format_markdown(header, rows))
         print()
         print("\n".join(f"- {note}" for note in notes))
+    if args.readme:
+        command = "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        text = "\n".join([f"`{command.strip()}`", "", format_markdown(header, rows), ""] +
+                          [f"- {note}" for note in notes])
+        update_readme_section(Path(args.readme), args.section, text, "### CPU figures")
     if args.json:
         data = {k: v for k, v in report.items() if k != "results"}
         data["table"] = {"header": header, "rows": rows, "notes": notes}

@@ -40,8 +40,6 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import bench  # noqa: E402  (stdlib + numpy at import time)
 
-START, END = "<!-- gpu-results:start -->", "<!-- gpu-results:end -->"
-
 
 def find_original(explicit: str | None) -> tuple[Path | None, str | None]:
     candidates = [explicit, os.environ.get("SPIGA_ORIGINAL_SITE"), str(HERE / ".cache" / "original-0.0.6")]
@@ -184,18 +182,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path, text: str) -> None:
-    content = path.read_text() if path.is_file() else ""
-    block = f"{START}\n{text}\n{END}"
-    if START in content and END in content:
-        content = content[:content.index(START)] + block + content[content.index(END) + len(END):]
-    else:
-        content = content.rstrip() + "\n\n## GPU figures\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(content)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 128])
@@ -245,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(report)
     print(text)
     if args.readme:
-        update_readme(Path(args.readme), text)
+        bench.update_readme_section(Path(args.readme), "gpu-results", text, "### GPU figures")
     out = os.environ.get("OUT")
     if out:
         Path(out, "gpu_results.md").write_text(text + "\n")
