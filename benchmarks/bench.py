@@ -486,7 +486,7 @@ def summarise(report: dict) -> tuple[list[str], list[list[str]], list[str]]:
         notes.append(f"original: not available ({report['original_error']})")
     for impl, result in results.items():
         if result.error:
-            notes.append(f"{impl.label}: failed ({result.error})")
+            notes.append(f"{impl.label}: not measured further ({result.error})")
         elif impl.compile:
             warm = ", ".join(f"batch {b}: {s:.0f} s" for b, s in result.warm_s.items())
             notes.append(f"{impl.label}: first call per batch size (compiling) {warm}")
@@ -556,7 +556,15 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("\n".join(f"- {note}" for note in notes))
     if args.readme:
-        command = "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        given = list(argv if argv is not None else sys.argv[1:])
+        shown = []
+        while given:  # the command as run, without where its outputs went
+            item = given.pop(0)
+            if item in ("--readme", "--section", "--json"):
+                given = given[1:]
+            elif not item.startswith(("--readme=", "--section=", "--json=")):
+                shown.append(item)
+        command = "python benchmarks/bench.py " + " ".join(shown)
         text = "\n".join([f"`{command.strip()}`", "", format_markdown(header, rows), ""] +
                           [f"- {note}" for note in notes])
         update_readme_section(Path(args.readme), args.section, text, "### CPU figures")
