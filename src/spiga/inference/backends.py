@@ -118,7 +118,8 @@ class TorchBackend:
         self.num_landmarks = model.config.num_landmarks
         # torch.compile does its own oneDNN fusion, on the plain (unfused) module
         self.network = prepare_for_inference(model, precision, self.device, fuse=False if compile else None)
-        if tune_process and self.device.type == "cpu":
+        self.flush_denormal = tune_process and self.device.type == "cpu"
+        if self.flush_denormal:
             tune_cpu_process()
         self.compiled = compile
         self._run = self.network
@@ -127,6 +128,10 @@ class TorchBackend:
 
     @torch.inference_mode()
     def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.flush_denormal:
+            # the switch is per thread (this call may come from another thread than the one
+            # that loaded the model) and other libraries (onnxruntime) may reset it
+            torch.set_flush_denormal(True)
         landmarks, poses = [], []
         for start in range(0, len(crops), self.max_batch):
             chunk = crops[start:start + self.max_batch]
