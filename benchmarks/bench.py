@@ -88,6 +88,20 @@ def matmul_peak(threads: int, dtype_name: str, size: int = 2048, runs: int = 8) 
 # --- memory ----------------------------------------------------------------------------
 
 
+def available_memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return None
+
+
+# the original's inference keeps the autograd graph: about 0.45 GiB per face (measured)
+ORIGINAL_GIB_PER_FACE = 0.45
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter of this process (Linux); False if not possible."""
     try:
@@ -269,8 +283,15 @@ class Worker:
         self.error = detail if status == "error" else None
 
     def ask(self, *message):
-        self.conn.send(message)
-        status, detail = self.conn.recv()
+        try:
+            self.conn.send(message)
+            status, detail = self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(timeout=5)
+            code = self.process.exitcode
+            reason = "killed (out of memory?)" if code in (-9, 137) else f"exit code {code}"
+            self.error = f"worker process died: {reason}"
+            raise RuntimeError(self.error) from None
         if status == "error":
             raise RuntimeError(detail)
         return detail
@@ -280,6 +301,8 @@ class Worker:
             if self.process.is_alive() and self.error is None:
                 self.conn.send(("quit",))
             self.process.join(timeout=10)
+        except (OSError, EOFError):
+            pass
         finally:
             if self.process.is_alive():
                 self.process.terminate()
@@ -353,14 +376,23 @@ def run_benchmark(args) -> dict:
                 w.close()
                 continue
             workers[impl] = w
-        calls: dict[int, int] = {}
+        # batch sizes in increasing order, each warmed up then timed in interleaved turns,
+        # so that a batch size's peak memory is not raised by a larger one run before it
         for batch in args.batches:
             for impl, w in list(workers.items()):
+                available = available_memory_gib()
+                needed = ORIGINAL_GIB_PER_FACE * batch
+                if impl.kind == "original" and available is not None and needed > 0.9 * available:
+                    results[impl].error = (f"batch {batch} skipped: it would need about {needed:.0f} GiB more "
+                                           f"(its inference keeps the autograd graph), {available:.0f} GiB available")
+                    w.close()
+                    del workers[impl]
+                    continue
                 log(f"warm-up {impl.label}, batch {batch}")
                 try:
                     seconds, landmarks, pose = w.ask("warm", batch)
                 except RuntimeError as exc:
-                    results[impl].error = str(exc)
+                    results[impl].error = f"batch {batch}: {exc}"
                     w.close()
                     del workers[impl]
                     continue
@@ -368,17 +400,24 @@ def run_benchmark(args) -> dict:
                 results[impl].outputs[batch] = (landmarks, pose)
             # each timed turn lasts about args.turn_s for the slowest implementation
             slowest = max((r.warm_s.get(batch, 0) for r in results.values()), default=1.0)
-            calls[batch] = max(1, min(10, round(args.turn_s / max(slowest, 1e-3))))
-        for repeat in range(args.repeats):
-            for batch in args.batches:
+            calls = max(1, min(10, round(args.turn_s / max(slowest, 1e-3))))
+            for repeat in range(args.repeats):
                 order = list(workers.items())
                 shift = repeat % max(1, len(order))
                 for impl, w in order[shift:] + order[:shift]:
-                    seconds, peak, _ = w.ask("time", batch, calls[batch])
+                    if impl not in workers or batch not in results[impl].warm_s:
+                        continue
+                    try:
+                        seconds, peak, _ = w.ask("time", batch, calls)
+                    except RuntimeError as exc:
+                        results[impl].error = f"batch {batch}: {exc}"
+                        w.close()
+                        del workers[impl]
+                        continue
                     results[impl].per_face.setdefault(batch, []).extend(s / batch for s in seconds)
                     results[impl].peak_mib[batch] = max(results[impl].peak_mib.get(batch, 0.0), peak)
-                log(f"repeat {repeat + 1}/{args.repeats}, batch {batch} done")
-            remeasure_peaks()
+                log(f"batch {batch}: repeat {repeat + 1}/{args.repeats} done")
+                remeasure_peaks()
     finally:
         for w in workers.values():
             w.close()
@@ -408,13 +447,13 @@ def log(message: str) -> None:
 def summarise(report: dict) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, rows and notes of the result table."""
     results: dict[Impl, Result] = report["results"]
-    original = next((r for i, r in results.items() if i.kind == "original" and not r.error), None)
+    original = next((r for i, r in results.items() if i.kind == "original"), None)
     header = ["implementation", "batch", "ms/face", "faces/s", "peak MiB", "vs original", "GFLOPS",
               "% matmul peak", "max |diff| px"]
     rows = []
     for batch in report["batches"]:
         for impl, result in results.items():
-            if result.error or batch not in result.per_face:
+            if batch not in result.per_face:
                 continue
             per_face = float(np.median(result.per_face[batch]))
             speedup = ""
@@ -447,11 +486,26 @@ def summarise(report: dict) -> tuple[list[str], list[list[str]], list[str]]:
         notes.append(f"original: not available ({report['original_error']})")
     for impl, result in results.items():
         if result.error:
-            notes.append(f"{impl.label}: failed ({result.error})")
+            notes.append(f"{impl.label}: not measured further ({result.error})")
         elif impl.compile:
             warm = ", ".join(f"batch {b}: {s:.0f} s" for b, s in result.warm_s.items())
             notes.append(f"{impl.label}: first call per batch size (compiling) {warm}")
     return header, rows, notes
+
+
+def update_readme_section(path: Path, name: str, text: str, title: str) -> None:
+    """Put `text` between `<!-- {name}:start -->` and `<!-- {name}:end -->` in the Markdown file
+    `path` (appending a section `title` with the markers when absent); atomic."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    content = path.read_text() if path.is_file() else ""
+    block = f"{start}\n{text}\n{end}"
+    if start in content and end in content:
+        content = content[:content.index(start)] + block + content[content.index(end) + len(end):]
+    else:
+        content = content.rstrip() + f"\n\n{title}\n\n" + block + "\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(content)
+    os.replace(tmp, path)
 
 
 def format_text(header, rows) -> str:
@@ -485,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
                              "machine: time spent waiting for a core is not counted)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     parser.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    parser.add_argument("--readme", metavar="FILE.md",
+                        help="put the Markdown table into FILE.md between <!-- SECTION:start/end --> markers")
+    parser.add_argument("--section", default="cpu-results", help="marker name for --readme (default cpu-results)")
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.repeats = [1, 8], 2
@@ -498,6 +555,19 @@ def main(argv: list[str] | None = None) -> int:
         print(format_markdown(header, rows))
         print()
         print("\n".join(f"- {note}" for note in notes))
+    if args.readme:
+        given = list(argv if argv is not None else sys.argv[1:])
+        shown = []
+        while given:  # the command as run, without where its outputs went
+            item = given.pop(0)
+            if item in ("--readme", "--section", "--json"):
+                given = given[1:]
+            elif not item.startswith(("--readme=", "--section=", "--json=")):
+                shown.append(item)
+        command = "python benchmarks/bench.py " + " ".join(shown)
+        text = "\n".join([f"`{command.strip()}`", "", format_markdown(header, rows), ""] +
+                          [f"- {note}" for note in notes])
+        update_readme_section(Path(args.readme), args.section, text, "### CPU figures")
     if args.json:
         data = {k: v for k, v in report.items() if k != "results"}
         data["table"] = {"header": header, "rows": rows, "notes": notes}

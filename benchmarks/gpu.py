@@ -40,8 +40,6 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import bench  # noqa: E402  (stdlib + numpy at import time)
 
-START, END = "<!-- gpu-results:start -->", "<!-- gpu-results:end -->"
-
 
 def find_original(explicit: str | None) -> tuple[Path | None, str | None]:
     candidates = [explicit, os.environ.get("SPIGA_ORIGINAL_SITE"), str(HERE / ".cache" / "original-0.0.6")]
@@ -95,6 +93,14 @@ def _time(fn, warmup: int, runs: int, budget_s: float) -> list[float]:
     return seconds
 
 
+def _failed_row(batch: int, exc: Exception) -> dict:
+    import torch
+
+    if DEVICE.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return {"batch": batch, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+
+
 def worker(conn, spec: dict, paths: dict, batches: list[int], args: dict) -> None:
     """Measure one implementation in this process; send back rows or an error."""
     global DEVICE
@@ -118,7 +124,11 @@ def worker(conn, spec: dict, paths: dict, batches: list[int], args: dict) -> Non
                 def call():
                     run(image, boxes)
                 _reset_peak()
-                seconds = _time(call, args["warmup"], args["runs"], args["budget_s"])
+                try:
+                    seconds = _time(call, args["warmup"], args["runs"], args["budget_s"])
+                except Exception as exc:  # e.g. CUDA out of memory at a large batch: keep the smaller ones
+                    rows.append(_failed_row(batch, exc))
+                    continue
                 rows.append({"batch": batch, "end_to_end": batch / float(np.median(seconds)),
                              "network": None, "peak_mib": _peak_mib()})
         else:
@@ -132,11 +142,15 @@ def worker(conn, spec: dict, paths: dict, batches: list[int], args: dict) -> Non
                 boxes = np.resize(all_boxes, (batch, 4))
                 crops, _ = crop_images(image, boxes, aligner.config.image_size, aligner.config.crop_enlarge)
                 _reset_peak()
-                network = _time(lambda: aligner.predict_crops(crops), args["warmup"], args["runs"], args["budget_s"])
-                end_to_end = _time(lambda: aligner.align(image, boxes), 1, args["runs"], args["budget_s"])
+                try:
+                    network = _time(lambda: aligner.predict_crops(crops), args["warmup"], args["runs"],
+                                    args["budget_s"])
+                    end_to_end = _time(lambda: aligner.align(image, boxes), 1, args["runs"], args["budget_s"])
+                except Exception as exc:
+                    rows.append(_failed_row(batch, exc))
+                    continue
                 rows.append({"batch": batch, "end_to_end": batch / float(np.median(end_to_end)),
-                             "network": batch / float(np.median(network)),
-                             "peak_mib": _peak_mib()})
+                             "network": batch / float(np.median(network)), "peak_mib": _peak_mib()})
         conn.send(("ok", rows))
     except Exception as exc:
         import traceback
@@ -168,9 +182,14 @@ def markdown(report: dict) -> str:
              "end-to-end vs original float32 |",
              "|---|---|---|---|---|---|---|"]
     base = {row["batch"]: row["end_to_end"] for entry in report["results"]
-            if entry["kind"] == "original" and entry["precision"] == "float32" for row in entry["rows"]}
+            if entry["kind"] == "original" and entry["precision"] == "float32" for row in entry["rows"]
+            if "error" not in row}
     for entry in report["results"]:
         for row in entry["rows"]:
+            if "error" in row:
+                lines.append(f"| {entry['label']} | {entry['precision']} | {row['batch']} | failed: {row['error']} "
+                             f"| | | |")
+                continue
             ratio = f"{row['end_to_end'] / base[row['batch']]:.1f}x" if row["batch"] in base else ""
             network = _rate(row["network"]) if row["network"] else "-"
             lines.append(f"| {entry['label']} | {entry['precision']} | {row['batch']} | {_rate(row['end_to_end'])} | "
@@ -182,18 +201,6 @@ def markdown(report: dict) -> str:
         lines.append(f"\noriginal: not available ({report['original_error']})")
     lines.append(f"\nWeights: {report['weights']}. Command: `bash benchmarks/gpu.sh`.")
     return "\n".join(lines)
-
-
-def update_readme(path: Path, text: str) -> None:
-    content = path.read_text() if path.is_file() else ""
-    block = f"{START}\n{text}\n{END}"
-    if START in content and END in content:
-        content = content[:content.index(START)] + block + content[content.index(END) + len(END):]
-    else:
-        content = content.rstrip() + "\n\n## GPU figures\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(content)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(report)
     print(text)
     if args.readme:
-        update_readme(Path(args.readme), text)
+        bench.update_readme_section(Path(args.readme), "gpu-results", text, "### GPU figures")
     out = os.environ.get("OUT")
     if out:
         Path(out, "gpu_results.md").write_text(text + "\n")

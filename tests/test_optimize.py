@@ -203,3 +203,12 @@ def test_functional_grid_sample_convention():
     grid = torch.tensor([[[[-1.0, -1.0], [1.0, 1.0], [-0.75, -0.75]]]])  # corners and a pixel centre
     values = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
     assert values.flatten().tolist() == [0.0, 15.0, 0.0]
+
+
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
+                    reason="torch flushes denormals on x86 only")
+def test_cpu_backend_flushes_denormals(tiny_checkpoint, face_image):
+    torch.set_flush_denormal(False)
+    spiga.load(tiny_checkpoint, device="cpu").align(face_image, [(70, 35, 100, 130)])
+    denormal = torch.tensor([1e-39], dtype=torch.float32)
+    assert (denormal * 1.0).item() == 0.0  # flushed to zero (x86 with SSE; the switch is process-wide)

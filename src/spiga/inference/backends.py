@@ -42,19 +42,30 @@ def tune_cpu_process() -> None:
       about 20% of the time per face at batch 8. The process then keeps its peak memory.
     """
     global _process_tuned
+    libc = _glibc()
+    if libc is not None:
+        # what loading and preparing the model freed goes back to the system first
+        libc.malloc_trim(0)
     if _process_tuned:
         return
     _process_tuned = True
     torch.set_flush_denormal(True)
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.gnu_get_libc_version  # glibc only: other C libraries have no such mallopt knobs
-        except (OSError, AttributeError):
-            return
+    if libc is not None:
         limit = 1 << 30
         ok = libc.mallopt(_GLIBC_M_MMAP_THRESHOLD, limit) and libc.mallopt(_GLIBC_M_TRIM_THRESHOLD, limit)
         log.debug("glibc mallopt for large blocks: %s", "set" if ok else "refused")
+
+
+def _glibc():
+    """The C library when it is glibc (which has mallopt / malloc_trim), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # glibc only: other C libraries have no such knobs
+        return libc
+    except (OSError, AttributeError):
+        return None
 
 
 class Backend(Protocol):
@@ -97,8 +108,6 @@ class TorchBackend:
     def __init__(self, model: SPIGA, device: torch.device, precision: str = "float32", max_batch: int = 32,
                  compile: bool = False, tune_process: bool = True):
         self.device = torch.device(device)
-        if tune_process and self.device.type == "cpu":
-            tune_cpu_process()
         self.precision = precision
         self.dtype = precision_dtype(precision, self.device)
         self.max_batch = int(max_batch)
@@ -109,6 +118,9 @@ class TorchBackend:
         self.num_landmarks = model.config.num_landmarks
         # torch.compile does its own oneDNN fusion, on the plain (unfused) module
         self.network = prepare_for_inference(model, precision, self.device, fuse=False if compile else None)
+        self.flush_denormal = tune_process and self.device.type == "cpu"
+        if self.flush_denormal:
+            tune_cpu_process()
         self.compiled = compile
         self._run = self.network
         if compile:
@@ -116,6 +128,10 @@ class TorchBackend:
 
     @torch.inference_mode()
     def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.flush_denormal:
+            # the switch is per thread (this call may come from another thread than the one
+            # that loaded the model) and other libraries (onnxruntime) may reset it
+            torch.set_flush_denormal(True)
         landmarks, poses = [], []
         for start in range(0, len(crops), self.max_batch):
             chunk = crops[start:start + self.max_batch]

@@ -9,21 +9,23 @@ with the same weights rearranged for speed and one plain contract:
 What it changes, none of which alters the mathematics (float32 results agree with
 `SPIGA` to float rounding):
 
-- batch norms that follow a convolution are folded into its weights and bias, the
-  pre-activation batch norm of each residual block stays (a ReLU separates it from
-  the convolution before it);
-- the constant CoordConv channels of the stem are convolved once, at preparation:
-  the stem convolution then reads 3 channels instead of 6 and adds a fixed map;
-- the backbone runs in channels-last memory format (oneDNN's native layout);
-- the cascade works token-major, (B, L, C), with `nn.Linear` layers instead of 1x1
-  `Conv1d` and the query/key/value projections of each attention merged into one;
-- the bilinear K x K window of every landmark is gathered directly from the
-  channels-last feature map (four row gathers, `padding_mode="border"`,
-  `align_corners=False` semantics), which replaces `affine_grid` + `grid_sample`
-  and exports to ONNX with plain Gather operators;
-- optionally the backbone runs in bfloat16 or float16; the pose head, the mean-face
-  projection and the landmark arithmetic stay in float32 (the bilinear sampling
-  positions and the accumulated offsets are what rounding would hurt most).
+- batch norms that follow a convolution are folded into it; the pre-activation batch
+  norm of each residual block (a ReLU separates it from its convolution) stays, as one
+  affine pass, or, on the fused CPU path, as one `max` pass with its scale and offset
+  moved into the next 1x1 convolution;
+- the constant CoordConv channels of the stem are convolved once, at preparation;
+- the backbone runs in channels-last memory format, and on CPUs (`fuse=True`) on oneDNN
+  fused convolutions (bias, ReLU, residual addition in one call) with weights reordered
+  once into oneDNN's layout, the operators that torch.compile's frozen CPU graphs use;
+- the cascade works token-major, (B, L, C), with linear layers instead of 1x1 `Conv1d`
+  and the query/key/value projections of each attention merged into one;
+- the bilinear K x K window of every landmark is read directly from the channels-last
+  feature map as weighted sums of 4 rows (`grid_sample`'s `padding_mode="border"`,
+  `align_corners=False` semantics): one `embedding_bag` on CPUs, Gather + MatMul
+  elsewhere and in ONNX graphs; no `affine_grid`;
+- optionally the backbone and the cascade's layers run in bfloat16 or float16; the pose
+  head, the mean-face projection, the window sampling positions and the landmark updates
+  stay in float32 (they are what rounding would hurt most, and cost nothing).
 
 `SPIGA` itself (src/spiga/model/spiga.py) is left untouched: training uses it, and
 it keeps loading official state_dicts strictly.
@@ -137,7 +139,7 @@ class StemConv(nn.Module):
     """The first convolution with its constant CoordConv input channels precomputed.
 
     conv([x, xx, yy, rr]) = conv_x(x) + conv_c([xx, yy, rr]); the second term does not
-    depend on the image, so it is evaluated once and stored as a (1, C_out, H', W') map
+    depend on the image, so it is evaluated once and stored as a (C_out, H', W') map
     (it absorbs the folded bias). (B, 3, S, S) -> (B, C_out, S/2, S/2), ReLU applied.
 
     The map is kept as (C_out, H', W'), without a batch axis: with a batch of one,
@@ -603,8 +605,9 @@ class InferenceSPIGA(nn.Module):
         points = self.project_mean_face(pose)
         # (B, C, F, F) -> (B * F * F, C): a view when the features are channels-last
         table = visual.permute(0, 2, 3, 1).reshape(batch * visual.shape[2] * visual.shape[3], visual.shape[1])
+        table = table.to(self.steps[0].dtype)
         for step in self.steps:
-            points = step(points, table.to(step.dtype) if table.dtype != step.dtype else table, batch)
+            points = step(points, table, batch)
         return points, pose
 
 
