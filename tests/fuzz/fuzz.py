@@ -2,7 +2,7 @@
 
     python tests/fuzz/fuzz.py list                               # the targets
     python tests/fuzz/fuzz.py wflw -max_total_time=600           # one target, ten minutes
-    python tests/fuzz/fuzz.py all -max_total_time=30             # every target (CI smoke run)
+    python tests/fuzz/fuzz.py all -seed=1 -runs=30000       # every target (CI smoke run, reproducible)
 
 Run from the repository root, without installing spiga (src/ is put on the path).
 Seeds come from tests/corpus/<target>/ and are copied to a temporary working corpus, so
