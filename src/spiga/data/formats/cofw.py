@@ -26,7 +26,7 @@ from .matlab import MatFileError, read_mat
 
 NAME = "cofw68"
 _BOXES_FILE = "cofw68_test_bboxes.mat"
-_NUMBERED = re.compile(r"^(\d+)_points\.mat$", re.IGNORECASE)
+_NUMBERED = re.compile(r"^([0-9]+)_points\.mat$", re.IGNORECASE)
 
 
 def _load_mat(path: Path) -> dict:

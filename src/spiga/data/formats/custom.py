@@ -111,7 +111,8 @@ def _csv_layout(header: list[str], count: int, path: Path) -> dict:
         raise DatasetError(f"{path}:1: the header needs an `image` column")
     numbered = {}
     for name in column:
-        match = re.fullmatch(r"([xyv])(\d+)", name)
+        # canonical ASCII numbers only: "x00" or "x٠" would otherwise stand for x0
+        match = re.fullmatch(r"([xyv])(0|[1-9][0-9]*)", name)
         if match:
             numbered.setdefault(match.group(1), set()).add(int(match.group(2)))
     xs, ys = numbered.get("x", set()), numbered.get("y", set())
