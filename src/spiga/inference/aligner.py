@@ -247,8 +247,13 @@ def load(model: str | os.PathLike = "wflw", device: str | torch.device | None = 
     if backend not in BACKENDS:
         raise SpigaError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
-        from .onnx_backend import load_onnx
+        from .onnx_backend import open_onnx_backend
 
-        return load_onnx(model, device=device, precision=precision, compile=compile, **options)
+        unknown = set(options) - {"max_batch", "detector", "tune_process"}
+        if unknown:
+            raise TypeError(f"load() got unexpected options: {', '.join(sorted(unknown))}")
+        onnx, name = open_onnx_backend(model, device, precision, compile, options.get("max_batch", 32))
+        return Aligner.from_backend(onnx, onnx.landmark_set, onnx.config, name,
+                                    options.get("detector", "blazeface"))
     path = resolve_model(model)
     return Aligner(load_checkpoint(path), device=device, precision=precision, compile=compile, **options)

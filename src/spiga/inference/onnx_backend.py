@@ -96,12 +96,11 @@ class OnnxBackend:
         return np.concatenate(landmarks), np.concatenate(poses)
 
 
-def load_onnx(model: str | os.PathLike, device: Any = None, precision: str = "float32", compile: bool = False,
-              max_batch: int = 32, detector: Any = "blazeface", tune_process: bool = True):
-    """`spiga.load(..., backend="onnxruntime")`: an Aligner over an .onnx file, or over a
-    checkpoint exported on the fly (to a temporary file, removed once loaded)."""
+def open_onnx_backend(model: str | os.PathLike, device: Any = None, precision: str = "float32",
+                      compile: bool = False, max_batch: int = 32) -> tuple[OnnxBackend, str]:
+    """The backend of `spiga.load(..., backend="onnxruntime")` and the model's name: an .onnx
+    file, or a checkpoint exported on the fly (to a temporary file, removed once loaded)."""
     from ..hub import resolve_model
-    from .aligner import Aligner
     from .onnx_export import export_onnx
 
     if precision != "float32":
@@ -110,13 +109,10 @@ def load_onnx(model: str | os.PathLike, device: Any = None, precision: str = "fl
         raise SpigaError("compile applies to the torch backend only")
     device = "cpu" if device is None else str(device)
     if str(model).endswith(".onnx"):
-        backend = OnnxBackend(model, device, max_batch)
-        name = str(model)
-    else:
-        path = resolve_model(model)
-        with tempfile.TemporaryDirectory(prefix="spiga-onnx-") as folder:
-            log.info("exporting %s to ONNX for onnxruntime", path)
-            onnx_path = export_onnx(path, Path(folder) / "model.onnx", dynamic_batch=True)
-            backend = OnnxBackend(onnx_path, device, max_batch)
-        name = str(path)
-    return Aligner.from_backend(backend, backend.landmark_set, backend.config, name, detector)
+        return OnnxBackend(model, device, max_batch), str(model)
+    path = resolve_model(model)
+    with tempfile.TemporaryDirectory(prefix="spiga-onnx-") as folder:
+        log.info("exporting %s to ONNX for onnxruntime", path)
+        onnx_path = export_onnx(path, Path(folder) / "model.onnx", dynamic_batch=True)
+        backend = OnnxBackend(onnx_path, device, max_batch)
+    return backend, str(path)
