@@ -9,6 +9,7 @@ reached), and the kept corpus of tricky inputs in tests/corpus/<target>/.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -16,9 +17,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from fuzz.targets import TARGETS, as_json_bytes, run_target
 
@@ -131,7 +135,27 @@ mean_face_text = lines(st.lists(number_text, min_size=1, max_size=5).map("|".joi
 box_text = lines(st.tuples(st.one_of(st.just(""), paths), st.lists(number_text, max_size=6)).map(
     lambda t: " ".join(([t[0]] if t[0] else []) + t[1])))
 
+
+
+def _damaged_mat(flags_byte: int, variables: dict, compress: bool, flips: list[tuple[int, int]]) -> bytes:
+    """A MAT-file scipy writes, with some bytes overwritten (the damage that crashed scipy's reader)."""
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, variables, do_compression=compress)
+    data = bytearray(buffer.getvalue())
+    for position, value in flips:
+        data[position % len(data)] = value
+    return bytes([flags_byte]) + bytes(data)
+
+
+mat_file = st.builds(
+    _damaged_mat, flags,
+    st.dictionaries(st.sampled_from(["Points", "Occ", "bboxes", "x"]),
+                    hnp.arrays(st.sampled_from([np.float64, np.float32, np.uint8, np.int32]),
+                               hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=70)), max_size=3),
+    st.booleans(), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4))
+
 SHAPED = {
+    "cofw68": mat_file,
     "spiga_json": st.tuples(flags, st.lists(spiga_entry, max_size=4)).map(lambda t: as_json_bytes(t[1], t[0])),
     "eval_json": st.tuples(flags, st.one_of(st.lists(spiga_entry, max_size=4), align_doc)).map(
         lambda t: as_json_bytes(t[1], t[0])),
