@@ -95,6 +95,15 @@ def test_compressed_garbage_is_refused() -> None:
         parse_mat(bytes(data))
 
 
+def test_truncated_compressed_stream_is_refused() -> None:
+    data = _saved({"Points": np.arange(136.0).reshape(68, 2)}, compress=True)
+    count = int(np.frombuffer(data, "<u4", 1, 132)[0])
+    cut = data[:136 + count - 4]  # the stream loses its last 4 bytes; the tag is made to agree
+    cut = cut[:132] + np.array([count - 4], "<u4").tobytes() + cut[136:]
+    with pytest.raises(MatFileError, match="truncated"):
+        parse_mat(cut)
+
+
 def test_scipy_segfault_inputs_are_refused(tmp_path: Path) -> None:
     """The fuzz findings that crash scipy.io.loadmat (a segmentation fault) are refused here."""
     findings = sorted(CORPUS.glob("case-scipy-crash-*"))

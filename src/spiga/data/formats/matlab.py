@@ -114,6 +114,8 @@ def _decompress(data: bytes, offset: int) -> bytes:
         raise MatFileError(f"compressed element at byte {offset} is damaged ({exc})") from None
     if inflater.unconsumed_tail:
         raise MatFileError(f"compressed element at byte {offset} inflates past {MAX_BYTES} bytes")
+    if not inflater.eof:
+        raise MatFileError(f"compressed element at byte {offset} is truncated")
     return out
 
 
