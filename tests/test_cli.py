@@ -56,6 +56,10 @@ def test_align_bad_input_is_one_line(tiny_checkpoint, image_file, capsys, args, 
 def test_align_missing_image_and_unknown_model(tiny_checkpoint, tmp_path, capsys, image_file):
     assert cli(["align", str(tmp_path / "nope.jpg"), "--model", str(tiny_checkpoint), "--box", "1", "1", "5", "5"]) != 0
     assert "nope.jpg: no such file" in capsys.readouterr().err
+    too_long = tmp_path / ("a" * 300 + ".jpg")  # the system refuses to look the name up at all
+    assert cli(["align", str(too_long), "--model", str(tiny_checkpoint), "--box", "1", "1", "5", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "File name too long" in err and err.count("\n") == 1
     assert cli(["align", str(image_file), "--model", "nosuchmodel", "--box", "1", "1", "5", "5"]) != 0
     assert "unknown model 'nosuchmodel'" in capsys.readouterr().err
 

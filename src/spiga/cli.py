@@ -411,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     except SpigaError as exc:
         print(f"spiga: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system's own refusals: permissions, a full disk, a name too long
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"spiga: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("spiga: interrupted", file=sys.stderr)
         return 130

@@ -37,16 +37,25 @@ def _check_pixels(width: int, height: int, max_pixels: int, source: str) -> None
         raise ImageError(f"{source}: image has no pixels ({width}x{height})")
 
 
+def is_file(path: Path) -> bool:
+    """`path.is_file()`, False (not an exception) for a name the system cannot even look up
+    (too long, invalid characters): paths written in annotation files can be anything."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _read_path(path: Path, max_pixels: int) -> np.ndarray:
     source = str(path)
-    if not path.exists():
-        raise ImageError(f"{source}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{source}: is a directory, not an image")
     try:
+        if path.is_dir():
+            raise ImageError(f"{source}: is a directory, not an image")
         data = path.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"{source}: cannot read ({exc.strerror or exc})") from None
+    except FileNotFoundError:
+        raise ImageError(f"{source}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{source}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     return _decode(data, source, max_pixels, require_header=False)
 
 

@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import DatasetError, ImageError
+from ..io import is_file
 from ..landmarks import LandmarkSet
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class BadEntries:
         a missing one is reported."""
         if not self.require_images:
             return True
-        if image is not None and image.is_file():
+        if image is not None and is_file(image):
             return True
         self.report(source, hint or f"image {image} not found", kind="image")
         return False

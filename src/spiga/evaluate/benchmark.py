@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DatasetError, InputError, SpigaError
+from ..io import is_file
 from ..landmarks import LandmarkSet
 from .formats import Annotations, read_spiga_json, write_spiga_json
 
@@ -113,7 +114,7 @@ def load_test_set(spec: str, landmark_set: LandmarkSet, allow_outside_root: bool
 
 def _check_images_exist(test_set: TestSet) -> None:
     """Fail before a long run, not in its middle, when images are missing."""
-    missing = [i for i in range(len(test_set.annotations)) if not test_set.image_path(i).is_file()]
+    missing = [i for i in range(len(test_set.annotations)) if not is_file(test_set.image_path(i))]
     if missing:
         shown = ", ".join(str(test_set.image_path(i)) for i in missing[:3])
         raise DatasetError(f"{test_set.annotations.source}: {len(missing)} of {len(test_set.annotations)} "
