@@ -101,7 +101,9 @@ def test_fixture_photo_is_aligned_and_drawn(browser, server, tmp_path):
     page = browser.new_page()
     try:
         page.goto(server.url + "/")
-        page.wait_for_function("document.getElementById('model-info').textContent.includes('98 landmarks')")
+        # a selector wait, not wait_for_function: its polling evaluates a string in the page,
+        # which the app's Content-Security-Policy (no 'unsafe-eval') rightly refuses
+        page.locator("#model-info", has_text="98 landmarks").wait_for(timeout=60_000)
         assert _upload_and_wait(page, PHOTO) == "done", page.text_content("#status")
         seen = page.evaluate(_INSPECT)
         page.screenshot(path=str(tmp_path / "page.png"))
