@@ -1,4 +1,5 @@
-"""Reading images into one array convention, and writing files atomically.
+"""Reading images into one array convention, parsing JSON with clear errors, and writing
+files atomically.
 
 `read_image` returns BGR uint8 (H, W, 3), whatever came in:
 - a path (any format OpenCV or Pillow decodes; EXIF orientation is applied, so the
@@ -15,6 +16,7 @@ can declare huge dimensions: a decompression bomb), with `PixelLimitError`.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -24,7 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageError, PixelLimitError
+from .errors import DatasetError, ImageError, PixelLimitError, SpigaError
 
 #: Default pixel limit (about a 12000 x 8000 photo).
 MAX_PIXELS = 100_000_000
@@ -35,6 +37,17 @@ def _check_pixels(width: int, height: int, max_pixels: int, source: str) -> None
         raise PixelLimitError(f"{source}: image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
     if width < 1 or height < 1:
         raise ImageError(f"{source}: image has no pixels ({width}x{height})")
+
+
+def parse_json(text: str, source: str, error: type[SpigaError] = DatasetError) -> Any:
+    """`json.loads(text)`; anything that is not readable JSON raises `error` naming `source`
+    (and the line), including nesting too deep for the parser and numbers too long to read."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{source}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError):
+        raise error(f"{source}: JSON that cannot be read (too deeply nested, or a number too long)") from None
 
 
 def is_file(path: Path) -> bool:

@@ -16,11 +16,11 @@ Indices are 0-based positions in the annotation files' point order.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from ..errors import SpigaError
+from ..io import parse_json
 from .sets import DATASET_LANDMARKS, IBUG_68, WFLW_98, LandmarkSet
 
 #: Most points in a landmark set (a bound against files that declare billions).
@@ -114,13 +114,7 @@ def read_landmark_set(path: str | os.PathLike) -> LandmarkSet:
         raise SpigaError(f"{path}: cannot read landmark set ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise SpigaError(f"{path}: not a text file (expected a JSON landmark set)") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpigaError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    except (ValueError, RecursionError):
-        raise SpigaError(f"{path}: JSON that cannot be read (too deeply nested, or a number too long)") from None
-    return landmark_set_from_description(data, str(path))
+    return landmark_set_from_description(parse_json(text, str(path), SpigaError), str(path))
 
 
 def resolve_landmark_set(value: LandmarkSet | str | os.PathLike | None) -> LandmarkSet | None:

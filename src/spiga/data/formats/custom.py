@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DatasetError
+from ...io import parse_json
 from ...landmarks import LandmarkSet
 from ..sample import BadEntries, EntryError, Sample, make_sample
 from .common import image_inside
@@ -82,12 +83,7 @@ def _json_entries(path: Path) -> list[tuple[str, object]]:
     """(source, parsed object, or a string saying what is wrong) per entry."""
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
-        except (ValueError, RecursionError):
-            raise DatasetError(f"{path}: JSON that cannot be read (too deeply nested, or a number too long)") from None
+        entries = parse_json(text, str(path))
         if not isinstance(entries, list):
             raise DatasetError(f"{path}: expected a JSON list of entries (or use .jsonl)")
         return [(f"{path}, entry {i}", e) for i, e in enumerate(entries)]

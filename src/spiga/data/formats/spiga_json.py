@@ -13,12 +13,12 @@ Without a landmark set, entries with 98 ids use WFLW's, others 300W's (68).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import DatasetError
+from ...io import parse_json
 from ...landmarks import IBUG_68, WFLW_98, LandmarkSet
 from ..sample import BadEntries, EntryError, Sample, make_sample
 from .common import image_inside
@@ -106,15 +106,12 @@ def read(path: Path, root: Path | None, landmark_set: LandmarkSet | None,
          bad: BadEntries) -> tuple[LandmarkSet, list[Sample]]:
     """Read a SPIGA annotation JSON; see the module docstring."""
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: not a text JSON file") from None
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    except (ValueError, RecursionError):
-        raise DatasetError(f"{path}: JSON that cannot be read (too deeply nested, or a number too long)") from None
+    entries = parse_json(text, str(path))
     if not isinstance(entries, list):
         raise DatasetError(f"{path}: expected a JSON list of annotation entries")
     landmark_set = landmark_set or _guess_set(entries, path)
