@@ -81,6 +81,16 @@ def equivalence_model(request, tmp_path_factory):
     return reference, model, folder
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One thread (use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`): the
+    tiny model gains nothing from more, and on a busy machine several threads contend (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _plain_float_state():
     """Aligners flush denormal floats process-wide (a speed setting, see

@@ -16,16 +16,7 @@ from spiga.inference.batch import (BatchSummary, JsonlWriter, align_files, done_
 
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One thread: the tiny model gains nothing from more, and on a busy machine several
-    threads contend (10x slower)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _face_picture(seed: int, size=(160, 200)) -> np.ndarray:
     rng = np.random.default_rng(seed)

@@ -20,16 +20,7 @@ FPS = 30.0
 
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One thread: the tiny model gains nothing from more, and on a busy machine several
-    threads contend (10x slower)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # --- One Euro filter -------------------------------------------------------------------
 
