@@ -27,7 +27,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from .errors import CheckpointError, SpigaError
 from .io import write_atomic
 from .landmarks import LandmarkSet, landmark_set_for, read_mean_face
-from .model import SPIGA, ModelConfig
+from .model import SPIGA, ModelConfig, official_to_own
 
 FORMAT_NAME = "spiga-checkpoint"
 FORMAT_VERSION = 1
@@ -101,7 +101,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{source}: is a directory, not a checkpoint file") from None
     except OSError as exc:
         raise CheckpointError(f"{source}: cannot read ({exc.strerror or exc})") from None
-    if data[:2] == b"PK" or data[:1] == b"\x80":
+    # safetensors: an 8-byte header length, then the JSON header (the length's first byte may
+    # well be 0x80, a pickle's first byte)
+    looks_like_safetensors = data[8:9] == b"{"
+    if not looks_like_safetensors and (data[:2] == b"PK" or data[:1] == b"\x80"):
         raise CheckpointError(
             f"{source}: this is a PyTorch pickle (.pt), not a spiga checkpoint; convert official weights with "
             f"`spiga convert {path.name} --config NAME --mean-face FILE --out MODEL.safetensors`")
@@ -140,6 +143,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Strict state_dict loading with a readable account of what does not fit."""
+    state = dict(state)
+    official_to_own(state)  # official layout (or checkpoints written in it) -> the model's
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
