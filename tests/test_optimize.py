@@ -20,9 +20,10 @@ from spiga.errors import SpigaError
 from spiga.inference import optimize
 from spiga.inference.backends import TorchBackend, batch_bucket
 from spiga.inference.cpu import FusedConvBlock, FusedLinear, _probe, cpu_features, forced_cpu_features
-from spiga.inference.optimize import ClampBelow, StemConv, fold_batch_norms, prepare_for_inference
+from spiga.inference.optimize import ChannelClamp, StemConv, fold_batch_norms, prepare_for_inference
 from spiga.landmarks import IBUG_68, WFLW_98
 from spiga.model import SPIGA, ModelConfig
+from spiga.model.layers import Residual
 
 PROBED = _probe()
 needs_fused = pytest.mark.skipif(not PROBED.onednn, reason=f"no fused oneDNN operators here ({PROBED.describe()})")
@@ -75,10 +76,11 @@ def test_inference_copy_matches_model(images, path, sampler, landmarks, negative
     assert type(prepared) is SPIGA and prepared.window_sampler == sampler
     fused = [m for m in prepared.modules() if isinstance(m, (FusedConvBlock, FusedLinear))]
     assert bool(fused) is (path == {})
-    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in prepared.modules()
-                   if not negative)
-    # the one-pass pre-activation only where every batch-norm scale is positive
-    assert any(isinstance(m, ClampBelow) for m in prepared.modules()) is not negative
+    # every batch norm folded; each residual's pre-activation batch norm + ReLU is one clamp,
+    # negative scales included
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in prepared.modules())
+    residuals = [m for m in prepared.modules() if isinstance(m, Residual)]
+    assert residuals and all(isinstance(r.relu1, ChannelClamp) for r in residuals)
     assert (out["pose"] - expected["pose"]).abs().max() < 1e-3
     for got, want in zip(out["landmarks"], expected["landmarks"]):
         assert (got - want).abs().max() * 128 < 0.01  # crop pixels
@@ -96,6 +98,24 @@ def test_float64_copy_is_the_same_mathematics(images):
     assert (out["pose"] - expected["pose"]).abs().max() < 1e-9
     assert (out["landmarks"][-1] - expected["landmarks"][-1]).abs().max() * 128 < 1e-8
     assert not any(isinstance(m, (FusedConvBlock, FusedLinear)) for m in prepared.modules())
+
+
+def test_pre_activation_clamp_handles_every_sign_of_scale():
+    """relu(bn(x)) before a 1x1 convolution as one clamp: positive, negative and zero scales."""
+    model = _model("tiny", WFLW_98, negative_scales=True).double()
+    with torch.no_grad():
+        residual = model.visual_cnn.hgs[0].up1
+        residual.bn1.weight[:4] = 0.0  # channels whose pre-activation is the constant relu(bias)
+        residual.bn1.bias[:2] = -0.3
+    x = torch.randn(2, residual.bn1.num_features, 16, 16, dtype=torch.float64)
+    with torch.inference_mode():
+        expected = residual(x)
+        folded = copy.deepcopy(residual)
+        from spiga.inference.optimize import _fold_residual
+
+        _fold_residual(folded)
+        assert isinstance(folded.relu1, ChannelClamp)
+        assert (folded(x) - expected).abs().max() < 1e-12
 
 
 def test_batch_norm_folding_is_exact_in_float64():

@@ -6,9 +6,9 @@ mathematics (in float64 the result equals the model's to rounding):
 
 - `fold_batch_norms`: every batch norm that follows a convolution or linear layer is
   folded into it (`torch.nn.utils.fusion`, computed in float64); the ReLU after it moves
-  into the layer's block. The pre-activation batch norm of a residual block (a ReLU
-  separates it from its 1x1 convolution) becomes one `max` pass, its scale and offset
-  moved into that convolution, when every scale is positive; else it stays.
+  into the layer's block. The pre-activation batch norm of a residual block and its ReLU
+  (before a 1x1 convolution) become one per-channel clamp, the batch norm's scale and
+  offset moved into that convolution.
 - `precompute_coord_channels`: the stem convolution's constant CoordConv channels are
   convolved once, at preparation.
 - `set_precision`: the CNN and the cascade's layers in bfloat16 / float16 (the pose head,
@@ -92,15 +92,16 @@ def _bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, 
     return scale, bn.bias.double() - bn.running_mean.double() * scale
 
 
-class ClampBelow(nn.Module):
-    """max(x, threshold) per channel: (B, C, H, W) -> (B, C, H, W)."""
+class ChannelClamp(nn.Module):
+    """clamp(x, lower, upper) with per-channel bounds: (B, C, H, W) -> (B, C, H, W)."""
 
-    def __init__(self, threshold: torch.Tensor):
+    def __init__(self, lower: torch.Tensor, upper: torch.Tensor):
         super().__init__()
-        self.register_buffer("threshold", threshold.view(1, -1, 1, 1))
+        self.register_buffer("lower", lower.view(1, -1, 1, 1))
+        self.register_buffer("upper", upper.view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(x, self.threshold)
+        return torch.clamp(x, self.lower, self.upper)
 
 
 def _fold_block(block: ConvBlock, bn: nn.modules.batchnorm._BatchNorm) -> None:
@@ -114,18 +115,25 @@ def _fold_residual(residual: Residual) -> None:
         block.relu = nn.ReLU()
         setattr(residual, bn, nn.Identity())
         setattr(residual, relu, nn.Identity())
-    # relu(s x + t) = s (max(x, -t/s) + t/s) when every s > 0; conv1 being 1x1 without
-    # padding, s goes into its weights and t/s into its bias, leaving one max pass
+    # relu(s x + t) = s clamp(x, lo, hi) + t, per channel, with (lo, hi) = (-t/s, inf) where
+    # s > 0 and (-inf, -t/s) where s < 0 (a channel with s = 0 is the constant relu(t)).
+    # conv1 is 1x1 without padding, so s goes into its weights and t into its bias: the
+    # batch norm and the ReLU become one clamp pass.
     conv = residual.conv1.conv
+    if conv.kernel_size != (1, 1) or conv.padding != (0, 0):
+        return
     scale, shift = _bn_scale_shift(residual.bn1)
-    if conv.kernel_size == (1, 1) and conv.padding == (0, 0) and bool((scale > 0).all()):
-        offset = shift / scale
-        weight = conv.weight.double() * scale.view(1, -1, 1, 1)
-        bias = conv.bias.double() + weight[:, :, 0, 0] @ offset
-        conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
-        conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
-        residual.bn1 = nn.Identity()
-        residual.relu1 = ClampBelow((-offset).to(conv.weight.dtype))
+    inf = torch.full_like(scale, float("inf"))
+    knee = torch.where(scale != 0, -shift / torch.where(scale != 0, scale, 1.0), 0.0)
+    lower = torch.where(scale > 0, knee, -inf)
+    upper = torch.where(scale < 0, knee, inf)
+    constant = torch.where(scale == 0, shift.clamp(min=0.0), shift)
+    weight = conv.weight.double()
+    bias = (conv.bias.double() if conv.bias is not None else 0.0) + weight[:, :, 0, 0] @ constant
+    conv.weight = nn.Parameter((weight * scale.view(1, -1, 1, 1)).to(conv.weight.dtype), requires_grad=False)
+    conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+    residual.bn1 = nn.Identity()
+    residual.relu1 = ChannelClamp(lower.to(conv.weight.dtype), upper.to(conv.weight.dtype))
 
 
 def _fold_mlp(mlp: PointwiseMLP) -> None:

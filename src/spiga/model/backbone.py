@@ -59,7 +59,7 @@ class MultitaskCNN(nn.Module):
     """Stem + `num_stacks` hourglasses.
 
     forward: images (B, 3, S, S), any float dtype (cast to `compute_dtype`) -> dict with
-        `visual`: list per stack of (B, C, S/4, S/4) features,
+        `visual`: [(B, C, S/4, S/4)] the last stack's features (those the cascade reads),
         `core`: [(B, C, 1, 1)] the last stack's pose feature (the other stacks' pose
             branches exist for the official checkpoints' sake but feed nothing),
         `points`, `edges`: list per stack but the last of sigmoid maps (B, L|E, S/4, S/4).
@@ -109,11 +109,11 @@ class MultitaskCNN(nn.Module):
         for i in range(self.num_stacks):
             hg, innermost = self.hgs[i](x)
             last = i == self.num_stacks - 1
-            if last:  # only the last stack's pose branch feeds the pose head
-                out["core"].append(self.hgs_core[i](innermost))
             hg = self.hgs_out[i](hg)
-            out["visual"].append(hg)
-            if not last:
+            if last:  # only the last stack's features feed the cascade and its pose branch the pose head
+                out["core"].append(self.hgs_core[i](innermost))
+                out["visual"].append(hg)
+            else:
                 points = self.outs_points[i](hg)
                 edges = self.outs_edges[i](hg)
                 attention = points * self.E2Ptransform(edges)
