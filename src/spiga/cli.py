@@ -413,6 +413,17 @@ def _run_export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .about import mixed_installation
+
+    problem = mixed_installation()  # also when the original's wheel replaced our spiga/__init__.py
+    if problem:
+        from .about import check_installation
+
+        try:
+            check_installation()
+        except ImportError as exc:
+            print(f"spiga: error: {exc}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

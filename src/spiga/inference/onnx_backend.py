@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..about import install_hint
 from ..errors import SpigaError
 from ..landmarks import LandmarkSet
 from ..model import ModelConfig
@@ -24,7 +25,7 @@ def _import_onnxruntime():
         import onnxruntime
     except ImportError:
         raise SpigaError("the onnxruntime backend needs the `onnxruntime` package: "
-                         "pip install 'spiga[onnx]'") from None
+                         f"{install_hint('onnx')}") from None
     return onnxruntime
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint, load_checkpoint
+from ..about import install_hint
 from ..errors import SpigaError
 from ..io import write_atomic
 from .optimize import prepare_for_inference
@@ -95,7 +96,7 @@ def export_onnx(model: str | os.PathLike | Checkpoint, out: str | os.PathLike, o
     try:
         import onnx
     except ImportError:
-        raise SpigaError("ONNX export needs the `onnx` package: pip install 'spiga[onnx]'") from None
+        raise SpigaError(f"ONNX export needs the `onnx` package: {install_hint('onnx')}") from None
     if opset < MIN_OPSET:
         raise SpigaError(f"ONNX opset {opset} is too old: the graph needs opset >= {MIN_OPSET}")
     if batch_size < 1:
@@ -135,7 +136,7 @@ def read_onnx_header(path: str | os.PathLike) -> dict:
     try:
         import onnx
     except ImportError:
-        raise SpigaError("reading ONNX files needs the `onnx` package: pip install 'spiga[onnx]'") from None
+        raise SpigaError(f"reading ONNX files needs the `onnx` package: {install_hint('onnx')}") from None
     path = Path(path)
     if not path.is_file():
         raise SpigaError(f"{path}: no such file")
