@@ -1,8 +1,19 @@
 """Command line: argument parsing only; every command calls the library.
 
 Each sub-command has an `_add_<name>(subparsers)` that declares its arguments and a
-`_run_<name>(args)` that calls the library. Errors that spiga raises on purpose
-(`SpigaError`) become one line on stderr and exit status 2.
+`_run_<name>(args)` that calls the library. Options shared by several commands come from
+the parent parsers below, so each option name has one meaning everywhere:
+
+- `--model`: a named official model or a checkpoint (or an .onnx file with onnxruntime);
+- `--device`, `--precision`, `--backend`, `--compile`, `--max-batch` (faces per forward
+  pass): how the network runs; `--detector`: the face detector when no boxes are given;
+- `--no-progress`; `--config NAME`: an official dataset configuration (wflw, 300wpublic,
+  ...); `--out`: what a command writes; `--json`: results as JSON;
+- `--decode-threads`: threads that decode images (and detect and crop); `--workers`:
+  training's data-loading processes; `--batch-size`: training's global batch.
+
+Errors that spiga raises on purpose (`SpigaError`) become one line on stderr and exit
+status 2. `main()` is at the end of the file.
 """
 
 from __future__ import annotations
@@ -13,16 +24,6 @@ import sys
 
 from .errors import InputError, SpigaError
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spiga", description="Face landmarks and head pose with SPIGA.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in _COMMANDS:
-        add(sub)
-    return parser
-
-
 _COMMANDS: list = []
 
 
@@ -31,36 +32,33 @@ def _command(add):
     return add
 
 
-# --- align -------------------------------------------------------------------------
+# --- shared options ----------------------------------------------------------------
 
 
-@_command
-def _add_align(sub) -> None:
-    p = sub.add_parser("align", help="landmarks and head pose for the faces of images",
-                       description="Align the faces of IMAGE. Boxes are (x, y, w, h) in image pixels. "
-                                   "With several inputs, a folder, a glob pattern or --jsonl: one JSON line "
-                                   "per image (errors too); the exit status is the number of failed images.")
-    p.add_argument("image", metavar="INPUT", nargs="+",
-                   help="image file; or several files, folders and glob patterns (quote them: 'photos/*.jpg')")
-    p.add_argument("--model", default="wflw",
-                   help="named official model (wflw, 300wpublic, 300wprivate, merlrav, cofw68) or checkpoint path")
-    p.add_argument("--box", nargs=4, type=float, action="append", metavar=("X", "Y", "W", "H"),
-                   help="a face box; repeat for several faces (output keeps this order)")
-    p.add_argument("--json", metavar="OUT.json", help="write results as JSON (default: print to stdout)")
-    p.add_argument("--draw", metavar="OUT.png", help="write the image with landmarks, boxes and pose axes")
-    p.add_argument("--detector", default="blazeface",
-                   help="face detector when no --box is given: blazeface (default), haar, dlib, file:BOXES")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
-    _add_many_images_arguments(p)
-    _add_runtime_arguments(p)
-    p.set_defaults(run=_run_align)
+def _model_options(default: str | None = "wflw", onnx: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    names = "wflw, 300wpublic, 300wprivate, merlrav, cofw68"
+    what = f"named official model ({names}), spiga checkpoint" + (", or .onnx file (--backend onnxruntime)"
+                                                                  if onnx else "")
+    if default is None:
+        p.add_argument("--model", required=True, help=what)
+    else:
+        p.add_argument("--model", default=default, help=f"{what} (default {default})")
+    return p
 
 
-def _add_runtime_arguments(p) -> None:
-    """How the network runs: precision, backend, compilation (align, video)."""
+def _device_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
+    return p
+
+
+def _runtime_options(max_batch: int = 32) -> argparse.ArgumentParser:
+    """How the network runs; the choices come from the library."""
     from .inference.backends import BACKENDS
     from .inference.optimize import PRECISIONS
 
+    p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--precision", default="float32", choices=list(PRECISIONS),
                    help="arithmetic of the network: float32 (default), bfloat16 (fast on CPUs with AVX-512 BF16 or "
                         "AMX, and on CUDA; emulated elsewhere), float16 (CUDA only), float64 (the exact reference, "
@@ -69,20 +67,94 @@ def _add_runtime_arguments(p) -> None:
                    help="torch (default) or onnxruntime (--model may then be an .onnx file from `spiga export`)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (slow first call; pays off for long runs only)")
+    p.add_argument("--max-batch", type=int, default=max_batch, metavar="FACES",
+                   help=f"most faces per forward pass (default {max_batch})")
+    return p
+
+
+def _detector_options(none: bool = False) -> argparse.ArgumentParser:
+    from .detection import DETECTOR_NAMES
+
+    p = argparse.ArgumentParser(add_help=False)
+    names = ", ".join(("blazeface (default)" if n == "blazeface" else "file:BOXES" if n == "file" else n)
+                      for n in DETECTOR_NAMES)
+    p.add_argument("--detector", default="blazeface",
+                   help=f"face detector when no boxes are given: {names}" + (", none" if none else ""))
+    return p
+
+
+def _progress_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def _dataset_config_choices() -> list[str]:
+    from .landmarks import DATASET_LANDMARKS
+
+    return sorted(DATASET_LANDMARKS)
+
+
+def _load_aligner(args, detector=None):
+    """`spiga.load` with the shared options of `args`."""
+    from .inference import load
+
+    return load(args.model, device=args.device, precision=args.precision, backend=args.backend,
+                compile=args.compile, max_batch=args.max_batch,
+                detector=args.detector if detector is None else detector)
+
+
+def _check_positive(args, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+# --- align -------------------------------------------------------------------------
+
+
+@_command
+def _add_align(sub) -> None:
+    p = sub.add_parser("align", help="landmarks and head pose for the faces of images",
+                       parents=[_model_options(), _device_options(), _runtime_options(), _detector_options(),
+                                _progress_options()],
+                       description="Align the faces of IMAGE (found by the detector, or given with --box: x, y, w, "
+                                   "h in image pixels). With several inputs, a folder, a glob pattern or --jsonl: "
+                                   "one JSON line per image (errors too); the exit status is then the number of "
+                                   "failed images.")
+    p.add_argument("image", metavar="INPUT", nargs="+",
+                   help="image file; or several files, folders and glob patterns (quote them: 'photos/*.jpg')")
+    p.add_argument("--box", nargs=4, type=float, action="append", metavar=("X", "Y", "W", "H"),
+                   help="a face box; repeat for several faces (output keeps this order)")
+    p.add_argument("--json", metavar="OUT.json", help="write results as JSON (default: print to stdout)")
+    p.add_argument("--draw", metavar="OUT.png", help="write the image with landmarks, boxes and pose axes")
+    p.add_argument("--pts", metavar="DIR", help="write one iBUG .pts file per face into DIR (<image>_<face>.pts)")
+    p.add_argument("--csv", metavar="OUT.csv",
+                   help="write one CSV row per face: image, face, box, score, pose, x0, y0, x1, y1, ...")
+    p.add_argument("--jsonl", metavar="OUT.jsonl",
+                   help="JSON Lines output, one line per image as it finishes (default with several inputs: stdout)")
+    p.add_argument("--draw-dir", metavar="DIR", help="write a drawing per image into DIR (<name>.png)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep --jsonl's lines and skip the images that already have a result there")
+    p.add_argument("--recursive", action="store_true", help="take images from sub-folders of folders too")
+    p.add_argument("--decode-threads", type=int, default=2, metavar="N",
+                   help="threads that decode images ahead of the model (default 2)")
+    p.add_argument("--mesh", action="store_true", help="drawings: add the 3D mean face projected with the pose")
+    p.set_defaults(run=_run_align)
 
 
 def _run_align(args) -> int:
     import json
 
     from .draw import draw_faces
-    from .inference import load
     from .io import read_image, write_atomic, write_image
 
+    _check_positive(args, "max_batch", "decode_threads")
     paths = _many_image_paths(args) if _is_many_images(args) else None  # None: the single-image form
     args.image = args.image[0] if paths is None else args.image
     image = read_image(args.image) if paths is None else None
-    aligner = load(args.model, device=args.device, detector=args.detector, precision=args.precision,
-                   backend=args.backend, compile=args.compile)
+    aligner = _load_aligner(args)
     if paths is not None:
         return _run_align_many(args, paths, aligner)
     faces = aligner.align(image, boxes=args.box)
@@ -91,33 +163,28 @@ def _run_align(args) -> int:
     text = json.dumps({"images": [record]})
     if args.json:
         write_atomic(args.json, text + "\n")
-    else:
+    elif not (args.draw or args.pts or args.csv):
         print(text)
     if args.draw:
         mesh = aligner.mean_face_world() if args.mesh else None
         write_image(args.draw, draw_faces(image, faces, aligner.landmark_set, mesh_points=mesh))
+    if args.pts:
+        from .io import write_pts_files
+
+        write_pts_files(args.pts, args.image, faces)
+    if args.csv:
+        from .io import FaceCsvWriter
+
+        with FaceCsvWriter(args.csv, aligner.landmark_set.num_landmarks) as writer:
+            writer.write(args.image, faces)
     return 0
-
-
-def _add_many_images_arguments(p) -> None:
-    p.add_argument("--jsonl", metavar="OUT.jsonl",
-                   help="JSON Lines output, one line per image as it finishes (default with several inputs: stdout)")
-    p.add_argument("--draw-dir", metavar="DIR", help="write a drawing per image into DIR (<name>.png)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep --jsonl's lines and skip the images that already have a result there")
-    p.add_argument("--recursive", action="store_true", help="take images from sub-folders of folders too")
-    p.add_argument("--workers", type=int, default=2, metavar="N", help="image-decoding threads (default 2)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="FACES",
-                   help="faces of several images run together (default 32)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--mesh", action="store_true", help="drawings: add the 3D mean face projected with the pose")
 
 
 def _is_many_images(args) -> bool:
     """The JSON Lines form: several inputs, a folder or glob, or an option only it has."""
     from pathlib import Path
 
-    from .inference.batch import is_glob
+    from .inference.files import is_glob
     if len(args.image) > 1 or args.jsonl or args.draw_dir or args.resume:
         return True
     only = args.image[0]
@@ -126,7 +193,7 @@ def _is_many_images(args) -> bool:
 
 def _many_image_paths(args) -> list:
     """The expanded inputs of the JSON Lines form, after checking its options."""
-    from .inference.batch import expand_inputs
+    from .inference.files import expand_inputs
     if args.draw or args.json:
         raise InputError("--draw and --json are for one image; with several, use --draw-dir and --jsonl")
     if args.resume and not args.jsonl:
@@ -138,10 +205,10 @@ def _many_image_paths(args) -> list:
 
 
 def _run_align_many(args, paths, aligner) -> int:
-    from .inference.batch import align_files
+    from .inference.files import align_files
     summary = align_files(aligner, paths, jsonl=args.jsonl, draw_dir=args.draw_dir, resume=args.resume,
-                          boxes=args.box, workers=args.workers, batch_faces=args.batch_size,
-                          progress=not args.no_progress, mesh=args.mesh)
+                          boxes=args.box, workers=args.decode_threads, batch_faces=args.max_batch,
+                          progress=not args.no_progress, mesh=args.mesh, pts_dir=args.pts, csv=args.csv)
     if summary.failed:
         print(f"spiga: {len(summary.failed)} of {len(paths) - summary.skipped} images failed "
               f"(error lines in the output)", file=sys.stderr)
@@ -154,17 +221,16 @@ def _run_align_many(args, paths, aligner) -> int:
 @_command
 def _add_video(sub) -> None:
     p = sub.add_parser("video", help="track faces through a video file or camera",
+                       parents=[_model_options(), _device_options(), _runtime_options(max_batch=16),
+                                _detector_options(), _progress_options()],
                        description="Align the faces of every frame of INPUT (a video file, or a camera index "
                                    "such as 0): detect on the first frame, every K frames and when a face is "
                                    "lost, follow each face from its landmarks otherwise, smooth landmarks and "
                                    "pose (One Euro filter). Writes an annotated video and/or one JSON line per "
                                    "frame (to stdout when neither --out nor --jsonl is given).")
     p.add_argument("input", metavar="INPUT", help="video file, or camera index (0, 1, ...)")
-    p.add_argument("--model", default="wflw", help="named official model or checkpoint path")
     p.add_argument("--out", metavar="OUT.mp4", help="annotated video (mp4v, the input's size and frame rate)")
     p.add_argument("--jsonl", metavar="OUT.jsonl", help="one JSON line per frame: frame, time, detected, faces")
-    p.add_argument("--detector", default="blazeface", help="face detector: blazeface (default), haar, dlib")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--redetect-every", type=int, default=15, metavar="K",
                    help="run the detector every K frames (default 15; 0: only when a face is lost)")
     p.add_argument("--no-smoothing", action="store_true", help="report raw landmarks and pose")
@@ -177,15 +243,13 @@ def _add_video(sub) -> None:
     p.add_argument("--no-draw", action="store_true", help="--out gets the frames without drawings")
     p.add_argument("--mesh", action="store_true", help="draw the 3D mean face projected with the pose")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    _add_runtime_arguments(p)
     p.set_defaults(run=_run_video)
 
 
 def _run_video(args) -> int:
-    from .inference import load
     from .video import SmoothingConfig, TrackerConfig, parse_source, run_video
 
+    _check_positive(args, "max_batch", "max_frames")
     source = parse_source(args.input)
     if args.redetect_every < 0:
         raise InputError(f"--redetect-every must be >= 0, got {args.redetect_every}")
@@ -196,8 +260,7 @@ def _run_video(args) -> int:
         except ValueError as exc:
             raise InputError(str(exc)) from None
     config = TrackerConfig(redetect_every=args.redetect_every, smoothing=smoothing)
-    aligner = load(args.model, device=args.device, detector=args.detector, precision=args.precision,
-                   backend=args.backend, compile=args.compile)
+    aligner = _load_aligner(args)
     summary = run_video(aligner, source, out=args.out, jsonl=args.jsonl, config=config, draw=not args.no_draw,
                         mesh=args.mesh, progress=not args.no_progress, max_frames=args.max_frames,
                         stdout_jsonl=not (args.out or args.jsonl))
@@ -211,12 +274,14 @@ def _run_video(args) -> int:
 
 @_command
 def _add_convert(sub) -> None:
-    p = sub.add_parser("convert", help="convert an official SPIGA .pt state_dict into a spiga checkpoint")
+    p = sub.add_parser("convert", help="convert an official SPIGA .pt state_dict into a spiga checkpoint",
+                       description="Convert an official SPIGA state_dict (spiga_wflw.pt, ...) and its 3D mean face "
+                                   "into one spiga checkpoint (.safetensors).")
     p.add_argument("weights", metavar="OFFICIAL.pt", help="official state_dict (e.g. spiga_wflw.pt)")
-    p.add_argument("--config", required=True,
-                   help="official configuration: wflw, 300wpublic, 300wprivate, merlrav or cofw68")
+    p.add_argument("--config", required=True, choices=_dataset_config_choices(),
+                   help="official dataset configuration the weights were trained for")
     p.add_argument("--mean-face", required=True, metavar="FILE", help="3D mean face, `id|x|y|z` text file")
-    p.add_argument("--out", required=True, metavar="MODEL", help="output checkpoint (.safetensors)")
+    p.add_argument("--out", required=True, metavar="MODEL.safetensors", help="output checkpoint")
     p.set_defaults(run=_run_convert)
 
 
@@ -228,39 +293,39 @@ def _run_convert(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- evaluate / benchmark (issue 3)
+# --- evaluate / benchmark ------------------------------------------------------------
 
 
-def _add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+def _scoring_options() -> argparse.ArgumentParser:
     from .evaluate.metrics import NORMS
-    parser.add_argument("--db-info", metavar="FILE",
-                        help="the original db_info.json: test subsets and per-norm thresholds")
-    parser.add_argument("--norm", choices=NORMS, help="NME normalisation (default: the dataset's)")
-    parser.add_argument("--threshold", type=float, metavar="T",
-                        help="FR/AUC threshold in percent (default: the dataset's)")
-    parser.add_argument("--json", metavar="OUT.json", help="write the figures as JSON")
-    parser.add_argument("--plot", metavar="CED.png", help="draw the CED curves (needs matplotlib)")
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--db-info", metavar="FILE", help="the original db_info.json: test subsets and per-norm thresholds")
+    p.add_argument("--norm", choices=NORMS, help="NME normalisation (default: the dataset's)")
+    p.add_argument("--threshold", type=float, metavar="T", help="FR/AUC threshold in percent (default: the dataset's)")
+    p.add_argument("--json", metavar="OUT.json", help="write the figures as JSON")
+    p.add_argument("--plot", metavar="CED.png", help="draw the CED curves (needs matplotlib)")
+    return p
 
 
 @_command
 def _add_evaluate(sub) -> None:
-    from .landmarks import DATASET_LANDMARKS
-    parser = sub.add_parser("evaluate", help="score predictions against ground truth (NME, AUC, FR, pose MAE)",
-                            description="Score landmark and head-pose predictions against ground truth.")
-    parser.add_argument("--annotations", required=True, metavar="GT.json",
-                        help="ground truth: SPIGA JSON (or spiga align JSON)")
-    parser.add_argument("--predictions", required=True, metavar="PRED.json",
-                        help="predictions: SPIGA JSON in the annotations' order, or spiga align JSON")
-    parser.add_argument("--config", required=True, choices=sorted(DATASET_LANDMARKS),
-                        help="benchmark: sets the landmark layout and the default norm and threshold")
-    _add_scoring_arguments(parser)
-    parser.set_defaults(run=_run_evaluate)
+    p = sub.add_parser("evaluate", help="score predictions against ground truth (NME, AUC, FR, pose MAE)",
+                       parents=[_scoring_options()],
+                       description="Score landmark and head-pose predictions against ground truth.")
+    p.add_argument("--annotations", required=True, metavar="GT.json",
+                   help="ground truth: SPIGA JSON (or spiga align JSON)")
+    p.add_argument("--predictions", required=True, metavar="PRED.json",
+                   help="predictions: SPIGA JSON in the annotations' order, or spiga align JSON")
+    p.add_argument("--config", required=True, choices=_dataset_config_choices(),
+                   help="benchmark: sets the landmark layout and the default norm and threshold")
+    p.set_defaults(run=_run_evaluate)
 
 
 def _report_outputs(args, report) -> None:
     """Print the table and write the --json and --plot files of an evaluation."""
     from .evaluate import format_report
-    from .evaluate.formats import write_json_atomic
+    from .io import write_json_atomic
     print(format_report(report))
     if args.json:
         write_json_atomic(args.json, report.to_dict())
@@ -280,26 +345,22 @@ def _run_evaluate(args) -> int:
 
 @_command
 def _add_benchmark(sub) -> None:
-    from .landmarks import DATASET_LANDMARKS
-    parser = sub.add_parser("benchmark", help="run a model over a test set and score it",
-                            description="Run a model over a test set with the annotation boxes, write its "
-                                        "predictions (SPIGA JSON, annotation order) and score them.")
-    parser.add_argument("--model", required=True, help="model name or checkpoint file")
-    parser.add_argument("--dataset", required=True, metavar="FORMAT:PATH",
-                        help="test set, e.g. spiga-json:test.json or spiga-json:test.json:IMAGE_ROOT")
-    parser.add_argument("--predictions", required=True, metavar="OUT.json", help="where to write predictions")
-    parser.add_argument("--config", choices=sorted(DATASET_LANDMARKS),
-                        help="benchmark scoring (default: the one named in --model)")
-    parser.add_argument("--device", help="torch device (default: the best available)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--allow-outside-root", action="store_true",
-                        help="accept image paths in the annotations that leave the image folder (absolute or ..)")
-    _add_scoring_arguments(parser)
-    parser.set_defaults(run=_run_benchmark)
+    p = sub.add_parser("benchmark", help="run a model over a test set and score it",
+                       parents=[_model_options(default=None), _device_options(), _runtime_options(),
+                                _progress_options(), _scoring_options()],
+                       description="Run a model over a test set with the annotation boxes, write its "
+                                   "predictions (SPIGA JSON, annotation order) and score them.")
+    p.add_argument("--dataset", required=True, metavar="FORMAT:PATH[:ROOT]",
+                   help="test set, e.g. spiga-json:test.json or spiga-json:test.json:IMAGE_ROOT")
+    p.add_argument("--predictions", required=True, metavar="OUT.json", help="where to write predictions")
+    p.add_argument("--config", choices=_dataset_config_choices(),
+                   help="benchmark scoring (default: the one named in --model)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="accept image paths in the annotations that leave the image folder (absolute or ..)")
+    p.set_defaults(run=_run_benchmark)
 
 
 def _benchmark_config(args) -> str:
-    from .errors import InputError
     from .landmarks import DATASET_LANDMARKS
     if args.config:
         return args.config
@@ -311,21 +372,20 @@ def _benchmark_config(args) -> str:
 
 
 def _run_benchmark(args) -> int:
-    import spiga
     from .evaluate import evaluate, load_test_set, read_db_info, resolve_scoring, run_benchmark
     from .landmarks import landmark_set_for
+
+    _check_positive(args, "max_batch")
     config = _benchmark_config(args)
     info = read_db_info(args.db_info) if args.db_info else None
     scoring = resolve_scoring(config, args.norm, args.threshold, info)
     test_set = load_test_set(args.dataset, landmark_set_for(config), allow_outside_root=args.allow_outside_root)
-    aligner = spiga.load(args.model, device=args.device)
+    aligner = _load_aligner(args, detector="blazeface")
     pred = run_benchmark(aligner, test_set, args.predictions, progress=not args.no_progress)
     subsets = info.test_subsets if info else None
     report = evaluate(test_set.annotations, pred, config, scoring, subsets)
     _report_outputs(args, report)
     return 0
-
-# ---------------------------------------------------------------- end of evaluate / benchmark
 
 
 # --- train -------------------------------------------------------------------------
@@ -333,27 +393,31 @@ def _run_benchmark(args) -> int:
 
 @_command
 def _add_train(sub) -> None:
+    from .model import MODEL_SIZES
+    from .train.config import OPTIMIZERS, TRAIN_PRECISIONS
+    from .train.recipe import PARTS, STAGES
+
     p = sub.add_parser(
         "train", help="train or fine-tune a model (also under torchrun for DDP)",
-        description="Train SPIGA from scratch or fine-tune it. Options override the YAML --config file. "
+        description="Train SPIGA from scratch or fine-tune it. Options override the YAML --config-file. "
                     "Run under `torchrun --nproc_per_node=N` for distributed data parallel training.")
-    p.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of the options below (as keys)")
+    p.add_argument("--config-file", metavar="FILE.yaml", help="YAML file with any of the options below (as keys)")
     p.add_argument("--train", action="append", metavar="FORMAT:PATH[:ROOT]",
                    help="training data (repeatable): wflw, 300w, cofw68, merlrav, spiga-json, custom")
     p.add_argument("--val", action="append", metavar="FORMAT:PATH[:ROOT]", help="validation data (repeatable)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/spiga)")
     p.add_argument("--init", metavar="MODEL", help="start from a named model or checkpoint (fine-tuning)")
-    p.add_argument("--stage", choices=["1", "2", "3", "full"],
+    p.add_argument("--stage", choices=list(STAGES),
                    help="1: CNN, 2: CNN + pose, 3: cascade with CNN and pose frozen, full (default): everything")
-    p.add_argument("--freeze", metavar="PARTS", help="parts to freeze, comma-separated: cnn,pose,window,shape,gat "
-                                                    "(default: the stage's)")
+    p.add_argument("--freeze", metavar="PARTS",
+                   help=f"parts to freeze, comma-separated: {','.join(PARTS)} (default: the stage's)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], help="default adamw (sgd: momentum 0.9)")
-    p.add_argument("--model-size", choices=["official", "small", "tiny"])
-    p.add_argument("--device")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), help="default adamw (sgd: momentum 0.9)")
+    p.add_argument("--model-size", choices=list(MODEL_SIZES))
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--workers", type=int, help="data-loading worker processes")
     p.add_argument("--seed", type=int)
     p.add_argument("--mean-face", metavar="FILE", help="3D mean face: `id|x|y|z` text or a spiga checkpoint")
@@ -361,25 +425,26 @@ def _add_train(sub) -> None:
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip bad entries and images with a warning")
     p.add_argument("--allow-outside-root", action="store_true", default=None,
                    help="accept image paths in annotation files that leave the image folder (absolute or ..)")
-    p.add_argument("--precision", choices=["float32", "bfloat16"], help="bfloat16: mixed precision (autocast)")
+    p.add_argument("--precision", choices=list(TRAIN_PRECISIONS), help="bfloat16: mixed precision (autocast)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="train on the plain inference crop")
     p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide the progress bar")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> int:
+    from dataclasses import fields
+
     from .train import TrainConfig, read_config, train
 
-    values = read_config(args.config) if args.config else {}
-    for key in ("train", "val", "out", "init", "stage", "freeze", "epochs", "max_steps", "batch_size", "lr", "optimizer",
-                "model_size", "device", "workers", "seed", "mean_face", "landmark_set", "skip_bad", "precision",
-                "augment", "resume", "progress", "allow_outside_root"):
-        value = getattr(args, key)
+    values = read_config(args.config_file) if args.config_file else {}
+    # every option given on the command line overrides the file (options left out are None)
+    for option in fields(TrainConfig):
+        value = getattr(args, option.name, None)
         if value is not None:
-            values[key] = value
-    result = train(TrainConfig.from_dict(values, args.config or "<command line>"))
+            values[option.name] = value
+    result = train(TrainConfig.from_dict(values, args.config_file or "<command line>"))
     best = f", best validation NME {result.best_nme:.3f}" if result.best_nme is not None else ""
     print(f"trained {result.steps} steps{best}; checkpoints in {result.out}")
     return 0
@@ -390,15 +455,15 @@ def _run_train(args) -> int:
 
 @_command
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX",
+    p = sub.add_parser("export", help="export a model to ONNX", parents=[_model_options(onnx=False)],
                        description="Write MODEL as an ONNX graph: input `images` float32 (B, 3, 256, 256) BGR crops "
                                    "in [0, 1]; outputs `landmarks` (B, L, 2) in crop units [0, 1] and `pose` (B, 6). "
-                                   "The landmark set and sizes are stored in the file's metadata.")
-    p.add_argument("--model", default="wflw", help="named official model or checkpoint path")
+                                   "The landmark set, sizes and 3D mean face are stored in the file's metadata.")
     p.add_argument("--out", required=True, metavar="MODEL.onnx", help="output file")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 13; default 17)")
     p.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (default: fixed)")
-    p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size (default 1)")
+    p.add_argument("--fixed-batch", type=int, default=1, metavar="B",
+                   help="the batch size of a graph without --dynamic-batch (default 1)")
     p.set_defaults(run=_run_export)
 
 
@@ -407,68 +472,39 @@ def _run_export(args) -> int:
     from .inference.onnx_export import export_onnx
 
     path = export_onnx(resolve_model(args.model), args.out, opset=args.opset, dynamic_batch=args.dynamic_batch,
-                       batch_size=args.batch_size)
+                       batch_size=args.fixed_batch)
     print(f"wrote {path}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .about import mixed_installation
-
-    problem = mixed_installation()  # also when the original's wheel replaced our spiga/__init__.py
-    if problem:
-        from .about import check_installation
-
-        try:
-            check_installation()
-        except ImportError as exc:
-            print(f"spiga: error: {exc}", file=sys.stderr)
-            return 2
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.run(args) or 0)
-    except SpigaError as exc:
-        print(f"spiga: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # the file system's own refusals: permissions, a full disk, a name too long
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"spiga: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("spiga: interrupted", file=sys.stderr)
-        return 130
+# --- estimate-mean-face ------------------------------------------------------------------
 
 
-# --- data: estimate-mean-face (begin) ---
 @_command
 def _add_estimate_mean_face(sub) -> None:
-    parser = sub.add_parser(
+    p = sub.add_parser(
         "estimate-mean-face", help="estimate a 3D mean face from a dataset's 2D landmarks",
         description="Estimate the 3D mean face of a landmark set by rigid factorisation of a "
-                    "dataset's 2D annotations (images are not read), and write it as `id|x|y|z` "
-                    "lines. See README (Training data: mean faces).")
-    parser.add_argument("--dataset", required=True, metavar="FORMAT:PATH[:ROOT]",
-                        help="annotations, e.g. custom:train.jsonl or 300w/train:/data/300W")
-    parser.add_argument("--landmark-set", metavar="FILE",
-                        help="landmark-set JSON file (or wflw98 / ibug68); required by `custom`")
-    parser.add_argument("--out", required=True, metavar="FILE", help="mean-face file to write")
-    parser.add_argument("--frontal-fraction", type=float, default=0.95, metavar="F",
-                        help="share of the most left-right symmetric shapes used (default 0.95)")
-    parser.add_argument("--distance", type=float, default=3.0, metavar="TZ",
-                        help="median face depth the scale is set to, world units (default 3)")
-    parser.add_argument("--max-samples", type=int, default=20000, metavar="N",
-                        help="use at most N shapes, drawn at random (default 20000)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip malformed annotations with a warning instead of stopping")
-    parser.set_defaults(run=_run_estimate_mean_face)
+                    "dataset's 2D annotations (images are not read), and write it as `id|x|y|z` lines.")
+    p.add_argument("--dataset", required=True, metavar="FORMAT:PATH[:ROOT]",
+                   help="annotations, e.g. custom:train.jsonl or 300w/train:/data/300W")
+    p.add_argument("--landmark-set", metavar="FILE", help="landmark-set JSON file (or wflw98 / ibug68); required by "
+                                                          "`custom`")
+    p.add_argument("--out", required=True, metavar="FILE", help="mean-face file to write")
+    p.add_argument("--frontal-fraction", type=float, default=0.95, metavar="F",
+                   help="share of the most left-right symmetric shapes used (default 0.95)")
+    p.add_argument("--distance", type=float, default=3.0, metavar="TZ",
+                   help="median face depth the scale is set to, world units (default 3)")
+    p.add_argument("--max-samples", type=int, default=20000, metavar="N",
+                   help="use at most N shapes, drawn at random (default 20000)")
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed annotations with a warning instead of "
+                                                           "stopping")
+    p.set_defaults(run=_run_estimate_mean_face)
 
 
 def _run_estimate_mean_face(args) -> int:
     from .data import read_dataset
-    from .data.mean_face import estimate_from_dataset, write_mean_face
+    from .landmarks.mean_face import estimate_from_dataset, write_mean_face
 
     dataset = read_dataset(args.dataset, args.landmark_set, skip_bad=args.skip_bad, require_images=False)
     fit = estimate_from_dataset(dataset, args.frontal_fraction, args.distance, args.max_samples)
@@ -482,7 +518,6 @@ def _run_estimate_mean_face(args) -> int:
     if dataset.skipped:
         print(dataset.summary(), file=sys.stderr)
     return 0
-# --- data: estimate-mean-face (end) ---
 
 
 # --- serve (begin) ---
@@ -546,6 +581,49 @@ def _run_serve(args) -> int:
         log_level="info" if args.verbose else "warning", access_log=args.verbose)
     return 0
 # --- serve (end) ---
+
+# --- entry point -------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .about import __version__
+
+    parser = argparse.ArgumentParser(prog="spiga", description="Facial landmarks and head pose with SPIGA.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"spiga {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .about import mixed_installation
+
+    if mixed_installation():  # also when the original's wheel replaced our spiga/__init__.py
+        from .about import check_installation
+
+        try:
+            check_installation()
+        except ImportError as exc:
+            print(f"spiga: error: {exc}", file=sys.stderr)
+            return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except SpigaError as exc:
+        print(f"spiga: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system's own refusals: permissions, a full disk, a name too long
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"spiga: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spiga: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

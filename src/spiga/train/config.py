@@ -11,6 +11,12 @@ from ..about import install_hint
 from ..errors import SpigaError
 
 
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "constant", "step")
+# the arithmetic of a training step: float32, or bfloat16 mixed precision (autocast)
+TRAIN_PRECISIONS = ("float32", "bfloat16")
+
+
 @dataclass
 class TrainConfig:
     """Everything `spiga train` takes. Sizes and paths only; no objects.
@@ -56,12 +62,12 @@ class TrainConfig:
             problems.append("epochs must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append("max_steps must be >= 1")
-        if self.optimizer not in ("adam", "adamw", "sgd"):
-            problems.append(f"optimizer must be adam, adamw or sgd, not {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant", "step"):
-            problems.append(f"schedule must be cosine, constant or step, not {self.schedule!r}")
-        if self.precision not in ("float32", "bfloat16"):
-            problems.append(f"precision must be float32 or bfloat16, not {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        if self.precision not in TRAIN_PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, not {self.precision!r}")
         unknown = set(self.loss_weights) - {"heatmaps", "coordinates", "pose", "cascade"}
         if unknown:
             problems.append(f"unknown loss weights {sorted(unknown)}")
