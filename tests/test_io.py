@@ -207,6 +207,15 @@ def test_heif_photo_is_read(tmp_path):
     assert read_image_bytes(path.read_bytes(), "upload.heic").shape == (48, 64, 3)
     with pytest.raises(ImageError, match="cut.heic: not a readable image"):
         read_image_bytes(path.read_bytes()[: path.stat().st_size // 2], "cut.heic")
+    # orientation: applied once (libheif's transform, the EXIF tag then says upright)
+    halves = np.zeros((20, 40, 3), np.uint8)
+    halves[:, :20] = 255  # left half white
+    image = Image.fromarray(halves)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    rotated = _pil_bytes(image, "HEIF", exif=exif.tobytes(), quality=95)
+    out = read_image_bytes(rotated, "rotated.heic")
+    assert out.shape == (40, 20, 3) and out[:20].mean() > 200 and out[20:].mean() < 50
 
 
 # --------------------------------------------------------------------------- atomic writes
