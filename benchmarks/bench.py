@@ -358,7 +358,10 @@ def run_benchmark(args) -> dict:
         impls.append(Impl("spiga onnxruntime float32", "ours", backend="onnxruntime"))
 
     log("measuring the matmul peak")
-    peaks = {name: matmul_peak(threads, name) for name in ("float32", "bfloat16")}
+    # bfloat16's peak only where it is timed: without native bfloat16 an emulated 2048^3
+    # matmul takes minutes
+    peaks = {name: matmul_peak(threads, name) for name in ("float32", "bfloat16")
+             if name == "float32" or name in args.precisions}
     gflops_per_face, params_m = model_flops()
 
     def remeasure_peaks() -> None:  # the best of several: other load on the machine only lowers it
@@ -425,12 +428,31 @@ def run_benchmark(args) -> dict:
     return {
         "machine": {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "threads": threads,
                     "amx_bf16": "amx_bf16" in cpu_flags(), "avx512_bf16": "avx512_bf16" in cpu_flags(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "isa": _isa_description(),
+                    "isa_limits": " ".join(f"{k}={os.environ[k]}" for k in ISA_LIMITS if os.environ.get(k))},
         "weights": weights_note, "gflops_per_face": gflops_per_face, "params_m": params_m,
         "matmul_peak_gflops": peaks, "original_error": original_error, "batches": args.batches,
         "clock": args.clock, "load_average": _load_average(),
         "results": results,
     }
+
+
+# environment variables that make this CPU behave as one with fewer instruction sets (an
+# AVX-512 machine as an AVX2-only one): oneDNN's, ATen's and MKL's limits
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def _isa_description() -> str:
+    """What spiga's CPU probe finds (vector ISA, fused oneDNN operators, native bfloat16)."""
+    sys.path.insert(0, str(REPO / "src"))
+    try:
+        from spiga.inference.cpu import cpu_features
+    except ImportError:  # an older checkout without the probe
+        import torch
+
+        return torch.backends.cpu.get_cpu_capability()
+    return cpu_features().describe()
 
 
 def _load_average() -> str:
@@ -467,14 +489,17 @@ def summarise(report: dict) -> tuple[list[str], list[list[str]], list[str]]:
             short = {"bfloat16": "bf16", "float32": "fp32"}[peak_name]
             rows.append([impl.label, str(batch), f"{per_face * 1000:.0f}", f"{1 / per_face:.2f}",
                          f"{result.peak_mib.get(batch, float('nan')):.0f}", speedup, f"{achieved:.0f}",
-                         f"{100 * achieved / report['matmul_peak_gflops'][peak_name]:.0f}% {short}", diff])
+                         f"{100 * achieved / report['matmul_peak_gflops'].get(peak_name, math.nan):.0f}% {short}",
+                         diff])
     machine = report["machine"]
     notes = [
         f"machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['threads']} threads, "
         f"AMX-BF16 {'yes' if machine['amx_bf16'] else 'no'}, AVX512-BF16 {'yes' if machine['avx512_bf16'] else 'no'}; "
         f"Python {machine['python']}, torch {machine['torch']}",
-        f"matmul peak (2048^3, {machine['threads']} threads): float32 {report['matmul_peak_gflops']['float32']:.0f} "
-        f"GFLOPS, bfloat16 {report['matmul_peak_gflops']['bfloat16']:.0f} GFLOPS",
+        f"instruction sets: {machine['isa']}" + (f" (limited by {machine['isa_limits']})" if machine["isa_limits"]
+                                                 else ""),
+        f"matmul peak (2048^3, {machine['threads']} threads): "
+        + ", ".join(f"{name} {value:.0f} GFLOPS" for name, value in report["matmul_peak_gflops"].items()),
         f"model: official size, 98 landmarks, {report['gflops_per_face']:.1f} GFLOPs/face, "
         f"{report['params_m']:.1f}M parameters; weights: {report['weights']}",
         f"timed ({report['clock']} clock): image + boxes -> landmarks in image pixels (crop, network, "

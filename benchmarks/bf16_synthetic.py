@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         for precision in ("float32", "bfloat16"):
             network = prepare_for_inference(model, precision, "cpu")
-            landmarks, pose = zip(*(network(images[i:i + 16]) for i in range(0, len(images), 16)))
+            outputs = [network(images[i:i + 16]) for i in range(0, len(images), 16)]
+            landmarks, pose = [out["landmarks"][-1] for out in outputs], [out["pose"] for out in outputs]
             results[precision] = (torch.cat(landmarks).numpy() * 256, torch.cat(pose).numpy())
         reference = model(images)["landmarks"][-1].numpy() * 256
     fp32, bf16 = results["float32"][0], results["bfloat16"][0]

@@ -50,6 +50,16 @@ def face_image() -> np.ndarray:
     return image
 
 
+@pytest.fixture
+def image_file(tmp_path, face_image) -> Path:
+    """`face_image` as a PNG file."""
+    import cv2
+
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), face_image)
+    return path
+
+
 EQUIVALENCE_FIXTURES = (sorted((SHARED / "fixtures" / "equivalence").glob("*_sportsfan.json"))
                         if SHARED.exists() else [])
 MEAN_FACES = {98: "mean_face_3D_98.txt", 68: "mean_face_3D_68.txt"}

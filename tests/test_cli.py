@@ -12,13 +12,6 @@ import pytest
 from spiga.cli import main as cli
 
 
-@pytest.fixture
-def image_file(tmp_path, face_image):
-    path = tmp_path / "face.png"
-    cv2.imwrite(str(path), face_image)
-    return path
-
-
 def test_align_json_and_drawing(tiny_checkpoint, image_file, tmp_path):
     out, drawing = tmp_path / "out.json", tmp_path / "drawn.png"
     code = cli(["align", str(image_file), "--model", str(tiny_checkpoint), "--box", "70", "35", "100", "130",

@@ -109,12 +109,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
+def _assert_same_weights(a: Path, b: Path, atol: float = 0.0, rtol: float = 0.0) -> None:
     first, second = load_file(str(a)), load_file(str(b))
     assert first.keys() == second.keys()
     for key in first:
         if first[key].is_floating_point():
-            assert torch.allclose(first[key], second[key], atol=atol, rtol=0), key
+            assert torch.allclose(first[key], second[key], atol=atol, rtol=rtol), \
+                (key, float((first[key] - second[key]).abs().max()))
         else:
             assert torch.equal(first[key], second[key]), key
 
@@ -171,7 +172,10 @@ def test_two_processes_match_one(synthetic, trained, tmp_path):
                 "-m", "spiga", *command[3:]]
     result = subprocess.run(torchrun, env=_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    _assert_same_weights(tmp_path / "one" / "last.safetensors", tmp_path / "two" / "last.safetensors", atol=1e-4)
+    # relative where values are large: batch-norm variances near 40 differ by another CPU's
+    # summation order at 1e-5 of their size
+    _assert_same_weights(tmp_path / "one" / "last.safetensors", tmp_path / "two" / "last.safetensors", atol=1e-4,
+                         rtol=1e-5)
     # the comparison is not between two barely touched models: the cascade moved by far more
     moved, start = load_file(str(tmp_path / "one" / "last.safetensors")), load_file(str(trained.out / "best.safetensors"))
     movement = max(float((moved[k] - start[k]).abs().max()) for k in moved
@@ -206,6 +210,6 @@ def test_two_processes_match_one_from_scratch(synthetic, tmp_path):
     for key in weights:
         assert torch.allclose(one[key], two[key], atol=1e-6, rtol=0), key
     for key in statistics:
-        assert torch.allclose(one[key], two[key], atol=1e-4, rtol=0), (key, float((one[key] - two[key]).abs().max()))
+        assert torch.allclose(one[key], two[key], atol=1e-4, rtol=1e-5), (key, float((one[key] - two[key]).abs().max()))
     movement = max(float((one[k] - one_step[k]).abs().max()) for k in weights)
     assert movement > 20 * 1e-6, movement

@@ -272,21 +272,27 @@ def test_video_round_trip(tiny_checkpoint, moving_face_video, tmp_path):
     assert not list(tmp_path.glob(".annotated*"))  # the temporary file was renamed
 
 
-def test_video_cli_with_blazeface_on_a_real_face(tiny_checkpoint, tmp_path):
+@pytest.fixture
+def real_face_video(tmp_path):
+    """The shared real photo, 320x240, shifted 2 px per frame, 6 frames (MJPG .avi)."""
     from conftest import shared_path
-
-    from spiga.cli import main as cli
 
     photo = cv2.imread(str(shared_path("fixtures", "images", "image_sportsfan.jpg")))
     small = cv2.resize(photo, (320, 240), interpolation=cv2.INTER_AREA)
     video = tmp_path / "in.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (320, 240))
-    for i in range(6):  # the photo shifted 2 px per frame
+    for i in range(6):
         writer.write(np.roll(small, 2 * i, axis=1))
     writer.release()
+    return video
+
+
+def test_video_cli_with_blazeface_on_a_real_face(tiny_checkpoint, real_face_video, tmp_path):
+    from spiga.cli import main as cli
+
     out, lines = tmp_path / "out.mp4", tmp_path / "frames.jsonl"
-    code = cli(["video", str(video), "--model", str(tiny_checkpoint), "--out", str(out), "--jsonl", str(lines),
-                "--redetect-every", "3", "--no-progress"])
+    code = cli(["video", str(real_face_video), "--model", str(tiny_checkpoint), "--out", str(out), "--jsonl",
+                str(lines), "--redetect-every", "3", "--no-progress"])
     assert code == 0
     records = [json.loads(line) for line in lines.read_text().splitlines()]
     assert len(records) == 6 and [r["detected"] for r in records] == [True, False, False] * 2
@@ -295,6 +301,32 @@ def test_video_cli_with_blazeface_on_a_real_face(tiny_checkpoint, tmp_path):
     capture = cv2.VideoCapture(str(out))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
     capture.release()
+
+
+@pytest.mark.parametrize("runtime", [["--precision", "bfloat16"], ["--precision", "float64"],
+                                     ["--backend", "onnxruntime"]], ids=["bfloat16", "float64", "onnxruntime"])
+def test_video_cli_precision_and_backend(tiny_checkpoint, real_face_video, tmp_path, runtime):
+    """`spiga video` runs the network as `spiga align` does: the same landmarks as float32
+    torch, within what the precision allows."""
+    from spiga.cli import main as cli
+
+    model = tiny_checkpoint
+    if "onnxruntime" in runtime:
+        pytest.importorskip("onnxruntime", reason="needs the onnx extra (pip install 'spiga[onnx]')")
+        from spiga.inference.onnx_export import export_onnx
+
+        model = export_onnx(tiny_checkpoint, tmp_path / "tiny.onnx", dynamic_batch=True)
+    results = {}
+    for name, extra in (("reference", []), ("runtime", runtime)):
+        lines = tmp_path / f"{name}.jsonl"
+        assert cli(["video", str(real_face_video), "--model", str(model if extra else tiny_checkpoint),
+                    "--jsonl", str(lines), "--no-progress", "--max-frames", "3", "--no-smoothing", *extra]) == 0
+        results[name] = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert len(results["runtime"]) == 3
+    for got, want in zip(results["runtime"], results["reference"]):
+        assert len(got["faces"]) == len(want["faces"]) == 1
+        difference = np.abs(np.array(got["faces"][0]["landmarks"]) - np.array(want["faces"][0]["landmarks"]))
+        assert difference.mean() < (5.0 if "bfloat16" in runtime else 0.05)
 
 
 def test_video_errors(tiny_checkpoint, tmp_path, capsys):

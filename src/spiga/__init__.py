@@ -2,17 +2,20 @@
 
     import spiga
     model = spiga.load("wflw")                       # or a checkpoint path
-    faces = model.align("photo.jpg", boxes=[(x, y, w, h)])
+    faces = model.align("photo.jpg")                 # faces found by the built-in detector
     faces[0].landmarks, faces[0].headpose.yaw
 """
 
-from .errors import CheckpointError, DatasetError, ImageError, InputError, ModelNotFound, SpigaError
-from .face import Face, HeadPose
-from .inference import Aligner, load
+from .about import __version__, check_installation
 
-__version__ = "0.1.0"
+check_installation()
+
+from .errors import (CheckpointError, DatasetError, ImageError, InputError, ModelNotFound,  # noqa: E402
+                     SpigaError)
+from .face import Face, HeadPose  # noqa: E402
+from .inference import Aligner, load  # noqa: E402
 
 __all__ = [
-    "load", "Aligner", "Face", "HeadPose",
+    "load", "Aligner", "Face", "HeadPose", "__version__",
     "SpigaError", "CheckpointError", "DatasetError", "ImageError", "InputError", "ModelNotFound",
 ]

@@ -27,7 +27,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from .errors import CheckpointError, SpigaError
 from .io import parse_json, write_atomic
 from .landmarks import LandmarkSet, landmark_set_for, read_mean_face
-from .model import SPIGA, ModelConfig
+from .model import SPIGA, ModelConfig, official_to_own
 
 FORMAT_NAME = "spiga-checkpoint"
 FORMAT_VERSION = 1
@@ -233,6 +233,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Strict state_dict loading with a readable account of what does not fit."""
+    state = dict(state)
+    official_to_own(state)  # official layout (or checkpoints written in it) -> the model's
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

@@ -52,14 +52,23 @@ def _add_align(sub) -> None:
                    help="face detector when no --box is given: blazeface (default), haar, dlib, file:BOXES")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     _add_many_images_arguments(p)
-    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="arithmetic of the network: float32 (default), bfloat16 (CPUs with AVX-512 BF16/AMX, "
-                        "CUDA), float16 (CUDA only)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+    _add_runtime_arguments(p)
+    p.set_defaults(run=_run_align)
+
+
+def _add_runtime_arguments(p) -> None:
+    """How the network runs: precision, backend, compilation (align, video)."""
+    from .inference.backends import BACKENDS
+    from .inference.optimize import PRECISIONS
+
+    p.add_argument("--precision", default="float32", choices=list(PRECISIONS),
+                   help="arithmetic of the network: float32 (default), bfloat16 (fast on CPUs with AVX-512 BF16 or "
+                        "AMX, and on CUDA; emulated elsewhere), float16 (CUDA only), float64 (the exact reference, "
+                        "slow)")
+    p.add_argument("--backend", default="torch", choices=list(BACKENDS),
                    help="torch (default) or onnxruntime (--model may then be an .onnx file from `spiga export`)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (slow first call; pays off for long runs only)")
-    p.set_defaults(run=_run_align)
 
 
 def _run_align(args) -> int:
@@ -169,6 +178,7 @@ def _add_video(sub) -> None:
     p.add_argument("--mesh", action="store_true", help="draw the 3D mean face projected with the pose")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_runtime_arguments(p)
     p.set_defaults(run=_run_video)
 
 
@@ -186,7 +196,8 @@ def _run_video(args) -> int:
         except ValueError as exc:
             raise InputError(str(exc)) from None
     config = TrackerConfig(redetect_every=args.redetect_every, smoothing=smoothing)
-    aligner = load(args.model, device=args.device, detector=args.detector)
+    aligner = load(args.model, device=args.device, detector=args.detector, precision=args.precision,
+                   backend=args.backend, compile=args.compile)
     summary = run_video(aligner, source, out=args.out, jsonl=args.jsonl, config=config, draw=not args.no_draw,
                         mesh=args.mesh, progress=not args.no_progress, max_frames=args.max_frames,
                         stdout_jsonl=not (args.out or args.jsonl))
@@ -402,6 +413,17 @@ def _run_export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .about import mixed_installation
+
+    problem = mixed_installation()  # also when the original's wheel replaced our spiga/__init__.py
+    if problem:
+        from .about import check_installation
+
+        try:
+            check_installation()
+        except ImportError as exc:
+            print(f"spiga: error: {exc}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

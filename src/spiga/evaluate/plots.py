@@ -9,6 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..about import install_hint
 from ..errors import InputError, SpigaError
 from .metrics import auc, ced
 
@@ -18,7 +19,7 @@ def _figure_class():
         # The object-oriented API draws without pyplot: no GUI backend, no global state.
         from matplotlib.figure import Figure
     except ImportError:
-        raise SpigaError("CED plots need matplotlib: pip install 'spiga[plot]'") from None
+        raise SpigaError(f"CED plots need matplotlib: {install_hint('plot')}") from None
     return Figure
 
 

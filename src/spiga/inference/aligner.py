@@ -113,7 +113,11 @@ class Aligner:
 
     def mean_face_world(self) -> np.ndarray:
         """(L, 3) float64: the model's 3D mean face in SPIGA's world frame (for mesh drawings)."""
-        return self.checkpoint.model.mean_face_3d.detach().cpu().double().numpy()
+        mean_face = getattr(self.backend, "mean_face_3d", None)
+        if mean_face is None:
+            raise InputError(f"{self.name}: this model file carries no 3D mean face (an ONNX file exported by an "
+                             f"older spiga?): export it again with `spiga export` to draw meshes")
+        return np.asarray(mean_face, dtype=np.float64)
 
     def get_detector(self):
         """The face detector, created on first use when given by name."""

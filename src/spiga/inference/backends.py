@@ -4,8 +4,9 @@ A backend has one job, `predict_crops(crops)`: (B, S, S, 3) BGR uint8 face crops
 landmarks (B, L, 2) in crop pixels and pose (B, 6), both float64 NumPy arrays. The
 `Aligner` around it crops, back-projects and builds `Face`s, the same for every backend.
 
-- `TorchBackend`: PyTorch, on CPU or CUDA, float32 / bfloat16 / float16, optionally
-  `torch.compile`d; runs the optimised copy made by `prepare_for_inference`.
+- `TorchBackend`: PyTorch, on CPU or CUDA, float32 / bfloat16 / float16 / float64,
+  optionally `torch.compile`d; runs the inference copy of the `SPIGA` made by
+  `prepare_for_inference` (the model's own forward, transformed).
 - `OnnxBackend` (`onnx_backend.py`): onnxruntime on a graph written by `spiga export`.
 """
 
@@ -73,6 +74,7 @@ class Backend(Protocol):
     device: torch.device | str
     precision: str
     max_batch: int
+    mean_face_3d: np.ndarray | None  # (L, 3) world-frame mean face, for mesh drawings
 
     def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, S, S, 3) BGR uint8 -> landmarks (B, L, 2) crop pixels, pose (B, 6); float64."""
@@ -94,7 +96,7 @@ class TorchBackend:
     Args:
         model: the network (unchanged; the backend keeps an optimised copy).
         device: where it runs.
-        precision: "float32", "bfloat16" or "float16" (CUDA only).
+        precision: "float32", "bfloat16", "float16" (CUDA only) or "float64".
         max_batch: faces per network call (larger inputs are split).
         compile: `torch.compile` with frozen weights. Each new batch size compiles once
             (about a minute for the official model on a small CPU); batches are padded to a
@@ -114,6 +116,7 @@ class TorchBackend:
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
+        self.mean_face_3d = model.mean_face_3d.detach().cpu().double().numpy()
         self.image_size = model.config.image_size
         self.num_landmarks = model.config.num_landmarks
         # torch.compile does its own oneDNN fusion, on the plain (unfused) module
@@ -143,8 +146,11 @@ class TorchBackend:
             # uint8 crosses to the device (4x less traffic than float); NHWC -> NCHW is a view
             # that is already channels-last in memory
             images = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device).permute(0, 3, 1, 2)
+            # float32 crops whatever the precision: the network casts them to its own dtype
+            # (the original feeds float32 crops in every precision too)
             images = images.float().div_(255.0)
-            points, pose = self._run(images)
+            out = self._run(images)
+            points, pose = out["landmarks"][-1], out["pose"]
             landmarks.append(points[:count].double().cpu().numpy() * self.image_size)
             poses.append(pose[:count].double().cpu().numpy())
         if not landmarks:

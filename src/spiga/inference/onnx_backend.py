@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..about import install_hint
 from ..errors import SpigaError
 from ..landmarks import LandmarkSet
 from ..model import ModelConfig
@@ -24,7 +25,7 @@ def _import_onnxruntime():
         import onnxruntime
     except ImportError:
         raise SpigaError("the onnxruntime backend needs the `onnxruntime` package: "
-                         "pip install 'spiga[onnx]'") from None
+                         f"{install_hint('onnx')}") from None
     return onnxruntime
 
 
@@ -72,6 +73,7 @@ class OnnxBackend:
             self.header = json.loads(metadata[METADATA_KEY])
             self.config = ModelConfig.from_dict(self.header["model_config"])
             self.landmark_set = LandmarkSet.from_dict(self.header["landmarks"])
+            self.mean_face_3d = _mean_face(self.header, self.config.num_landmarks)
         except (ValueError, KeyError, TypeError, SpigaError) as exc:
             raise SpigaError(f"{self.path}: bad spiga metadata ({exc})") from None
         shape = self.session.get_inputs()[0].shape
@@ -94,6 +96,16 @@ class OnnxBackend:
         if not landmarks:
             return np.zeros((0, self.config.num_landmarks, 2)), np.zeros((0, 6))
         return np.concatenate(landmarks), np.concatenate(poses)
+
+
+def _mean_face(header: dict, num_landmarks: int) -> np.ndarray | None:
+    """The (L, 3) mean face of the metadata; None in files exported before it travelled there."""
+    if "mean_face_3d" not in header:
+        return None
+    mean_face = np.asarray(header["mean_face_3d"], dtype=np.float64)
+    if mean_face.shape != (num_landmarks, 3) or not np.isfinite(mean_face).all():
+        raise ValueError(f"mean_face_3d must be {num_landmarks} finite (x, y, z) points")
+    return mean_face
 
 
 def open_onnx_backend(model: str | os.PathLike, device: Any = None, precision: str = "float32",

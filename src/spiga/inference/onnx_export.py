@@ -1,8 +1,8 @@
 """Export a SPIGA checkpoint to ONNX.
 
-The graph is the float32 `InferenceSPIGA` (batch norms folded, windows gathered with
-plain Gather operators: no `affine_grid`, no GridSample), traced with PyTorch's
-TorchScript-based exporter (it needs only the `onnx` package).
+The graph is the float32 inference copy of the `SPIGA` (`prepare_for_inference`: batch norms
+folded, windows gathered with plain Gather operators: no `affine_grid`, no GridSample),
+traced with PyTorch's TorchScript-based exporter (it needs only the `onnx` package).
 
 The ONNX contract:
 
@@ -15,8 +15,9 @@ The ONNX contract:
   pixels, then apply the inverse crop affine for image pixels).
 - output `pose`: float32 (B, 6): yaw, pitch, roll (degrees), tx, ty, tz (crop camera units).
 - metadata_props `spiga`: the same JSON header as a spiga checkpoint (model sizes, landmark
-  set, crop and camera settings) plus an `onnx` entry describing inputs and outputs, so the
-  onnxruntime backend runs without the checkpoint.
+  set, crop and camera settings), the 3D mean face (`mean_face_3d`, L x 3, SPIGA's world
+  frame) and an `onnx` entry describing inputs and outputs, so the onnxruntime backend runs,
+  and draws meshes, without the checkpoint.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..checkpoint import Checkpoint, load_checkpoint
+from ..about import install_hint
 from ..errors import SpigaError
 from ..io import write_atomic
 from .optimize import prepare_for_inference
@@ -40,6 +43,20 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 13  # Softmax over the last axis, Unsqueeze with axes as input, integer Clip
 DEFAULT_OPSET = 17
 METADATA_KEY = "spiga"
+
+
+class LandmarksAndPose(nn.Module):
+    """The graph's outputs: a `SPIGA`'s last cascade step and its pose, nothing else.
+
+    forward(images (B, 3, S, S)) -> landmarks (B, L, 2), pose (B, 6)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        return out["landmarks"][-1], out["pose"]
 
 
 def onnx_header(checkpoint: Checkpoint, dynamic_batch: bool, batch_size: int, opset: int) -> dict:
@@ -52,6 +69,8 @@ def onnx_header(checkpoint: Checkpoint, dynamic_batch: bool, batch_size: int, op
         "crop": {"size": size, "enlarge": checkpoint.config.crop_enlarge},
         "camera": {"focal_ratio": checkpoint.config.focal_ratio, "feature_size": checkpoint.config.feature_size},
         "input": {"color": "bgr", "range": [0.0, 1.0]},
+        # the 3D mean face (L, 3) the pose projects, for mesh drawings without the checkpoint
+        "mean_face_3d": checkpoint.model.mean_face_3d.detach().cpu().double().tolist(),
         "onnx": {
             "opset": opset,
             "inputs": {"images": f"float32 ({'B' if dynamic_batch else batch_size}, 3, {size}, {size}) BGR crops "
@@ -77,13 +96,14 @@ def export_onnx(model: str | os.PathLike | Checkpoint, out: str | os.PathLike, o
     try:
         import onnx
     except ImportError:
-        raise SpigaError("ONNX export needs the `onnx` package: pip install 'spiga[onnx]'") from None
+        raise SpigaError(f"ONNX export needs the `onnx` package: {install_hint('onnx')}") from None
     if opset < MIN_OPSET:
         raise SpigaError(f"ONNX opset {opset} is too old: the graph needs opset >= {MIN_OPSET}")
     if batch_size < 1:
         raise SpigaError(f"batch size must be >= 1, got {batch_size}")
     checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
-    network = prepare_for_inference(checkpoint.model, "float32", "cpu", fuse=False, sampler="gather").eval()
+    network = LandmarksAndPose(prepare_for_inference(checkpoint.model, "float32", "cpu", fuse=False,
+                                                     sampler="gather")).eval()
     size = checkpoint.config.image_size
     example = torch.rand(max(batch_size, 2) if dynamic_batch else batch_size, 3, size, size)
     buffer = io.BytesIO()
@@ -116,7 +136,7 @@ def read_onnx_header(path: str | os.PathLike) -> dict:
     try:
         import onnx
     except ImportError:
-        raise SpigaError("reading ONNX files needs the `onnx` package: pip install 'spiga[onnx]'") from None
+        raise SpigaError(f"reading ONNX files needs the `onnx` package: {install_hint('onnx')}") from None
     path = Path(path)
     if not path.is_file():
         raise SpigaError(f"{path}: no such file")

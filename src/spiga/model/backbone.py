@@ -58,8 +58,8 @@ class EdgeToPoint(nn.Module):
 class MultitaskCNN(nn.Module):
     """Stem + `num_stacks` hourglasses.
 
-    forward: images (B, 3, S, S) -> dict with
-        `visual`: list per stack of (B, C, S/4, S/4) features,
+    forward: images (B, 3, S, S), any float dtype (cast to `compute_dtype`) -> dict with
+        `visual`: [(B, C, S/4, S/4)] the last stack's features (those the cascade reads),
         `core`: [(B, C, 1, 1)] the last stack's pose feature (the other stacks' pose
             branches exist for the official checkpoints' sake but feed nothing),
         `points`, `edges`: list per stack but the last of sigmoid maps (B, L|E, S/4, S/4).
@@ -67,6 +67,9 @@ class MultitaskCNN(nn.Module):
 
     def __init__(self, config: ModelConfig, edge_matrix: torch.Tensor):
         super().__init__()
+        # follows the network's dtype (`.double()`, `.to(torch.bfloat16)`) whatever its layers
+        # become after the inference transforms: the dtype the images are cast to
+        self.register_buffer("dtype_anchor", torch.zeros(0), persistent=False)
         c = config.channels
         stem1, stem2 = config.stem_channels
         n_att = config.num_stacks - 1
@@ -96,22 +99,26 @@ class MultitaskCNN(nn.Module):
         self.merge_preds = nn.ModuleList([ConvBlock(config.num_landmarks, c, 1, relu=False) for _ in range(n_att)])
         self.merge_features = nn.ModuleList([ConvBlock(c, c, 1, relu=False) for _ in range(n_att)])
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.dtype_anchor.dtype
+
     def forward(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-        x = self.pre(images)
+        x = self.pre(images.to(self.compute_dtype))
         out: dict[str, list[torch.Tensor]] = {"visual": [], "core": [], "points": [], "edges": []}
         for i in range(self.num_stacks):
             hg, innermost = self.hgs[i](x)
             last = i == self.num_stacks - 1
-            if last:  # only the last stack's pose branch feeds the pose head
-                out["core"].append(self.hgs_core[i](innermost))
             hg = self.hgs_out[i](hg)
-            out["visual"].append(hg)
-            if not last:
+            if last:  # only the last stack's features feed the cascade and its pose branch the pose head
+                out["core"].append(self.hgs_core[i](innermost))
+                out["visual"].append(hg)
+            else:
                 points = self.outs_points[i](hg)
                 edges = self.outs_edges[i](hg)
                 attention = points * self.E2Ptransform(edges)
                 preds = self.outs_features[i](hg) * attention
-                x = x + self.merge_preds[i](preds) + self.merge_features[i](hg)
+                x = self.merge_preds[i](preds, residual=self.merge_features[i](hg, residual=x))
                 out["points"].append(points)
                 out["edges"].append(edges)
         return out

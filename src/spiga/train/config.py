@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..about import install_hint
 from ..errors import SpigaError
 
 
@@ -88,7 +89,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     try:
         import yaml
     except ImportError:
-        raise SpigaError("reading a YAML config needs PyYAML: pip install 'spiga[train]'") from None
+        raise SpigaError(f"reading a YAML config needs PyYAML: {install_hint('train')}") from None
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())

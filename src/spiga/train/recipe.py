@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import SpigaError
-from ..model import SPIGA
+from ..model import SPIGA, official_to_own
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ def transfer_weights(source: dict[str, torch.Tensor], target: SPIGA) -> list[str
     `target` left at their fresh initialisation (those whose size depends on the landmark
     or edge count when the landmark set changed)."""
     own = target.state_dict()
+    source = dict(source)
+    official_to_own(source)  # an official file's tensors in the model's layout (a no-op on ours)
     fitting = {k: v for k, v in source.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     # the layout's constants always come from the target's landmark set
     for key in ("visual_cnn.E2Ptransform.edge2point", "diagonal_mask"):

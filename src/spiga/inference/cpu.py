@@ -1,0 +1,219 @@
+"""What this CPU can do, probed once, and the oneDNN operators behind the answer.
+
+This is the only module that touches PyTorch's private oneDNN operators
+(`torch.ops.mkldnn._*`: prepacked weights, convolutions and linears with their bias, ReLU
+and residual addition in one call; the operators torch.compile's frozen CPU graphs use).
+Private operators come and go between torch versions and work only on some CPUs (their
+bfloat16 forms need AVX-512 BW/VL/DQ or AVX-NE-CONVERT), so each is used only where the
+probe has *run* it on this machine and compared it with the public operator it replaces.
+Everywhere else the inference transforms keep the public operators (`F.conv2d`,
+`F.linear`), which compute the same numbers.
+
+The probe (`cpu_features()`) is cached per process. `SPIGA_CPU_FAST_PATHS=0` in the
+environment turns the private operators off; `forced_cpu_features(...)` overrides any
+field for a block of code (the tests use it to run every branch on every machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FAST_PATHS_ENV = "SPIGA_CPU_FAST_PATHS"
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuFeatures:
+    """What the probe found.
+
+    Attributes:
+        isa: ATen's vector instruction set (`torch.backends.cpu.get_cpu_capability()`:
+            "AVX512", "AVX2", "DEFAULT", "SVE256", ...).
+        onednn: the fused oneDNN operators run, and agree with the public ones, in float32.
+        onednn_bfloat16: the same in bfloat16.
+        native_bfloat16: bfloat16 arithmetic in hardware (AVX-512 BF16, AMX, AVX-NE-CONVERT);
+            without it bfloat16 runs emulated, slower than float32.
+    """
+
+    isa: str
+    onednn: bool
+    onednn_bfloat16: bool
+    native_bfloat16: bool
+
+    def fused(self, dtype: torch.dtype) -> bool:
+        """Whether the fused operators may be used for `dtype`."""
+        if dtype == torch.float32:
+            return self.onednn
+        if dtype == torch.bfloat16:
+            return self.onednn_bfloat16
+        return False
+
+    def describe(self) -> str:
+        return (f"ISA {self.isa}; oneDNN fused operators: float32 {'yes' if self.onednn else 'no'}, "
+                f"bfloat16 {'yes' if self.onednn_bfloat16 else 'no'}; native bfloat16 "
+                f"{'yes' if self.native_bfloat16 else 'no'}")
+
+
+_forced: list[CpuFeatures] = []
+
+
+def cpu_features() -> CpuFeatures:
+    """The capabilities of this CPU and torch build (probed once; see the module docstring)."""
+    if _forced:
+        return _forced[-1]
+    return _probe()
+
+
+@contextlib.contextmanager
+def forced_cpu_features(**changes: object) -> Iterator[CpuFeatures]:
+    """Within the block, `cpu_features()` answers with `changes` applied, e.g.
+    `forced_cpu_features(onednn=False, onednn_bfloat16=False)` for the public operators.
+
+    Forcing a fast path on where the probe found none makes the private operators fail:
+    only force paths off, or on where `_probe()` said yes.
+    """
+    features = dataclasses.replace(cpu_features(), **changes)  # type: ignore[arg-type]
+    _forced.append(features)
+    try:
+        yield features
+    finally:
+        _forced.pop()
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> CpuFeatures:
+    isa = torch.backends.cpu.get_cpu_capability()
+    if os.environ.get(FAST_PATHS_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        log.info("%s is off: public operators only", FAST_PATHS_ENV)
+        return CpuFeatures(isa, False, False, _native_bfloat16())
+    onednn = _trial(torch.float32)
+    onednn_bf16 = onednn and _trial(torch.bfloat16)
+    features = CpuFeatures(isa, onednn, onednn_bf16, onednn_bf16 and _native_bfloat16())
+    log.debug("CPU probe: %s", features.describe())
+    return features
+
+
+def _native_bfloat16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _trial(dtype: torch.dtype) -> bool:
+    """Run every fused operator `fuse_module` uses on small inputs and compare it with the
+    public operators; any error or disagreement means no."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator).to(dtype) - 0.5
+
+    try:
+        with torch.no_grad():
+            x = rand(1, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+            conv = nn.Conv2d(8, 8, 3, padding=1).to(dtype)
+            add = rand(1, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+            fused = FusedConv(conv, relu=True, input_size=list(x.shape))
+            checks = [(fused(x), F.relu(conv(x))), (fused(x, add=add), F.relu(conv(x) + add))]
+            deconv = nn.ConvTranspose2d(8, 8, 2, stride=2).to(dtype)
+            checks.append((FusedConv(deconv, relu=True, input_size=list(x.shape))(x), F.relu(deconv(x))))
+            linear = nn.Linear(8, 16).to(dtype)
+            tokens = rand(2, 5, 8)
+            checks.append((FusedLinear(linear, relu=True)(tokens), F.relu(linear(tokens))))
+            for got, expected in checks:
+                if got.shape != expected.shape or not torch.allclose(got.float(), expected.float(), atol=tolerance,
+                                                                     rtol=tolerance):
+                    log.debug("oneDNN %s trial: fused and public operators disagree", dtype)
+                    return False
+    except Exception as exc:  # a missing operator or an unsupported CPU; any kind means "no"
+        log.debug("oneDNN %s trial failed: %s: %s", dtype, type(exc).__name__, str(exc).splitlines()[0][:200])
+        return False
+    return True
+
+
+# --- the fused operators -------------------------------------------------------------------
+
+
+class FusedConv(nn.Module):
+    """A convolution (or transposed convolution) with its bias, an optional ReLU and an
+    optional residual addition in one oneDNN call, the weights reordered once into
+    oneDNN's blocked layout for inputs of `input_size`.
+
+    forward(x (B, C_in, H, W) channels-last, add=None (B, C_out, H', W')) ->
+    relu?(conv(x) + bias [+ add]); for transposed convolutions the addition is a second pass.
+    The module is built on its device for inference: the packed weight is an opaque tensor
+    that cannot be moved, copied or saved (a plain attribute, not a buffer).
+    """
+
+    def __init__(self, conv: nn.Conv2d | nn.ConvTranspose2d, relu: bool, input_size: list[int] | None):
+        super().__init__()
+        self.transpose = isinstance(conv, nn.ConvTranspose2d)
+        self.padding = list(conv.padding)
+        self.stride = list(conv.stride)
+        self.dilation = list(conv.dilation)
+        self.groups = conv.groups
+        self.attr = "relu" if relu else "none"
+        weight = conv.weight.detach()
+        self.bias = conv.bias.detach() if conv.bias is not None else None
+        mkldnn = torch.ops.mkldnn
+        if self.transpose:
+            self.output_padding = list(conv.output_padding)
+            self.weight = mkldnn._reorder_convolution_transpose_weight(
+                weight, self.padding, self.output_padding, self.stride, self.dilation, self.groups, input_size)
+        else:
+            self.weight = mkldnn._reorder_convolution_weight(weight, self.padding, self.stride, self.dilation,
+                                                             self.groups, input_size)
+
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        mkldnn = torch.ops.mkldnn
+        if self.transpose:
+            out = mkldnn._convolution_transpose_pointwise(x, self.weight, self.bias, self.padding,
+                                                          self.output_padding, self.stride, self.dilation,
+                                                          self.groups, self.attr, [], "")
+            return out if add is None else out + add
+        if add is None:
+            return mkldnn._convolution_pointwise(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
+                                                 self.groups, self.attr, [], "")
+        return mkldnn._convolution_pointwise.binary(x, add, self.weight, self.bias, self.padding, self.stride,
+                                                    self.dilation, self.groups, "add", None,
+                                                    None if self.attr == "none" else self.attr, [], None)
+
+
+class FusedLinear(nn.Module):
+    """`nn.Linear` (optionally followed by ReLU) as one oneDNN call with prepacked weights:
+    (..., C_in) -> (..., C_out). Opaque like `FusedConv`."""
+
+    def __init__(self, linear: nn.Linear, relu: bool):
+        super().__init__()
+        self.attr = "relu" if relu else "none"
+        self.out_features = linear.out_features
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.bias = linear.bias.detach() if linear.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.attr, [], "")
+
+
+class FusedConvBlock(nn.Module):
+    """A `ConvBlock` whose batch norm is folded, as one fused convolution with the same
+    forward: (x, residual=None) -> relu?(conv(x) + bias [+ residual])."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool, input_size: list[int] | None):
+        super().__init__()
+        self.conv = FusedConv(conv, relu, input_size)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x, add=residual)
