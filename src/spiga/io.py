@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from .about import install_hint
 from .errors import DatasetError, ImageError, PixelLimitError, SpigaError
 
 try:  # the `heif` extra: HEIC/HEIF photos (iPhones, many Android phones) through libheif
@@ -111,7 +112,7 @@ def _open_header(data: bytes, source: str) -> Image.Image:
         raise PixelLimitError(f"{source}: image of more than {limit} pixels exceeds the limit (a decompression "
                               "bomb?); refused before decoding") from None
     except Exception:  # noqa: BLE001 - Pillow raises many types on broken headers; all mean the same here
-        heif = "" if HEIF_SUPPORT else "; HEIC/HEIF needs `pip install spiga[heif]`"
+        heif = "" if HEIF_SUPPORT else f"; HEIC/HEIF needs the heif extra: {install_hint('heif')}"
         raise ImageError(f"{source}: not a readable image (no image header that Pillow recognises: JPEG, PNG, "
                          f"WebP, TIFF, BMP, GIF, AVIF, ...{heif}; or a file truncated within its header)") from None
 
