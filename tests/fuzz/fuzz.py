@@ -46,6 +46,19 @@ def _seed_corpus(names: list[str], select: bool, folder: Path) -> None:
                 (folder / f"{name}-{seed.name}").write_bytes(bytes([index]) + data if select else data)
 
 
+def _inherited_peak_mb() -> int:
+    """The peak RSS this process starts with, in MiB. libFuzzer's memory limit (2048 MiB
+    by default) is checked against the peak RSS, which Linux carries over from the parent
+    through fork and exec: a fuzzer started by a large process (a long pytest session)
+    would be stopped as out of memory before it ran an input. The limit is set above it."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak / 1024 if sys.platform != "darwin" else peak / 2**20)
+
+
 def split_all_input(data: bytes, names: list[str]) -> tuple[str, bytes]:
     """An input of the `all` fuzzer -> (target, the target's own input): the first byte
     picks the target among `names` (sorted), the rest is what the target reads."""
@@ -135,6 +148,8 @@ def main(argv: list[str]) -> int:
     _seed_corpus(names, name == "all", corpus)
     if not any(o.startswith("-timeout=") for o in options):
         options.append("-timeout=20")
+    if not any(o.startswith("-rss_limit_mb=") for o in options):
+        options.append(f"-rss_limit_mb={_inherited_peak_mb() + 2048}")
     if not any(o.startswith("-artifact_prefix=") for o in options):
         options.append(f"-artifact_prefix={artifacts}/")
     print(f"fuzzing {name}: working corpus {corpus}, findings in {artifacts}", file=sys.stderr)
