@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -56,7 +59,7 @@ def test_wrong_shapes_are_reported(tmp_path):
 
     with safe_open(str(path), "pt") as handle:
         header = json.loads(handle.metadata()["spiga"])
-    header["model_config"]["embed_dim"] = 96
+    header["model_config"]["embed_dim"] = 32  # smaller than stored: the shapes, not the count, disagree
     save_file(load_file(str(path)), str(tmp_path / "bad.safetensors"), metadata={"spiga": json.dumps(header)})
     with pytest.raises(CheckpointError, match=r"bad.safetensors: weights do not fit the model: .*wrong shape"):
         load_checkpoint(tmp_path / "bad.safetensors")
@@ -129,3 +132,167 @@ def test_convert_rejects_mean_face_for_another_layout(tmp_path):
     mean_face = _write_mean_face(tmp_path / "mf68.txt", IBUG_68)
     with pytest.raises(SpigaError, match="mf68.txt: mean face has 68 points but lacks ids"):
         convert_official(tmp_path / "w.pt", "wflw", mean_face, tmp_path / "x.safetensors", config)
+
+
+# --------------------------------------------------------------------------- malformed headers
+
+
+@pytest.fixture(scope="module")
+def stored(tiny_checkpoint):
+    """(tensors, header) of the tiny checkpoint, to write variants of."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(tiny_checkpoint), "pt") as handle:
+        header = json.loads(handle.metadata()["spiga"])
+    return load_file(str(tiny_checkpoint)), header
+
+
+def _with_header(path, tensors, header) -> str:
+    from safetensors.torch import save_file
+
+    text = header if isinstance(header, str) else json.dumps(header)
+    save_file(tensors, str(path), metadata={"spiga": text})
+    return str(path)
+
+
+def _changed(header: dict, change) -> dict:
+    header = copy.deepcopy(header)
+    change(header)
+    return header
+
+
+def _set(section: str | None, key: str, value):
+    def change(header):
+        (header[section] if section else header)[key] = value
+    return change
+
+
+def _drop(key: str):
+    return lambda header: header.pop(key)
+
+
+MALFORMED_HEADERS = {
+    "json-list": ('[1, 2, 3]', r"header 'spiga' is a list, expected a JSON object"),
+    "json-string": ('"spiga"', r"header 'spiga' is a string, expected a JSON object"),
+    "not-json": ('{"format": ', r"header 'spiga', line 1: invalid JSON"),
+    "deep-json": ('[' * 100_000 + ']' * 100_000, r"header 'spiga': JSON that cannot be read"),
+    "version-string": (_set(None, "version", "1"), r"header field 'version' must be an integer, got a string"),
+    "version-float": (_set(None, "version", 1.0), r"header field 'version' must be an integer, got a number"),
+    "version-bool": (_set(None, "version", True), r"header field 'version' must be an integer, got a boolean"),
+    "version-zero": (_set(None, "version", 0), r"header field 'version' is 0; versions start at 1"),
+    "version-newer": (_set(None, "version", 99), r"format version 99 is newer .*upgrade spiga"),
+    "version-missing": (_drop("version"), r"header field 'version' is missing"),
+    "format-missing": (_drop("format"), r"header field 'format' is missing"),
+    "format-other": (_set(None, "format", ["x"]), r"header field 'format' is \['x'\], expected 'spiga-checkpoint'"),
+    "config-missing": (_drop("model_config"), r"header field 'model_config' is missing"),
+    "config-list": (_set(None, "model_config", [256]), r"header field 'model_config' is a list, expected a JSON"),
+    "config-huge-channels": (_set("model_config", "channels", 10**6),
+                             r"'model_config': .*channels = 1000000 is outside the supported range 2\.\.512"),
+    "config-huge-landmarks": (_set("model_config", "num_landmarks", 10**9),
+                              r"'model_config': .*num_landmarks = 1000000000 is outside .*2\.\.1000"),
+    "config-huge-stacks": (_set("model_config", "num_stacks", 2**40), r"num_stacks = 1099511627776 is outside"),
+    "config-huge-widths": (_set("model_config", "decoder_hidden", [4096] * 3),
+                           r"decoder_hidden = \[4096, 4096, 4096\]: every width must be an integer in 1\.\.1024"),
+    "config-many-layers": (_set("model_config", "shape_hidden", [8] * 1000),
+                           r"shape_hidden must be a list of 1 to 8 integers"),
+    "config-string-size": (_set("model_config", "image_size", "128"),
+                           r"'model_config': .*image_size must be an integer, got '128'"),
+    "config-nan-scale": (_set("model_config", "window_scale", float("nan")),
+                         r"window_scale = nan is outside the supported range"),
+    "config-unknown-field": (_set("model_config", "layers", 3), r"'model_config': .*unknown fields \['layers'\]"),
+    "config-bigger-than-file": (_set("model_config", "channels", 512),
+                                r"describes a network of \d+ parameters, but the file holds only \d+ values"),
+    "landmarks-missing": (_drop("landmarks"), r"header field 'landmarks' is missing"),
+    "landmarks-number": (_set(None, "landmarks", 98), r"header field 'landmarks' is an integer, expected"),
+    "landmarks-bad-ids": (_set("landmarks", "ids", ["x"] * 98), r"header field 'landmarks': .*malformed"),
+    "landmarks-infinite": (_set("landmarks", "ids", [float("inf")] * 98), r"header field 'landmarks'"),
+    "landmarks-other-count": (_set("model_config", "num_landmarks", 68),
+                              r"header fields 'model_config' \(68 points.*'landmarks' \(98 points.*disagree"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_HEADERS))
+def test_malformed_headers_name_the_file_and_the_field(tmp_path, stored, case):
+    tensors, header = stored
+    change, problem = MALFORMED_HEADERS[case]
+    text = change if isinstance(change, str) else json.dumps(_changed(header, change))
+    path = _with_header(tmp_path / f"{case}.safetensors", tensors, text)
+    with pytest.raises(CheckpointError, match=re.escape(path) + ": .*" + problem) as error:
+        load_checkpoint(path)
+    assert "\n" not in str(error.value)
+
+
+def test_files_that_are_no_checkpoint(tmp_path, stored, tiny_checkpoint):
+    from safetensors.torch import save_file
+
+    tensors, header = stored
+    cases = {
+        "text.safetensors": (b"just some text, not a checkpoint at all\n", "not a safetensors file"),
+        "zeros.safetensors": (bytes(64), "not a safetensors file"),
+        "huge-header.safetensors": ((2**62).to_bytes(8, "little") + b"{}", "not a safetensors file"),
+        "tiny.safetensors": (b"\x01\x02", "too short to be a checkpoint"),
+        "cut.safetensors": (tiny_checkpoint.read_bytes()[:-1000], "truncated"),
+    }
+    for name, (data, problem) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError, match=f"{name}: .*{problem}"):
+            load_checkpoint(tmp_path / name)
+    save_file(tensors, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(CheckpointError, match="plain.safetensors: safetensors file without a spiga header"):
+        load_checkpoint(tmp_path / "plain.safetensors")
+    without_face = {k: v for k, v in tensors.items() if k != "spiga.mean_face_3d"}
+    _with_header(tmp_path / "faceless.safetensors", without_face, header)
+    with pytest.raises(CheckpointError, match="faceless.safetensors: no 3D mean face stored"):
+        load_checkpoint(tmp_path / "faceless.safetensors")
+
+
+def test_checkpoint_is_memory_mapped_not_read_whole(tiny_checkpoint, monkeypatch):
+    from pathlib import Path
+
+    def no_whole_reads(self, *args, **kwargs):
+        raise AssertionError("the checkpoint was read into memory whole")
+
+    monkeypatch.setattr(Path, "read_bytes", no_whole_reads)
+    assert load_checkpoint(tiny_checkpoint).config == ModelConfig.sized("tiny", 98, 15)
+
+
+@pytest.mark.parametrize("case", ["json-list", "version-string", "config-huge-channels", "config-missing",
+                                  "truncated", "not-safetensors"])
+def test_cli_align_with_a_malformed_checkpoint_exits_2_with_one_line(tmp_path, stored, tiny_checkpoint, capsys,
+                                                                    case):
+    import cv2
+
+    from spiga.cli import main
+
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), np.full((64, 64, 3), 90, np.uint8))
+    model = tmp_path / "BAD.safetensors"
+    tensors, header = stored
+    if case == "truncated":
+        model.write_bytes(tiny_checkpoint.read_bytes()[: tiny_checkpoint.stat().st_size // 3])
+    elif case == "not-safetensors":
+        model.write_text("<html>404 Not Found</html>")
+    else:
+        change = MALFORMED_HEADERS[case][0]
+        _with_header(model, tensors, change if isinstance(change, str) else json.dumps(_changed(header, change)))
+    code = main(["align", str(image), "--model", str(model), "--box", "8", "8", "40", "40", "--device", "cpu",
+                 "--detector", "none"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("spiga: error: ") and str(model) in err, err
+
+
+def test_model_config_bounds_cover_every_named_size():
+    from spiga.model.config import BOUNDS, MODEL_SIZES
+
+    for size in MODEL_SIZES:
+        for landmarks, edges in ((98, 15), (68, 13), (5, 2)):
+            ModelConfig.sized(size, landmarks, edges)  # no error
+    assert ModelConfig.official().channels * 2 <= BOUNDS["channels"][1]
+    from spiga.errors import SpigaError
+
+    with pytest.raises(SpigaError, match="num_stacks = 9 is outside the supported range 1..8"):
+        ModelConfig(num_stacks=9)
+    with pytest.raises(SpigaError, match="channels must be an integer, got True"):
+        ModelConfig(channels=True)

@@ -228,3 +228,31 @@ def test_atheris_entry_point_runs():
                              "-seed=1"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Done 300 runs" in result.stderr
+
+
+def test_mat_seeds_hold_the_header_right_after_the_options_byte():
+    """A finding of `all` copied by hand into a target's folder is shifted by one byte (its
+    target selector); for the MAT-files that shows as a header one byte late."""
+    for file in sorted((CORPUS / "cofw68").iterdir()):
+        data = file.read_bytes()
+        if file.name != "refuse-text":
+            assert data[1:7] == b"MATLAB", f"cofw68/{file.name} starts {data[:8]!r}"
+
+
+def test_keep_strips_the_target_selector_of_all_findings(tmp_path, monkeypatch):
+    from fuzz import fuzz
+
+    monkeypatch.setattr(fuzz, "CORPUS", tmp_path)
+    (tmp_path / "cofw68").mkdir()
+    content = (CORPUS / "cofw68" / "ok-points-and-occlusion").read_bytes()
+    finding = tmp_path / "crash-0123"
+    finding.write_bytes(bytes([sorted(TARGETS).index("cofw68")]) + content)
+    kept = fuzz.keep("all", finding, "case-found-by-all")
+    assert kept == tmp_path / "cofw68" / "case-found-by-all" and kept.read_bytes() == content
+    assert fuzz.split_all_input(finding.read_bytes(), sorted(TARGETS)) == ("cofw68", content)
+    finding.write_bytes(content)
+    assert fuzz.keep("cofw68", finding, "ok-found-by-cofw68").read_bytes() == content
+    with pytest.raises(ValueError, match="exists already"):
+        fuzz.keep("cofw68", finding, "ok-found-by-cofw68")
+    with pytest.raises(ValueError, match="start with refuse-, ok- or case-"):
+        fuzz.keep("cofw68", finding, "crash-0123")

@@ -41,7 +41,7 @@ def test_upload_formats_without_a_known_header_are_refused():
     # PFM: OpenCV decodes it, but its dimensions cannot be checked before decoding
     pfm = b"PF\n4 4\n-1.0\n" + np.zeros((4, 4, 3), np.float32).tobytes()
     assert cv2.imdecode(np.frombuffer(pfm, np.uint8), cv2.IMREAD_UNCHANGED) is not None
-    with pytest.raises(ImageError, match="x.pfm: not an image"):
+    with pytest.raises(ImageError, match="x.pfm: not a readable image"):
         read_image_bytes(pfm, "x.pfm")
 
 

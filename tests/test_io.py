@@ -1,14 +1,19 @@
-"""Reading images: formats, EXIF, bombs, truncation."""
+"""Reading images: formats, EXIF, bombs, truncation, inputs from phones; atomic writes."""
 
 from __future__ import annotations
+
+import io
+import os
+import stat
 
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
-from spiga.errors import ImageError
-from spiga.io import read_image, write_atomic
+import spiga.io as spiga_io
+from spiga.errors import ImageError, PixelLimitError
+from spiga.io import read_image, read_image_bytes, write_atomic
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -70,3 +75,181 @@ def test_write_atomic_replaces_whole_file(tmp_path):
     write_atomic(path, "second")
     assert path.read_text() == "second"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+# --------------------------------------------------------------------------- inputs from real devices
+
+
+def _photo(size=(96, 128)) -> np.ndarray:
+    """A smooth BGR test picture (JPEG-friendly)."""
+    y, x = np.mgrid[0:size[0], 0:size[1]]
+    return np.stack([x * 2 % 256, y * 2 % 256, (x + y) % 256], axis=2).astype(np.uint8)
+
+
+def _jpeg(image: np.ndarray, progressive: bool = False) -> bytes:
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95,
+                                        cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])[1].tobytes()
+
+
+#: What a phone's Motion Photo appends after the JPEG's end marker: an MP4 (ftyp box first).
+MP4_TAIL = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(range(256)) * 64
+
+
+def test_motion_photo_with_a_video_after_the_jpeg_is_read(tmp_path):
+    plain = _jpeg(_photo())
+    path = tmp_path / "PXL_20240101_MP.jpg"
+    path.write_bytes(plain + MP4_TAIL)
+    expected = cv2.imdecode(np.frombuffer(plain, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(read_image(path), expected)
+    np.testing.assert_array_equal(read_image_bytes(plain + MP4_TAIL, "upload.jpg"), expected)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("keep", [0.3, 0.7, 0.99])
+def test_truly_truncated_jpegs_are_refused(tmp_path, progressive, keep):
+    data = _jpeg(_photo(), progressive)
+    cut = data[: int(len(data) * keep)]
+    assert cut.rstrip(b"\0")[-2:] != b"\xff\xd9"
+    with pytest.raises(ImageError, match=r"cut.jpg: .*truncated"):
+        read_image_bytes(cut, "cut.jpg")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(cut)
+    with pytest.raises(ImageError, match=r"cut.jpg: .*truncated"):
+        read_image(path)
+
+
+def test_jpeg_end_marker_lost_is_truncated():
+    data = _jpeg(_photo())
+    with pytest.raises(ImageError, match="truncated"):
+        read_image_bytes(data[:-2], "no-eoi.jpg")
+
+
+def test_pillow_judges_truncation_where_opencv_pads(monkeypatch):
+    """Older OpenCV builds decode a cut JPEG into a padded image without an error; then
+    libjpeg, through Pillow, judges whether the data is complete."""
+    data = _jpeg(_photo(), progressive=True)
+    with spiga_io._open_header(data + MP4_TAIL, "motion.jpg") as image:
+        spiga_io._check_jpeg_complete(image, "motion.jpg")  # complete: no error
+    with spiga_io._open_header(data[: len(data) // 2], "cut.jpg") as image, \
+            pytest.raises(ImageError, match="cut.jpg: image file is truncated"):
+        spiga_io._check_jpeg_complete(image, "cut.jpg")
+    # and the check is wired in: an OpenCV that pads is simulated
+    padded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    monkeypatch.setattr(spiga_io, "_opencv_refuses_truncated_jpeg", lambda: False)
+    monkeypatch.setattr(spiga_io.cv2, "imdecode", lambda *args: padded.copy())
+    with pytest.raises(ImageError, match="cut.jpg: image file is truncated"):
+        read_image_bytes(data[: len(data) // 2], "cut.jpg")
+    assert read_image_bytes(data + MP4_TAIL, "motion.jpg").shape == padded.shape
+
+
+def _pil_bytes(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF"])
+def test_pixel_limit_is_checked_before_any_decoder_runs(monkeypatch, fmt):
+    data = _pil_bytes(Image.new("RGB" if fmt != "GIF" else "P", (300, 200)), fmt)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a decoder ran before the pixel limit was checked")
+
+    monkeypatch.setattr(spiga_io.cv2, "imdecode", no_decoding)
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(PixelLimitError, match=r"big: image of 300x200 pixels exceeds the limit of 50000"):
+        read_image_bytes(data, "big", max_pixels=50_000)
+
+
+def test_paths_whose_size_cannot_be_read_first_are_refused(tmp_path):
+    """A path gets the same check as an upload: OpenCV decodes PFM, but its size cannot be
+    read before decoding, so it is not decoded at all."""
+    path = tmp_path / "huge.pfm"
+    path.write_bytes(b"PF\n4 4\n-1.0\n" + np.zeros((4, 4, 3), np.float32).tobytes())
+    assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is not None
+    with pytest.raises(ImageError, match="huge.pfm: not a readable image"):
+        read_image(path)
+
+
+def test_formats_pillow_knows_but_spiga_does_not_accept(tmp_path):
+    path = tmp_path / "icon.ico"
+    Image.new("RGB", (16, 16)).save(path)
+    with pytest.raises(ImageError, match=r"icon.ico: ICO images are not accepted \(accepted: .*JPEG"):
+        read_image(path)
+
+
+def test_gif_is_decoded_by_pillow(tmp_path):
+    path = tmp_path / "anim.gif"
+    Image.new("RGB", (10, 6), (255, 0, 0)).save(path)
+    out = read_image(path)
+    assert out.shape == (6, 10, 3) and out[0, 0].tolist() == [0, 0, 255]
+
+
+def test_sixteen_bit_png_path_keeps_full_range(tmp_path):
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), np.full((4, 5, 3), 257 * 100, np.uint16))
+    assert read_image(path)[0, 0].tolist() == [100, 100, 100]
+
+
+def test_heif_photo_is_read(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif", reason="HEIC/HEIF needs the `heif` extra (pillow-heif)")
+    assert spiga_io.HEIF_SUPPORT
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:, :32] = (200, 30, 30)  # left half red
+    path = tmp_path / "IMG_0001.HEIC"
+    pillow_heif.from_pillow(Image.fromarray(rgb)).save(path, quality=95)
+    assert path.read_bytes()[4:12] == b"ftypheic"
+    out = read_image(path)
+    assert out.shape == (48, 64, 3)
+    np.testing.assert_allclose(out[24, 8], (30, 30, 200), atol=20)  # BGR
+    np.testing.assert_allclose(out[24, 56], (0, 0, 0), atol=20)
+    assert read_image_bytes(path.read_bytes(), "upload.heic").shape == (48, 64, 3)
+    with pytest.raises(ImageError, match="cut.heic: not a readable image"):
+        read_image_bytes(path.read_bytes()[: path.stat().st_size // 2], "cut.heic")
+    # orientation: applied once (libheif's transform, the EXIF tag then says upright)
+    halves = np.zeros((20, 40, 3), np.uint8)
+    halves[:, :20] = 255  # left half white
+    image = Image.fromarray(halves)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    rotated = _pil_bytes(image, "HEIF", exif=exif.tobytes(), quality=95)
+    out = read_image_bytes(rotated, "rotated.heic")
+    assert out.shape == (40, 20, 3) and out[:20].mean() > 200 and out[20:].mean() < 50
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def test_write_atomic_gives_the_mode_of_a_plain_open_without_touching_the_umask(tmp_path, monkeypatch):
+    previous = os.umask(0o027)
+    try:
+        with open(tmp_path / "plain.txt", "w") as handle:
+            handle.write("x")
+
+        def no_umask(mask):
+            raise AssertionError("os.umask changes the mask of every thread")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        write_atomic(tmp_path / "atomic.txt", "x")
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "atomic.txt").stat().st_mode) == 0o640
+    assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
+
+
+def test_write_atomic_long_names_and_no_leftovers(tmp_path):
+    name = "n" * 250 + ".json"
+    write_atomic(tmp_path / name, b"{}")
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    with pytest.raises(TypeError):
+        write_atomic(tmp_path / "bad.json", 123)  # type: ignore[arg-type]
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_without_the_heif_extra_the_error_says_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(spiga_io, "HEIF_SUPPORT", False)
+    with pytest.raises(ImageError, match=r"photo.heic: not a readable image .*HEIC/HEIF needs the heif extra: "
+                                         r"pip install 'spiga-landmarks\[heif\]'"):
+        read_image_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64), "photo.heic")

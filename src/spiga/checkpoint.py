@@ -11,6 +11,7 @@ tensors, and official `.pt` files are read with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import zipfile
@@ -20,18 +21,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import CheckpointError, SpigaError
-from .io import write_atomic
+from .io import parse_json, write_atomic
 from .landmarks import LandmarkSet, landmark_set_for, read_mean_face
 from .model import SPIGA, ModelConfig, official_to_own
 
 FORMAT_NAME = "spiga-checkpoint"
 FORMAT_VERSION = 1
 MEAN_FACE_KEY = "spiga.mean_face_3d"
+#: The safetensors metadata key holding the JSON header.
+HEADER_KEY = "spiga"
 
 
 @dataclass
@@ -71,63 +73,151 @@ def save_checkpoint(path: str | os.PathLike, model: SPIGA, landmarks: LandmarkSe
         "input": {"color": "bgr", "range": [0.0, 1.0]},
         **(extra or {}),
     }
-    write_atomic(path, save_safetensors_bytes(tensors, metadata={"spiga": json.dumps(header)}))
+    write_atomic(path, save_safetensors_bytes(tensors, metadata={HEADER_KEY: json.dumps(header)}))
     return path
 
 
-def _read_header(data: bytes, source: str) -> dict[str, Any]:
-    """The JSON header of a safetensors file, without deserialising tensors."""
-    if len(data) < 8:
-        raise CheckpointError(f"{source}: file is too short to be a checkpoint ({len(data)} bytes)")
-    size = int.from_bytes(data[:8], "little")
-    if size <= 0 or 8 + size > len(data):
-        raise CheckpointError(f"{source}: not a spiga checkpoint, or truncated (header of {size} bytes, file of {len(data)})")
+def _open_file(path: Path, source: str):
+    """`safe_open` on `path` (memory-mapped: tensors are read from the file as they are
+    used, never the whole file into memory first), with every refusal a CheckpointError."""
     try:
-        header = json.loads(data[8:8 + size])
-        return json.loads(header["__metadata__"]["spiga"])
-    except (ValueError, KeyError, TypeError, RecursionError):
-        raise CheckpointError(f"{source}: safetensors file without a spiga header (not written by spiga?)") from None
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a spiga checkpoint. Raises `CheckpointError` naming the file and the problem."""
-    path = Path(path)
-    source = str(path)
-    try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            start = handle.read(8)
     except FileNotFoundError:
         raise CheckpointError(f"{source}: no such file") from None
     except IsADirectoryError:
         raise CheckpointError(f"{source}: is a directory, not a checkpoint file") from None
     except OSError as exc:
         raise CheckpointError(f"{source}: cannot read ({exc.strerror or exc})") from None
-    # safetensors: an 8-byte header length, then the JSON header (the length's first byte may
-    # well be 0x80, a pickle's first byte)
-    looks_like_safetensors = data[8:9] == b"{"
-    if not looks_like_safetensors and (data[:2] == b"PK" or data[:1] == b"\x80"):
+    if len(start) < 8:
+        raise CheckpointError(f"{source}: file is too short to be a checkpoint ({len(start)} bytes)")
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        # only now: a safetensors header length may begin with these bytes too
+        if start[:4] == b"PK\x03\x04" or (start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+            raise CheckpointError(
+                f"{source}: this is a PyTorch pickle (.pt), not a spiga checkpoint; convert official weights with "
+                f"`spiga convert {path.name} --config NAME --mean-face FILE --out MODEL.safetensors`") from None
+        raise CheckpointError(f"{source}: not a safetensors file, or a truncated one ({_first_line(exc)})") from None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _read_header(metadata: dict[str, str] | None, source: str) -> dict[str, Any]:
+    """The spiga header (safetensors metadata key `spiga`) as a JSON object."""
+    if not metadata or HEADER_KEY not in metadata:
+        raise CheckpointError(f"{source}: safetensors file without a spiga header (metadata key {HEADER_KEY!r}; "
+                              "not written by spiga?)")
+    header = parse_json(metadata[HEADER_KEY], f"{source}: header {HEADER_KEY!r}", CheckpointError)
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{source}: header {HEADER_KEY!r} is {_kind(header)}, expected a JSON object")
+    return header
+
+
+def _field(header: dict[str, Any], name: str, source: str) -> Any:
+    if name not in header:
+        raise CheckpointError(f"{source}: header field {name!r} is missing")
+    return header[name]
+
+
+def _check_format(header: dict[str, Any], source: str) -> int:
+    """The format version, after checking the format name."""
+    fmt = _field(header, "format", source)
+    if fmt != FORMAT_NAME:
+        raise CheckpointError(f"{source}: header field 'format' is {_describe(fmt)}, expected {FORMAT_NAME!r}")
+    version = _field(header, "version", source)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{source}: header field 'version' must be an integer, got {_kind(version)} "
+                              f"({_describe(version)})")
+    if version < 1:
+        raise CheckpointError(f"{source}: header field 'version' is {version}; versions start at 1")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{source}: checkpoint format version {version} is newer than this spiga "
+                              f"understands ({FORMAT_VERSION}); upgrade spiga")
+    return version
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read_sizes(header: dict[str, Any], source: str) -> tuple[ModelConfig, LandmarkSet]:
+    """Model configuration and landmark set from the header, each checked (types, bounds)."""
+    parsed = {}
+    for name, parse in (("model_config", ModelConfig.from_dict), ("landmarks", LandmarkSet.from_dict)):
+        value = _field(header, name, source)
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{source}: header field {name!r} is {_kind(value)}, expected a JSON object")
+        try:
+            parsed[name] = parse(value)
+        except SpigaError as exc:
+            raise CheckpointError(f"{source}: header field {name!r}: {exc}") from None
+        except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+            raise CheckpointError(f"{source}: header field {name!r} is malformed ({_first_line(exc)})") from None
+    config, landmarks = parsed["model_config"], parsed["landmarks"]
+    if (config.num_landmarks, config.num_edges) != (landmarks.num_landmarks, landmarks.num_edges):
         raise CheckpointError(
-            f"{source}: this is a PyTorch pickle (.pt), not a spiga checkpoint; convert official weights with "
-            f"`spiga convert {path.name} --config NAME --mean-face FILE --out MODEL.safetensors`")
-    header = _read_header(data, source)
-    if header.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{source}: header format is {header.get('format')!r}, expected {FORMAT_NAME!r}")
-    if int(header.get("version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{source}: checkpoint format version {header['version']} is newer than this "
-                              f"spiga understands ({FORMAT_VERSION}); upgrade spiga")
-    try:
-        config = ModelConfig.from_dict(header["model_config"])
-        landmarks = LandmarkSet.from_dict(header["landmarks"])
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{source}: header lacks {exc}") from None
-    except SpigaError as exc:
-        raise CheckpointError(f"{source}: {exc}") from None
-    try:
-        tensors = load_safetensors_bytes(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{source}: corrupt or truncated tensor data ({exc})") from None
-    mean_face = tensors.pop(MEAN_FACE_KEY, None)
-    if mean_face is None:
-        raise CheckpointError(f"{source}: no 3D mean face stored (key {MEAN_FACE_KEY!r})")
+            f"{source}: header fields 'model_config' ({config.num_landmarks} points, {config.num_edges} edge groups) "
+            f"and 'landmarks' ({landmarks.num_landmarks} points, {landmarks.num_edges} groups) disagree")
+    return config, landmarks
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """Learned values of a network of `config`, counted without allocating it (PyTorch's
+    meta device; the first call in a process imports PyTorch's meta kernels, about a second)."""
+    with torch.device("meta"):
+        edges = torch.zeros(config.num_landmarks, config.num_edges + 1)
+        model = SPIGA(config, edges, None)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _no_larger_than_official(config: ModelConfig) -> bool:
+    """Every size at most the official model's (the official, small and tiny sizes)."""
+    official = ModelConfig.official()
+    widest = max(official.shape_hidden + official.decoder_hidden)
+    sizes = ("num_landmarks", "num_edges", "image_size", "channels", "num_stacks", "hourglass_depth", "embed_dim",
+             "gat_dim", "gat_layers", "gat_heads", "cascade_steps", "window_kernel")
+    return (all(getattr(config, name) <= getattr(official, name) for name in sizes)
+            and all(a <= b for a, b in zip(config.stem_channels, official.stem_channels))
+            and all(len(hidden) <= len(official.decoder_hidden) and max(hidden, default=0) <= widest
+                    for hidden in (config.shape_hidden, config.decoder_hidden)))
+
+
+def _check_file_holds_the_network(config: ModelConfig, stored: int, source: str) -> None:
+    """A header asking for a network larger than the official one must come with the values
+    for it: a small crafted file cannot make us allocate a large network."""
+    if _no_larger_than_official(config):
+        return
+    needed = parameter_count(config)
+    if needed > stored:
+        raise CheckpointError(f"{source}: header field 'model_config' describes a network of {needed} parameters, "
+                              f"but the file holds only {stored} values")
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a spiga checkpoint. Raises `CheckpointError` naming the file, and the header
+    field where the header is at fault."""
+    path = Path(path)
+    source = str(path)
+    with _open_file(path, source) as handle:
+        header = _read_header(handle.metadata(), source)
+        _check_format(header, source)
+        config, landmarks = _read_sizes(header, source)
+        keys = list(handle.keys())
+        if MEAN_FACE_KEY not in keys:
+            raise CheckpointError(f"{source}: no 3D mean face stored (key {MEAN_FACE_KEY!r})")
+        _check_file_holds_the_network(config, sum(math.prod(handle.get_slice(key).get_shape()) for key in keys),
+                                      source)
+        try:
+            tensors = {key: handle.get_tensor(key) for key in keys}
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{source}: corrupt tensor data ({_first_line(exc)})") from None
+    mean_face = tensors.pop(MEAN_FACE_KEY)
     try:
         model = build_model(config, landmarks)
     except SpigaError as exc:

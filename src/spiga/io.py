@@ -2,23 +2,33 @@
 files atomically.
 
 `read_image` returns BGR uint8 (H, W, 3), whatever came in:
-- a path (any format OpenCV or Pillow decodes; EXIF orientation is applied, so the
-  array is upright as viewers show it);
+- a path (JPEG, PNG, WebP, TIFF, BMP, PNM, JPEG 2000, GIF, AVIF, and HEIC/HEIF with
+  the `heif` extra; EXIF orientation is applied, so the array is upright as viewers
+  show it);
 - a NumPy array: (H, W) gray, (H, W, 3) colour in `color` order ("bgr" by default,
   like OpenCV; pass color="rgb" for RGB arrays), (H, W, 4) with alpha (dropped);
   uint8, uint16 (scaled by 1/257, i.e. full range to full range), or float in [0, 1];
 - a PIL image of any mode;
 - encoded bytes, through `read_image_bytes` (uploads: the HTTP server).
-Images larger than `max_pixels` are refused before they are decoded (a small file
-can declare huge dimensions: a decompression bomb), with `PixelLimitError`.
+
+Every encoded image goes the same way, whether it comes from a path or an upload:
+Pillow reads the header (the format is found from the bytes, never from the name),
+the pixel limit is checked on the declared size (a small file can declare huge
+dimensions: a decompression bomb, refused with `PixelLimitError`), and only then is
+the image decoded: by OpenCV for the formats it decodes (16-bit data kept), by Pillow
+for the others. Formats whose header Pillow cannot read are refused, so nothing is
+decoded before its size is known. A truncated file is refused; whether it is truncated
+is the decoder's judgement, so bytes after the end of the image (a phone's Motion
+Photo: a JPEG with a video appended) are accepted.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +36,25 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from .about import install_hint
 from .errors import DatasetError, ImageError, PixelLimitError, SpigaError
+
+try:  # the `heif` extra: HEIC/HEIF photos (iPhones, many Android phones) through libheif
+    from pillow_heif import register_heif_opener
+except ImportError:  # pragma: no cover - depends on the installed extras
+    HEIF_SUPPORT = False
+else:
+    register_heif_opener()
+    HEIF_SUPPORT = True
 
 #: Default pixel limit (about a 12000 x 8000 photo).
 MAX_PIXELS = 100_000_000
+
+#: Formats (Pillow's names) decoded by OpenCV: its signature checks are the same magic
+#: bytes Pillow recognised, so both read the same header.
+OPENCV_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "PPM", "JPEG2000"})
+#: Formats decoded by Pillow (OpenCV decodes them not at all, or not in every build).
+PILLOW_FORMATS = frozenset({"GIF", "AVIF", "HEIF"})
 
 
 def _check_pixels(width: int, height: int, max_pixels: int, source: str) -> None:
@@ -69,65 +94,83 @@ def _read_path(path: Path, max_pixels: int) -> np.ndarray:
         raise ImageError(f"{source}: no such file") from None
     except (OSError, ValueError) as exc:
         raise ImageError(f"{source}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    return _decode(data, source, max_pixels, require_header=False)
+    return _decode(data, source, max_pixels)
 
 
-def _probe_size(data: bytes, source: str) -> tuple[int, int] | None:
-    """(width, height) from the header alone (Pillow reads no pixel data here), or None
-    when Pillow does not know the format."""
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _open_header(data: bytes, source: str) -> Image.Image:
+    """A lazily loaded PIL image: the header is read (format and size), no pixel data."""
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            return probe.width, probe.height
+        return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         # Pillow's own guard (twice its MAX_IMAGE_PIXELS) fires before ours can read the size
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
         raise PixelLimitError(f"{source}: image of more than {limit} pixels exceeds the limit (a decompression "
                               "bomb?); refused before decoding") from None
-    except Exception:  # noqa: BLE001 - unknown or broken headers are judged by the decoder below
-        return None
+    except Exception:  # noqa: BLE001 - Pillow raises many types on broken headers; all mean the same here
+        heif = "" if HEIF_SUPPORT else f"; HEIC/HEIF needs the heif extra: {install_hint('heif')}"
+        raise ImageError(f"{source}: not a readable image (no image header that Pillow recognises: JPEG, PNG, "
+                         f"WebP, TIFF, BMP, GIF, AVIF, ...{heif}; or a file truncated within its header)") from None
 
 
-def _decode(data: bytes, source: str, max_pixels: int, require_header: bool) -> np.ndarray:
-    """Encoded bytes -> BGR uint8, the pixel limit checked on the header before decoding.
+@functools.cache
+def _opencv_refuses_truncated_jpeg() -> bool:
+    """Whether this OpenCV's JPEG decoder fails on a JPEG that ends early (recent builds
+    do), instead of padding the missing part and returning an image: asked once, of a
+    small JPEG cut short."""
+    pattern = (np.indices((32, 32)).sum(0) * 37 % 256).astype(np.uint8)
+    encoded = cv2.imencode(".jpg", cv2.merge([pattern, pattern.T, 255 - pattern]))[1].tobytes()
+    return cv2.imdecode(np.frombuffer(encoded[: len(encoded) * 2 // 3], np.uint8), cv2.IMREAD_COLOR) is None
 
-    require_header: refuse formats whose dimensions Pillow cannot read from the header
-        (for untrusted bytes: nothing is decoded before its size is known).
-    """
+
+def _check_jpeg_complete(image: Image.Image, source: str) -> None:
+    """Let libjpeg (through Pillow) judge whether the entropy-coded data is all there; in
+    draft mode (1/8 scale) every byte is still decoded but the inverse DCT is cheap."""
+    image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+    try:
+        image.load()
+    except Exception as exc:  # noqa: BLE001 - "image file is truncated", broken markers, ...
+        raise ImageError(f"{source}: image file is truncated or corrupt ({_first_line(exc)})") from None
+
+
+def _decode(data: bytes, source: str, max_pixels: int) -> np.ndarray:
+    """Encoded bytes -> BGR uint8 (H, W, 3), the pixel limit checked on the header first."""
     if not data:
         raise ImageError(f"{source}: empty file")
-    size = _probe_size(data, source)
-    if size is not None:
-        _check_pixels(size[0], size[1], max_pixels, source)
-    elif require_header:
-        raise ImageError(f"{source}: not an image (no image header that Pillow recognises: JPEG, PNG, WebP, "
-                         "BMP, TIFF, GIF, ...)")
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    if array is None:
-        raise ImageError(f"{source}: not a readable image (unknown format, or a truncated/corrupt file)")
-    _check_pixels(array.shape[1], array.shape[0], max_pixels, source)
-    if _is_truncated(data):
-        raise ImageError(f"{source}: image file is truncated")
-    return to_bgr8(array, "bgr", source)
+    with _open_header(data, source) as image:
+        _check_pixels(image.width, image.height, max_pixels, source)
+        fmt = image.format
+        if fmt in OPENCV_FORMATS:
+            array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+            if array is None:
+                raise ImageError(f"{source}: not a readable image (a {fmt} file that is truncated or corrupt)")
+            _check_pixels(array.shape[1], array.shape[0], max_pixels, source)  # OpenCV read the header again
+            if fmt in ("JPEG", "MPO") and not _opencv_refuses_truncated_jpeg():
+                _check_jpeg_complete(image, source)
+            return to_bgr8(array, "bgr", source)
+        if fmt in PILLOW_FORMATS:
+            try:
+                image.load()
+            except Exception as exc:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, ...
+                raise ImageError(f"{source}: not a readable image (a {fmt} file that is truncated or corrupt: "
+                                 f"{_first_line(exc)})") from None
+            return _from_pil(image, source)
+    accepted = ", ".join(sorted(OPENCV_FORMATS | PILLOW_FORMATS))
+    raise ImageError(f"{source}: {fmt} images are not accepted (accepted: {accepted})")
 
 
 def read_image_bytes(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes (an upload) -> BGR uint8 (H, W, 3), EXIF orientation applied.
 
-    The header must be one Pillow recognises (JPEG, PNG, WebP, BMP, TIFF, GIF, ...), so
-    that the pixel limit is checked before any decoding; the file name or extension
-    plays no part. Raises `ImageError` (`PixelLimitError` over the limit) naming `source`.
+    The format is found from the header (the file name or extension plays no part) and
+    the pixel limit is checked on it before any decoding. Raises `ImageError`
+    (`PixelLimitError` over the limit) naming `source`.
     """
-    return _decode(bytes(data), source, max_pixels, require_header=True)
-
-
-def _is_truncated(data: bytes) -> bool:
-    """OpenCV decodes a truncated JPEG or PNG into a padded image without an error:
-    check that the file ends with its format's end marker."""
-    if data[:2] == b"\xff\xd8":
-        return b"\xff\xd9" not in data[-64:]
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return b"IEND" not in data[-64:]
-    return False
+    return _decode(bytes(data), source, max_pixels)
 
 
 def to_bgr8(array: np.ndarray, color: str = "bgr", source: str = "<array>") -> np.ndarray:
@@ -162,19 +205,24 @@ def to_bgr8(array: np.ndarray, color: str = "bgr", source: str = "<array>") -> n
     return np.ascontiguousarray(array)
 
 
+def _from_pil(image: Image.Image, source: str) -> np.ndarray:
+    """A PIL image of any mode -> BGR uint8, EXIF orientation applied (16-bit gray scaled)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image).astype(np.uint16) if image.mode != "I" else np.asarray(image)
+        if array.dtype != np.uint16:
+            array = np.clip(array, 0, 65535).astype(np.uint16)
+        return to_bgr8(array, "bgr", source)
+    return to_bgr8(np.asarray(image.convert("RGB")), "rgb", source)
+
+
 def read_image(image: Any, color: str = "bgr", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Path, array or PIL image -> BGR uint8 (H, W, 3). Raises `ImageError`."""
     if isinstance(image, (str, os.PathLike)):
         return _read_path(Path(image), max_pixels)
     if isinstance(image, Image.Image):
         _check_pixels(image.width, image.height, max_pixels, "<PIL image>")
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            array = np.asarray(image).astype(np.uint16) if image.mode != "I" else np.asarray(image)
-            if array.dtype != np.uint16:
-                array = np.clip(array, 0, 65535).astype(np.uint16)
-            return to_bgr8(array, "bgr", "<PIL image>")
-        return to_bgr8(np.asarray(image.convert("RGB")), "rgb", "<PIL image>")
+        return _from_pil(image, "<PIL image>")
     if isinstance(image, np.ndarray):
         if image.ndim >= 2:
             _check_pixels(image.shape[1], image.shape[0], max_pixels, "<array>")
@@ -182,29 +230,46 @@ def read_image(image: Any, color: str = "bgr", max_pixels: int = MAX_PIXELS) -> 
     raise ImageError(f"unsupported image type {type(image).__name__}: pass a path, a NumPy array or a PIL image")
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+#: Flags of the temporary file: created here or not at all (O_EXCL: never through a
+#: link someone placed), not inherited by child processes.
+_TEMPORARY_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+                    | getattr(os, "O_CLOEXEC", 0))
+
+
+def _create_temporary(folder: Path, name: str) -> tuple[int, Path]:
+    """Open a new, uniquely named file in `folder` for writing.
+
+    It is created with mode 0o666 and the kernel applies the process umask (and a
+    folder's default ACL) exactly as for a plain `open(path, "w")`, so the renamed file
+    gets the mode the user expects. This replaces `mkstemp` (always 0600) followed by a
+    chmod, whose only way to learn the umask is `os.umask`, which sets it process-wide
+    for a moment and races with other threads creating files.
+    """
+    for _ in range(100):
+        tmp = folder / f".{name[:200]}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, _TEMPORARY_FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temporary name for {name}")
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename,
-    so readers never see a half-written file."""
+    so readers never see a half-written file. The file gets the mode a plain `open`
+    would give it (0o666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = "w" if isinstance(data, str) else "wb"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path.parent, path.name)
     try:
         with os.fdopen(fd, mode) as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would
-        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

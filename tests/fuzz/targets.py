@@ -47,7 +47,8 @@ def _five():
     return landmark_set_from_description(FIVE_POINTS, "five")
 
 
-def _options(data: bytes) -> tuple[dict, bytes]:
+def split_options(data: bytes) -> tuple[dict, bytes]:
+    """A target's input -> (reading options from its first byte, the file's bytes)."""
     flags = data[0] if data else 0
     return {"skip_bad": bool(flags & 1), "require_images": bool(flags & 2),
             "allow_outside_root": bool(flags & 4)}, data[1:]
@@ -75,13 +76,13 @@ def image(data: bytes, tmp: Path) -> None:
 
 
 def wflw(data: bytes, tmp: Path) -> None:
-    options, content = _options(data)
+    options, content = split_options(data)
     (tmp / "list.txt").write_bytes(content)
     _reader("wflw", tmp / "list.txt", options)
 
 
 def pts_300w(data: bytes, tmp: Path) -> None:
-    options, content = _options(data)
+    options, content = split_options(data)
     folder = tmp / "helen" / "testset"
     folder.mkdir(parents=True)
     (folder / "face.pts").write_bytes(content)
@@ -90,7 +91,7 @@ def pts_300w(data: bytes, tmp: Path) -> None:
 
 
 def merlrav(data: bytes, tmp: Path) -> None:
-    options, content = _options(data)
+    options, content = split_options(data)
     folder = tmp / "frontal" / "trainset"
     folder.mkdir(parents=True)
     (folder / "face.pts").write_bytes(content)
@@ -98,31 +99,31 @@ def merlrav(data: bytes, tmp: Path) -> None:
 
 
 def cofw68(data: bytes, tmp: Path) -> None:
-    options, content = _options(data)
+    options, content = split_options(data)
     (tmp / "1_points.mat").write_bytes(content)
     _reader("cofw68", tmp, options)
 
 
 def spiga_json(data: bytes, tmp: Path) -> None:
-    options, content = _options(data)
+    options, content = split_options(data)
     (tmp / "test.json").write_bytes(content)
     _reader("spiga-json", tmp / "test.json", options)
 
 
 def custom_jsonl(data: bytes, tmp: Path) -> None:
-    options, content = _options(data)
+    options, content = split_options(data)
     (tmp / "faces.jsonl").write_bytes(content)
     _reader("custom", tmp / "faces.jsonl", options, _five())
 
 
 def custom_json(data: bytes, tmp: Path) -> None:
-    options, content = _options(data)
+    options, content = split_options(data)
     (tmp / "faces.json").write_bytes(content)
     _reader("custom", tmp / "faces.json", options, _five())
 
 
 def custom_csv(data: bytes, tmp: Path) -> None:
-    options, content = _options(data)
+    options, content = split_options(data)
     (tmp / "faces.csv").write_bytes(content)
     _reader("custom", tmp / "faces.csv", options, _five())
 
@@ -132,7 +133,7 @@ def eval_json(data: bytes, tmp: Path) -> None:
     from spiga.evaluate.formats import read_annotations, read_predictions
     from spiga.landmarks import IBUG_68
 
-    _, content = _options(data)
+    _, content = split_options(data)
     path = tmp / "annotations.json"
     path.write_bytes(content)
     landmark_set = _five() if data[:1] and data[0] & 8 else IBUG_68
@@ -143,7 +144,7 @@ def eval_json(data: bytes, tmp: Path) -> None:
 def align_json(data: bytes, tmp: Path) -> None:
     from spiga.evaluate.formats import read_align_json
 
-    _, content = _options(data)
+    _, content = split_options(data)
     (tmp / "align.json").write_bytes(content)
     read_align_json(tmp / "align.json", _five())
 
@@ -151,7 +152,7 @@ def align_json(data: bytes, tmp: Path) -> None:
 def db_info(data: bytes, tmp: Path) -> None:
     from spiga.evaluate.formats import read_db_info
 
-    _, content = _options(data)
+    _, content = split_options(data)
     (tmp / "db_info.json").write_bytes(content)
     read_db_info(tmp / "db_info.json")
 
@@ -160,7 +161,7 @@ def box_file(data: bytes, tmp: Path) -> None:
     """spiga.detection.filebox: JSON (flag bit 3) or text box files."""
     from spiga.detection.filebox import FileBoxDetector
 
-    _, content = _options(data)
+    _, content = split_options(data)
     path = tmp / ("boxes.json" if data[:1] and data[0] & 8 else "boxes.txt")
     path.write_bytes(content)
     detector = FileBoxDetector(path)
@@ -175,7 +176,7 @@ def box_file(data: bytes, tmp: Path) -> None:
 def landmark_set(data: bytes, tmp: Path) -> None:
     from spiga.landmarks.custom import read_landmark_set
 
-    _, content = _options(data)
+    _, content = split_options(data)
     (tmp / "set.json").write_bytes(content)
     read_landmark_set(tmp / "set.json")
 
@@ -183,7 +184,7 @@ def landmark_set(data: bytes, tmp: Path) -> None:
 def mean_face(data: bytes, tmp: Path) -> None:
     from spiga.landmarks import read_mean_face
 
-    _, content = _options(data)
+    _, content = split_options(data)
     (tmp / "mean_face.txt").write_bytes(content)
     read_mean_face(tmp / "mean_face.txt", _five())
 

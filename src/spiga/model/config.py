@@ -3,9 +3,36 @@ train on a CPU. Landmark and edge counts come from the landmark set."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import SpigaError
+
+#: The range, inclusive, of every size a configuration (and so a checkpoint) may have.
+#: Generous: the official model and the `small` and `tiny` sizes lie well inside; a
+#: value outside is refused, so that a small crafted checkpoint cannot ask for a huge
+#: network. Widths of `shape_hidden` and `decoder_hidden` are bounded by `HIDDEN_WIDTH`,
+#: their lengths by `HIDDEN_LAYERS`; both `stem_channels` by the `channels` range.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "num_landmarks": (2, 1000),
+    "num_edges": (1, 256),
+    "image_size": (32, 512),       # with hourglass_depth: image_size == 16 * 2**hourglass_depth
+    "channels": (2, 512),
+    "num_stacks": (1, 8),
+    "hourglass_depth": (1, 5),
+    "embed_dim": (1, 1024),
+    "gat_dim": (1, 1024),
+    "gat_layers": (1, 8),
+    "gat_heads": (1, 16),
+    "cascade_steps": (1, 6),
+    "window_kernel": (2, 15),
+    "window_scale": (1e-3, 1.0),
+    "focal_ratio": (1e-2, 100.0),
+    "crop_enlarge": (0.1, 10.0),
+}
+HIDDEN_WIDTH: tuple[int, int] = (1, 1024)
+HIDDEN_LAYERS: tuple[int, int] = (1, 8)
+_INTEGER_TUPLES = ("stem_channels", "shape_hidden", "decoder_hidden")
 
 
 @dataclass(frozen=True)
@@ -54,7 +81,9 @@ class ModelConfig:
     crop_enlarge: float = 1.6
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = _out_of_bounds(self)
+        if problems:  # the checks below compare and divide: only on values of the right type and range
+            raise SpigaError("model configuration: " + "; ".join(problems))
         if self.num_landmarks < 2:
             problems.append("num_landmarks must be >= 2")
         if self.num_edges < 1:
@@ -99,15 +128,46 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        """The inverse of `to_dict` (JSON lists become tuples); every field is checked
+        for type and bounds (`BOUNDS`), missing fields take the defaults."""
+        if not isinstance(data, dict):
+            raise SpigaError(f"model configuration must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise SpigaError(f"model configuration has unknown fields {sorted(unknown)}")
+            raise SpigaError(f"model configuration has unknown fields {sorted(map(str, unknown))}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
     def with_landmarks(self, num_landmarks: int, num_edges: int) -> "ModelConfig":
         return replace(self, num_landmarks=num_landmarks, num_edges=num_edges)
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _out_of_bounds(config: ModelConfig) -> list[str]:
+    """Type and range problems of every field, each naming the field."""
+    problems = []
+    for name, (low, high) in BOUNDS.items():
+        value = getattr(config, name)
+        integral = isinstance(low, int)
+        if isinstance(value, bool) or not isinstance(value, int if integral else (int, float)):
+            problems.append(f"{name} must be {'an integer' if integral else 'a number'}, got {_describe(value)}")
+        elif not (math.isfinite(value) and low <= value <= high):
+            problems.append(f"{name} = {_describe(value)} is outside the supported range {low}..{high}")
+    for name in _INTEGER_TUPLES:
+        value = getattr(config, name)
+        low, high = BOUNDS["channels"] if name == "stem_channels" else HIDDEN_WIDTH
+        min_len, max_len = (2, 2) if name == "stem_channels" else HIDDEN_LAYERS
+        if not isinstance(value, tuple) or not min_len <= len(value) <= max_len:
+            count = "2" if min_len == max_len else f"{min_len} to {max_len}"
+            problems.append(f"{name} must be a list of {count} integers, got {_describe(value)}")
+        elif any(isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high for v in value):
+            problems.append(f"{name} = {_describe(list(value))}: every width must be an integer in {low}..{high}")
+    return problems
 
 
 MODEL_SIZES: dict[str, dict] = {
