@@ -32,7 +32,7 @@ from spiga.data import read_dataset  # noqa: E402
 from spiga.data.augment import AugmentConfig, augment  # noqa: E402
 from spiga.data.dataset import FaceDataset  # noqa: E402
 from spiga.data.images import read_image_float  # noqa: E402
-from spiga.data.mean_face import write_mean_face  # noqa: E402
+from spiga.landmarks.mean_face import write_mean_face  # noqa: E402
 from spiga.data.targets import boundary_heatmaps, fit_pose, point_heatmaps, pose_points, project_mean_face  # noqa: E402
 from spiga.geometry import crop_matrices, invert_affine, transform_points  # noqa: E402
 from spiga.landmarks import IBUG_68  # noqa: E402

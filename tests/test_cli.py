@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from spiga.cli import main as cli
@@ -72,3 +74,43 @@ def test_console_entry_point_runs(tiny_checkpoint, image_file):
                              "--box", "0", "0", "-3", "4"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("spiga: error: box 0")
+
+
+def test_align_writes_pts_and_csv(tiny_checkpoint, image_file, tmp_path):
+    """`--pts DIR`: one iBUG .pts per face (read back by the 300W reader's parser);
+    `--csv`: one row per face with box, pose and every point, the same numbers as the JSON."""
+    import csv as csv_module
+
+    from spiga.data.formats.common import parse_pts
+
+    out, table = tmp_path / "out.json", tmp_path / "faces.csv"
+    assert cli(["align", str(image_file), "--model", str(tiny_checkpoint), "--box", "70", "35", "100", "130",
+                "--box", "10", "10", "40", "40", "--json", str(out), "--pts", str(tmp_path / "pts"),
+                "--csv", str(table)]) == 0
+    faces = json.loads(out.read_text())["images"][0]["faces"]
+    for k, face in enumerate(faces):
+        points = parse_pts(tmp_path / "pts" / f"face_{k}.pts")
+        assert np.abs(points - np.array(face["landmarks"])).max() < 1e-3
+    rows = list(csv_module.DictReader(table.open()))
+    assert len(rows) == 2 and rows[1]["face"] == "1" and rows[0]["image"] == str(image_file)
+    assert float(rows[0]["yaw"]) == pytest.approx(faces[0]["headpose"]["yaw"])
+    assert float(rows[0]["x97"]) == pytest.approx(faces[0]["landmarks"][97][0])
+    assert rows[0]["score"] == ""  # a given box has no detector score
+
+
+def test_many_images_pts_and_csv_survive_resume(tiny_checkpoint, tmp_path, face_image):
+    import csv as csv_module
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a", "b"):
+        cv2.imwrite(str(folder / f"{name}.png"), face_image)
+    boxes = tmp_path / "boxes.txt"
+    boxes.write_text("a.png 70 35 100 130\nb.png 70 35 100 130\n")
+    base = ["align", str(folder), "--model", str(tiny_checkpoint), "--detector", f"file:{boxes}", "--no-progress",
+            "--jsonl", str(tmp_path / "out.jsonl"), "--pts", str(tmp_path / "pts"), "--csv", str(tmp_path / "f.csv")]
+    assert cli(base) == 0
+    assert sorted(p.name for p in (tmp_path / "pts").iterdir()) == ["a_0.pts", "b_0.pts"]
+    assert cli(base + ["--resume"]) == 0  # nothing left to do: the CSV still lists every face
+    rows = list(csv_module.DictReader((tmp_path / "f.csv").open()))
+    assert sorted(Path(r["image"]).name for r in rows) == ["a.png", "b.png"]

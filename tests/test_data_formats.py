@@ -233,7 +233,7 @@ def test_spiga_json_malformed(tmp_path):
     bad = dict(good, ids=[9999] + list(IBUG_68.ids[1:]))
     path = tmp_path / "t.json"
     path.write_text(json.dumps([good, bad]))
-    with pytest.raises(DatasetError, match=r"t\.json, entry 1: ids \[9999\] are not in landmark set"):
+    with pytest.raises(DatasetError, match=r"t\.json, entry 1: unknown landmark id 9999: landmark set .ibug68."):
         read_dataset(f"spiga-json:{path}")
     assert len(read_dataset(f"spiga-json:{path}", skip_bad=True)) == 1
     path.write_text('[\n{"imgpath": "a.jpg",\n "landmarks": [1, 2,]}]')

@@ -9,7 +9,8 @@ import pytest
 
 from spiga.cli import main
 from spiga.data import read_dataset
-from spiga.data.mean_face import estimate_from_dataset, estimate_mean_face, write_mean_face
+from spiga.data.mean_face import estimate_from_dataset, estimate_mean_face
+from spiga.landmarks.mean_face import write_mean_face
 from spiga.data.targets import fit_pose, project_mean_face
 from spiga.errors import SpigaError
 from spiga.geometry import crop_matrices, transform_points
@@ -82,7 +83,7 @@ def test_recovers_a_known_shape_from_projections():
 
 
 def read_landmark_set_from(description: dict):
-    from spiga.landmarks.custom import landmark_set_from_description
+    from spiga.landmarks.set_files import landmark_set_from_description
     return landmark_set_from_description(description)
 
 

@@ -239,7 +239,7 @@ def _benchmark_set(tmp_path):
 def test_benchmark_with_a_fake_aligner(tmp_path, monkeypatch, capsys):
     root, entries, aligner = _benchmark_set(tmp_path)
     loaded = []
-    monkeypatch.setattr(spiga, "load", lambda model, device=None: loaded.append((model, device)) or aligner,
+    monkeypatch.setattr(spiga, "load", lambda model, device=None, **options: loaded.append((model, device)) or aligner,
                         raising=False)
     pred_path, metrics_path = tmp_path / "out" / "pred.json", tmp_path / "m.json"
     code = main(["benchmark", "--model", "spiga_300wpublic", "--dataset", f"spiga-json:{root / 'test.json'}",
@@ -265,7 +265,7 @@ def test_benchmark_with_an_image_root(tmp_path, monkeypatch):
     root, entries, aligner = _benchmark_set(tmp_path)
     moved = tmp_path / "elsewhere.json"
     moved.write_text((root / "test.json").read_text())
-    monkeypatch.setattr(spiga, "load", lambda model, device=None: aligner, raising=False)
+    monkeypatch.setattr(spiga, "load", lambda model, device=None, **options: aligner, raising=False)
     code = main(["benchmark", "--model", "m", "--config", "cofw68", "--dataset", f"spiga-json:{moved}:{root}",
                  "--predictions", str(tmp_path / "pred.json"), "--no-progress"])
     assert code == 0 and len(json.loads((tmp_path / "pred.json").read_text())) == 3
@@ -274,7 +274,7 @@ def test_benchmark_with_an_image_root(tmp_path, monkeypatch):
 def test_benchmark_missing_images_fail_before_running(tmp_path, monkeypatch, capsys):
     root, entries, aligner = _benchmark_set(tmp_path)
     (root / "images" / "img1.png").unlink()
-    monkeypatch.setattr(spiga, "load", lambda model, device=None: aligner, raising=False)
+    monkeypatch.setattr(spiga, "load", lambda model, device=None, **options: aligner, raising=False)
     code = main(["benchmark", "--model", "m", "--config", "cofw68", "--dataset", f"spiga-json:{root / 'test.json'}",
                  "--predictions", str(tmp_path / "pred.json"), "--no-progress"])
     err = capsys.readouterr().err
@@ -291,7 +291,7 @@ def test_benchmark_argument_errors(tmp_path, monkeypatch, capsys, argv, message)
     root, entries, aligner = _benchmark_set(tmp_path)
     if "wflw_model" in argv:
         aligner.landmark_set = WFLW_98
-    monkeypatch.setattr(spiga, "load", lambda model, device=None: aligner, raising=False)
+    monkeypatch.setattr(spiga, "load", lambda model, device=None, **options: aligner, raising=False)
     code = main(["benchmark", *argv, "--dataset", f"spiga-json:{root / 'test.json'}",
                  "--predictions", str(tmp_path / "pred.json"), "--no-progress"])
     assert code == 2 and message in capsys.readouterr().err

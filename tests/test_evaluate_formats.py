@@ -120,7 +120,7 @@ def test_bad_entries_name_the_file_and_the_entry(tmp_path, mutate, message):
 @pytest.mark.parametrize("text, message", [
     ("", "the file is empty"),
     ("  \n", "the file is empty"),
-    ("[{", "not valid JSON"),
+    ("[{", "invalid JSON"),
     ("[]", "no entries"),
     ('{"a": 1}', "expected a list"),
     ("[3]", "entry 0: must be an object"),
@@ -140,7 +140,7 @@ def test_missing_file(tmp_path):
 
 def test_wrong_layout_is_an_unknown_id(tmp_path):
     path = _write(tmp_path / "gt.json", [_entry()])
-    with pytest.raises(DatasetError, match="unknown landmark id .* layout 'wflw98'"):
+    with pytest.raises(DatasetError, match="unknown landmark id .* landmark set 'wflw98'"):
         F.read_spiga_json(path, WFLW_98)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-import spiga.io as spiga_io
+import spiga.io.images as spiga_io
 from spiga.errors import ImageError, PixelLimitError
 from spiga.io import read_image, read_image_bytes, write_atomic
 

@@ -97,9 +97,9 @@ def _dataset_config_choices() -> list[str]:
 
 def _load_aligner(args, detector=None):
     """`spiga.load` with the shared options of `args`."""
-    from .inference import load
+    import spiga
 
-    return load(args.model, device=args.device, precision=args.precision, backend=args.backend,
+    return spiga.load(args.model, device=args.device, precision=args.precision, backend=args.backend,
                 compile=args.compile, max_batch=args.max_batch,
                 detector=args.detector if detector is None else detector)
 
@@ -184,7 +184,7 @@ def _is_many_images(args) -> bool:
     """The JSON Lines form: several inputs, a folder or glob, or an option only it has."""
     from pathlib import Path
 
-    from .inference.files import is_glob
+    from .inference.many_images import is_glob
     if len(args.image) > 1 or args.jsonl or args.draw_dir or args.resume:
         return True
     only = args.image[0]
@@ -193,7 +193,7 @@ def _is_many_images(args) -> bool:
 
 def _many_image_paths(args) -> list:
     """The expanded inputs of the JSON Lines form, after checking its options."""
-    from .inference.files import expand_inputs
+    from .inference.many_images import expand_inputs
     if args.draw or args.json:
         raise InputError("--draw and --json are for one image; with several, use --draw-dir and --jsonl")
     if args.resume and not args.jsonl:
@@ -205,7 +205,7 @@ def _many_image_paths(args) -> list:
 
 
 def _run_align_many(args, paths, aligner) -> int:
-    from .inference.files import align_files
+    from .inference.many_images import align_files
     summary = align_files(aligner, paths, jsonl=args.jsonl, draw_dir=args.draw_dir, resume=args.resume,
                           boxes=args.box, workers=args.decode_threads, batch_faces=args.max_batch,
                           progress=not args.no_progress, mesh=args.mesh, pts_dir=args.pts, csv=args.csv)
@@ -504,7 +504,8 @@ def _add_estimate_mean_face(sub) -> None:
 
 def _run_estimate_mean_face(args) -> int:
     from .data import read_dataset
-    from .landmarks.mean_face import estimate_from_dataset, write_mean_face
+    from .data.mean_face import estimate_from_dataset
+    from .landmarks.mean_face import write_mean_face
 
     dataset = read_dataset(args.dataset, args.landmark_set, skip_bad=args.skip_bad, require_images=False)
     fit = estimate_from_dataset(dataset, args.frontal_fraction, args.distance, args.max_samples)

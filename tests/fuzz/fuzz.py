@@ -123,7 +123,7 @@ def main(argv: list[str]) -> int:
         import spiga.detection.filebox  # noqa: F401
         import spiga.evaluate.formats  # noqa: F401
         import spiga.io  # noqa: F401
-        import spiga.landmarks.custom  # noqa: F401
+        import spiga.landmarks.set_files  # noqa: F401
         import spiga.landmarks.mean_face  # noqa: F401
 
     import logging

@@ -42,7 +42,7 @@ FIVE_POINTS = {
 
 
 def _five():
-    from spiga.landmarks.custom import landmark_set_from_description
+    from spiga.landmarks.set_files import landmark_set_from_description
 
     return landmark_set_from_description(FIVE_POINTS, "five")
 
@@ -174,7 +174,7 @@ def box_file(data: bytes, tmp: Path) -> None:
 
 
 def landmark_set(data: bytes, tmp: Path) -> None:
-    from spiga.landmarks.custom import read_landmark_set
+    from spiga.landmarks.set_files import read_landmark_set
 
     _, content = split_options(data)
     (tmp / "set.json").write_bytes(content)

@@ -32,17 +32,13 @@ kept samples. A face given by the user (`id|x|y|z` file) is read with
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
 from ..errors import DatasetError, SpigaError
 from ..geometry import crop_matrices, transform_points
-from ..landmarks import LandmarkSet
 from .sample import Dataset
 from .targets import fit_pose
 
@@ -252,27 +248,3 @@ def estimate_from_dataset(dataset: Dataset, frontal_fraction: float = 0.95,
     log.info("mean face from %d shapes of %s (x2 mirrored), rigid residual %.3f",
              fit.samples, dataset.name, fit.residual)
     return fit
-
-
-def mean_face_text(points: np.ndarray, landmark_set: LandmarkSet, comment: str = "") -> str:
-    """(L, 3) face-frame points -> `id|x|y|z` text, one line per point, ids of the set."""
-    lines = [f"# {line}" for line in comment.splitlines()]
-    lines += [f"{point_id}|{x:.9g}|{y:.9g}|{z:.9g}"
-              for point_id, (x, y, z) in zip(landmark_set.ids, points)]
-    return "\n".join(lines) + "\n"
-
-
-def write_mean_face(path: str | os.PathLike, points: np.ndarray, landmark_set: LandmarkSet,
-                    comment: str = "") -> None:
-    """Write a mean face atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    text = mean_face_text(points, landmark_set, comment)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -58,7 +58,7 @@ def _ids(*names: str) -> list[int]:
 
 
 def landmark_set_description() -> dict:
-    """The synthetic layout as a landmark-set file (see `spiga.landmarks.custom`)."""
+    """The synthetic layout as a landmark-set file (see `spiga.landmarks.set_files`)."""
     pairs = [[i, 8 - i] for i in range(4)]
     pairs += [[_INDEX[f"right_brow_{i}"], _INDEX[f"left_brow_{2 - i}"]] for i in range(3)]
     pairs += [[_INDEX[f"right_eye_{p}"], _INDEX[f"left_eye_{p}"]] for p in ("outer", "top", "inner", "bottom")]

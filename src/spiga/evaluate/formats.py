@@ -27,15 +27,15 @@ Every error names the file and the entry (0-based index into the file's list).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
 
-from ..io import write_atomic
+from ..io import read_json_file, write_json_atomic
+from ..io.spiga_json import check_finite, check_finite_points, entry_label, entry_record, parse_entry
 from ..errors import DatasetError
 from ..landmarks import LandmarkSet
 
@@ -85,31 +85,7 @@ class DbInfo:
 
 def load_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file, with errors that name the file (missing, empty, not JSON)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path}: is a folder, not a JSON file") from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not a UTF-8 text file") from None
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot be read ({exc.strerror})") from None
-    if not text.strip():
-        raise DatasetError(f"{path}: the file is empty")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except (ValueError, RecursionError):
-        raise DatasetError(f"{path}: JSON that cannot be read (too deeply nested, or a number too long)") from None
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1) -> None:
-    """Write JSON to `path` atomically: serialised first (a value that cannot be written
-    raises before the file is touched), then `spiga.io.write_atomic`."""
-    write_atomic(path, json.dumps(data, indent=indent) + "\n")
+    return read_json_file(path, DatasetError)
 
 
 def _finite_array(value: Any, shape_tail: tuple[int, ...], what: str) -> np.ndarray:
@@ -148,11 +124,6 @@ def _check_box(box: np.ndarray, what: str = "bbox") -> None:
 # --------------------------------------------------------------------------- SPIGA JSON
 
 
-def _entry_label(index: int, entry: Any) -> str:
-    path = entry.get("imgpath") if isinstance(entry, dict) else None
-    return f"entry {index}" + (f" ({path})" if isinstance(path, str) and path else "")
-
-
 def read_spiga_json(path: str | os.PathLike, landmark_set: LandmarkSet) -> Annotations:
     """Read a SPIGA JSON file (ground truth or predictions) onto `landmark_set`.
 
@@ -165,99 +136,47 @@ def read_spiga_json(path: str | os.PathLike, landmark_set: LandmarkSet) -> Annot
 
 
 def parse_spiga_entries(data: Any, landmark_set: LandmarkSet, source: str) -> Annotations:
-    """Validate a parsed SPIGA JSON list; see `read_spiga_json`."""
+    """Validate a parsed SPIGA JSON list (`spiga.io.spiga_json`) for scoring: every entry
+    needs a box with a positive size, every value must be finite, and head poses are given
+    for all entries or none."""
     if not isinstance(data, list):
         raise DatasetError(f"{source}: expected a list of entries (SPIGA JSON), found a JSON {type(data).__name__}")
     if not data:
         raise DatasetError(f"{source}: the file has no entries")
-    n, num_points = len(data), landmark_set.num_landmarks
-    id_to_index = {point_id: k for k, point_id in enumerate(landmark_set.ids)}
-    paths: list[str] = []
-    boxes = np.zeros((n, 4))
-    landmarks = np.full((n, num_points, 2), np.nan)
-    annotated = np.zeros((n, num_points), bool)
-    visible = np.ones((n, num_points), bool)
-    headposes = np.full((n, 6), np.nan)
-    has_pose = np.zeros(n, bool)
-    for i, entry in enumerate(data):
+    entries = []
+    for i, raw in enumerate(data):
         try:
-            if not isinstance(entry, dict):
-                raise ValueError(f"must be an object, found a JSON {type(entry).__name__}")
-            missing = [key for key in ("imgpath", "bbox", "landmarks") if key not in entry]
-            if missing:
-                raise ValueError(f"missing {', '.join(repr(k) for k in missing)}")
-            if not isinstance(entry["imgpath"], str):
-                raise ValueError("'imgpath' must be a string")
-            paths.append(entry["imgpath"])
-            boxes[i] = _finite_vector(entry["bbox"], 4, "'bbox'")
-            _check_box(boxes[i])
-            if not entry["landmarks"]:
-                raise ValueError("'landmarks' is empty: no landmarks given")
-            points = _finite_array(entry["landmarks"], (2,), "'landmarks'")
-            indices = _point_indices(entry.get("ids"), len(points), id_to_index, landmark_set)
-            landmarks[i, indices] = points
-            annotated[i, indices] = True
-            if entry.get("visible") is not None:
-                flags = _finite_vector(entry["visible"], len(points), "'visible' (one flag per landmark)")
-                visible[i, indices] = flags > 0.5
-            if entry.get("headpose") is not None:
-                pose = _finite_vector(entry["headpose"], None, "'headpose' [yaw, pitch, roll, tx, ty, tz]",
-                                      min_length=3)
-                headposes[i, :min(6, pose.size)] = pose[:6]
-                has_pose[i] = True
+            entry = parse_entry(raw, landmark_set)
+            if entry.bbox is None:
+                raise ValueError("missing 'bbox'")
+            check_finite(entry.bbox, "'bbox'")
+            _check_box(entry.bbox)
+            listed = np.asarray(raw["landmarks"], dtype=np.float64)  # in the entry's order, for the message
+            check_finite_points(listed)
+            if entry.headpose is not None:
+                given = np.asarray(raw["headpose"], dtype=np.float64)
+                check_finite(given, "'headpose'")
         except ValueError as exc:
-            raise DatasetError(f"{source}: {_entry_label(i, entry)}: {exc}") from None
+            raise DatasetError(f"{source}: {entry_label(i, raw)}: {exc}") from None
+        entries.append(entry)
+    has_pose = np.array([e.headpose is not None for e in entries])
     if has_pose.any() and not has_pose.all():
         first = int(np.flatnonzero(~has_pose)[0])
-        raise DatasetError(f"{source}: {_entry_label(first, data[first])}: no 'headpose', "
+        raise DatasetError(f"{source}: {entry_label(first, data[first])}: no 'headpose', "
                            "though other entries have one (give all or none)")
-    return Annotations(source=source, landmark_set=landmark_set, paths=paths, boxes=boxes,
-                       landmarks=landmarks, annotated=annotated, visible=visible,
-                       headposes=headposes if has_pose.all() else None)
-
-
-def _point_indices(ids: Any, count: int, id_to_index: dict[int, int], landmark_set: LandmarkSet) -> list[int]:
-    """Layout indices of an entry's points, from its `ids` (or the layout order without ids)."""
-    if ids is None:
-        if count != landmark_set.num_landmarks:
-            raise ValueError(f"has {count} landmarks and no 'ids'; without ids an entry must list all "
-                             f"{landmark_set.num_landmarks} points of layout {landmark_set.name!r}")
-        return list(range(count))
-    if not isinstance(ids, list) or len(ids) != count:
-        raise ValueError(f"'ids' must be a list with one id per landmark ({count})")
-    indices = []
-    for point_id in ids:
-        if isinstance(point_id, bool) or not isinstance(point_id, (int, float)) or int(point_id) != point_id:
-            raise ValueError(f"landmark id {point_id!r} is not an integer")
-        if int(point_id) not in id_to_index:
-            raise ValueError(f"unknown landmark id {int(point_id)}: layout {landmark_set.name!r} "
-                             f"({landmark_set.num_landmarks} points) has no such id")
-        indices.append(id_to_index[int(point_id)])
-    if len(set(indices)) != len(indices):
-        seen: set[int] = set()
-        repeated = next(landmark_set.ids[k] for k in indices if k in seen or seen.add(k))
-        raise ValueError(f"landmark id {repeated} appears twice")
-    return indices
+    return Annotations(source=source, landmark_set=landmark_set, paths=[e.imgpath for e in entries],
+                       boxes=np.stack([e.bbox for e in entries]), landmarks=np.stack([e.landmarks for e in entries]),
+                       annotated=np.stack([e.annotated for e in entries]),
+                       visible=np.stack([e.visible for e in entries]),
+                       headposes=np.stack([e.headpose for e in entries]) if has_pose.all() else None)
 
 
 def spiga_entries(annotations: Annotations) -> list[dict]:
     """The SPIGA JSON entries of `annotations` (only annotated points are listed)."""
-    ids = np.asarray(annotations.landmark_set.ids)
-    entries = []
-    for i, path in enumerate(annotations.paths):
-        mask = annotations.annotated[i]
-        entry = {
-            "imgpath": path,
-            "bbox": [float(v) for v in annotations.boxes[i]],
-            "headpose": None,
-            "ids": [int(v) for v in ids[mask]],
-            "landmarks": annotations.landmarks[i, mask].tolist(),
-            "visible": [float(v) for v in annotations.visible[i, mask]],
-        }
-        if annotations.headposes is not None:
-            entry["headpose"] = [float(v) if np.isfinite(v) else None for v in annotations.headposes[i]]
-        entries.append(entry)
-    return entries
+    return [entry_record(annotations.landmark_set, path, annotations.landmarks[i], annotations.annotated[i],
+                         annotations.visible[i], annotations.boxes[i],
+                         None if annotations.headposes is None else annotations.headposes[i])
+            for i, path in enumerate(annotations.paths)]
 
 
 def write_spiga_json(path: str | os.PathLike, annotations: Annotations) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from ..about import install_hint
 from ..errors import InputError, SpigaError
+from ..io import write_atomic
 from .metrics import auc, ced
 
 
@@ -65,15 +66,6 @@ def plot_ced(curves: Mapping[str, np.ndarray], threshold: float, path: str | os.
     axes.legend(loc="lower right")
     if title:
         axes.set_title(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=fmt)
+    write_atomic(path, buffer.getvalue())

@@ -1,6 +1,6 @@
 """Landmark layouts and 3D mean faces."""
 
-from .custom import BUILTIN_SETS, read_landmark_set, resolve_landmark_set
+from .set_files import BUILTIN_SETS, read_landmark_set, resolve_landmark_set
 from .mean_face import read_mean_face, mean_face_to_world
 from .sets import DATASET_LANDMARKS, IBUG_68, WFLW_98, LandmarkSet, landmark_set_for
 

@@ -2,7 +2,8 @@
 
 The original release ships them as text, one `id|x|y|z` line per point, in a face
 frame (x to the subject's left, y up, z out of the face). SPIGA's world frame is
-[z, -x, -y] of that: we convert once, when the file is read.
+[z, -x, -y] of that: we convert once, when the file is read. Reading, ordering and
+writing live here; estimating a mean face from a dataset is `spiga.data.mean_face`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpigaError
+from ..io import write_atomic
 from .sets import LandmarkSet
 
 
@@ -76,3 +78,18 @@ def order_mean_face(ids: list[int], points_face: np.ndarray, landmarks: Landmark
             f"{landmarks.name!r} ({landmarks.num_landmarks} points)")
     ordered = points_face[[row_of[i] for i in landmarks.ids]]
     return mean_face_to_world(ordered)
+
+
+def mean_face_text(points: np.ndarray, landmark_set: LandmarkSet, comment: str = "") -> str:
+    """(L, 3) face-frame points -> `id|x|y|z` text, one line per point, ids of the set."""
+    lines = [f"# {line}" for line in comment.splitlines()]
+    lines += [f"{point_id}|{x:.9g}|{y:.9g}|{z:.9g}"
+              for point_id, (x, y, z) in zip(landmark_set.ids, points)]
+    return "\n".join(lines) + "\n"
+
+
+def write_mean_face(path: str | os.PathLike, points: np.ndarray, landmark_set: LandmarkSet,
+                    comment: str = "") -> None:
+    """Write (L, 3) face-frame points as an `id|x|y|z` file, atomically (`read_mean_face`
+    reads it back)."""
+    write_atomic(path, mean_face_text(points, landmark_set, comment))

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..inference.batch import JsonlWriter
+from ..io import JsonlWriter
 from .tracker import Tracker, TrackerConfig
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The generic format for custom landmark sets (thermal sets, new annotations).
 
-Always read with a landmark set (`--landmark-set FILE`, see `spiga.landmarks.custom`),
+Always read with a landmark set (`--landmark-set FILE`, see `spiga.landmarks.set_files`),
 which fixes the point count L and order. Two spellings, chosen by the file extension:
 
 JSON Lines (`.jsonl`, one face per line; a `.json` file holding a list of the same

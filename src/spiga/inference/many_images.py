@@ -1,11 +1,11 @@
 """Many images: expand inputs, decode ahead in threads, batch faces across images,
 write one JSON line per image as it finishes.
 
-    from spiga.inference.batch import expand_inputs, align_files
+    from spiga.inference.many_images import expand_inputs, align_files
     paths = expand_inputs(["photos/", "more/*.jpg", "one.png"])
     summary = align_files(aligner, paths, jsonl="faces.jsonl", draw_dir="drawn")
 
-The output (`JsonlWriter`) is append-only: one `write` and one `flush` per line, so a
+The output (`spiga.io.JsonlWriter`) is append-only: one `write` and one `flush` per line, so a
 crash loses nothing already written; a truncated last line (a crash in the middle of a
 write) is cut off when the file is opened again. A line is either the record of one
 image, `{"path", "width", "height", "faces": [...]}` (the single-image JSON's record), or
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import logging
 import os
 import sys
@@ -25,12 +24,12 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import InputError, SpigaError
-from ..io import read_image, write_image
+from ..io import FaceCsvWriter, JsonlWriter, read_image, write_image, write_pts_files
 
 log = logging.getLogger(__name__)
 
@@ -82,91 +81,6 @@ def expand_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False) 
     return list(unique.values())
 
 
-# --- JSON Lines output ---------------------------------------------------------------
-
-
-def read_jsonl_records(path: str | os.PathLike) -> tuple[list[dict], int]:
-    """The complete lines of a JSON Lines file and the byte length they span.
-
-    A last line without its newline or that is not valid JSON (a write cut short by a
-    crash) is left out of both; a malformed line elsewhere raises `InputError`.
-    """
-    path = Path(path)
-    data = path.read_bytes()
-    records: list[dict] = []
-    good_end = 0
-    position = 0
-    number = 0
-    while position < len(data):
-        number += 1
-        newline = data.find(b"\n", position)
-        last = newline < 0 or newline == len(data) - 1
-        end = len(data) if newline < 0 else newline + 1
-        line = data[position:end].strip()
-        if line:
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not an object")
-            except ValueError as exc:
-                if last:
-                    log.warning("%s: line %d is incomplete (an interrupted run?); it will be rewritten", path, number)
-                    break
-                raise InputError(f"{path}: line {number} is not a JSON object ({exc}); "
-                                 "not an output of spiga, or damaged") from None
-            if newline < 0:
-                log.warning("%s: line %d has no newline (an interrupted run?); it will be rewritten", path, number)
-                break
-            records.append(record)
-        good_end = end
-        position = end
-    return records, good_end
-
-
-class JsonlWriter:
-    """Append-only JSON Lines output: one `write` + `flush` per line.
-
-    Args:
-        path: the file, or None for standard output.
-        resume: keep the complete lines already there (a truncated last line is cut off);
-            otherwise the file starts empty.
-    Attributes:
-        existing: the records already in the file (with `resume`).
-    """
-
-    def __init__(self, path: str | os.PathLike | None, resume: bool = False) -> None:
-        self.path = None if path is None else Path(path)
-        self.existing: list[dict] = []
-        self._handle: TextIO
-        if self.path is None:
-            self._handle = sys.stdout
-            self._owned = False
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and self.path.exists():
-            self.existing, good_end = read_jsonl_records(self.path)
-            with open(self.path, "r+b") as raw:
-                raw.truncate(good_end)
-            self._handle = open(self.path, "a", encoding="utf-8")
-        else:
-            self._handle = open(self.path, "w", encoding="utf-8")
-        self._owned = True
-
-    def write(self, record: dict) -> None:
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
-
-    def close(self) -> None:
-        if self._owned and not self._handle.closed:
-            self._handle.close()
-
-    def __enter__(self) -> "JsonlWriter":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
 def done_paths(records: Iterable[dict]) -> set[str]:
     """Paths whose last line in `records` is a result (not an error): what `--resume` skips."""
     last: dict[str, bool] = {}
@@ -213,20 +127,25 @@ def decode_ahead(paths: Sequence[Path], workers: int = 2, ahead: int = 8,
 # --- the run -------------------------------------------------------------------------
 
 
-def drawing_names(paths: Sequence[Path]) -> dict[str, str]:
-    """File names for drawings: `<stem>.png`, with a short hash of the path added where
-    two inputs share a stem (so names do not depend on which images a run processes)."""
-    stems: dict[str, int] = {}
+def output_stems(paths: Sequence[Path]) -> dict[str, str]:
+    """Names for the files written per input (drawings, .pts): the input's stem, with a
+    short hash of its path added where two inputs share a stem (so names do not depend on
+    which images a run processes)."""
+    counts: dict[str, int] = {}
     for path in paths:
-        stems[path.stem] = stems.get(path.stem, 0) + 1
-    names = {}
+        counts[path.stem] = counts.get(path.stem, 0) + 1
+    stems = {}
     for path in paths:
-        if stems[path.stem] == 1:
-            names[str(path)] = f"{path.stem}.png"
+        if counts[path.stem] == 1:
+            stems[str(path)] = path.stem
         else:
-            digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-            names[str(path)] = f"{path.stem}_{digest}.png"
-    return names
+            stems[str(path)] = f"{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    return stems
+
+
+def drawing_names(paths: Sequence[Path]) -> dict[str, str]:
+    """File names for drawings: `<stem>.png` (see `output_stems`)."""
+    return {path: f"{stem}.png" for path, stem in output_stems(paths).items()}
 
 
 @dataclass
@@ -278,7 +197,8 @@ def _boxes_for(aligner, image: np.ndarray, path: Path, boxes: Any) -> tuple[np.n
 def align_files(aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None = None,
                 draw_dir: str | os.PathLike | None = None, resume: bool = False, boxes: Any = None,
                 workers: int = 2, batch_faces: int = 32, batch_images: int = 16, progress: bool = True,
-                mesh: bool = False) -> BatchSummary:
+                mesh: bool = False, pts_dir: str | os.PathLike | None = None,
+                csv: str | os.PathLike | None = None) -> BatchSummary:
     """Align the faces of many images; one JSON line per image, in input order, written as
     soon as the image's batch is done.
 
@@ -296,6 +216,9 @@ def align_files(aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None 
             `batch_faces` faces or number `batch_images`.
         progress: show a progress bar (images/s, faces/s) on stderr.
         mesh: draw the mean-face mesh in the drawings.
+        pts_dir: folder for one iBUG `.pts` per face (`<stem>_<face>.pts`), or None.
+        csv: a CSV file with one row per face (`spiga.io.FaceCsvWriter`; written when the
+            run ends, with the faces of resumed lines too), or None.
     Returns:
         a `BatchSummary`; `exit_status` is the number of failed images (capped at 125).
     """
@@ -306,12 +229,18 @@ def align_files(aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None 
     summary = BatchSummary()
     start = time.perf_counter()
     names = drawing_names(paths) if draw_dir else {}
+    stems = output_stems(paths) if pts_dir else {}
+    table = FaceCsvWriter(csv, aligner.landmark_set.num_landmarks) if csv else None
     mesh_points = aligner.mean_face_world() if mesh else None
     if resume and jsonl is None:
         raise InputError("--resume needs an output file (--jsonl)")
     with JsonlWriter(jsonl, resume=resume) as out:
         skip = done_paths(out.existing) if resume else set()
         todo = [p for p in paths if str(p) not in skip]
+        if table is not None:
+            for record in out.existing:
+                if "faces" in record and record.get("path") in skip:
+                    table.write(record["path"], record["faces"])
         summary.skipped = len(paths) - len(todo)
         if summary.skipped:
             log.info("resuming: %d of %d images already done", summary.skipped, len(paths))
@@ -346,8 +275,17 @@ def align_files(aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None 
                     except (SpigaError, OSError) as exc:
                         fail(item.path, f"drawing: {exc}")
                         continue
+                if pts_dir:
+                    try:
+                        write_pts_files(pts_dir, item.path, faces, stem=stems[str(item.path)])
+                    except OSError as exc:
+                        fail(item.path, f"pts: {exc}")
+                        continue
+                records = [face.to_dict() for face in faces]
+                if table is not None:
+                    table.write(item.path, records)
                 out.write({"path": str(item.path), "width": int(item.image.shape[1]),
-                           "height": int(item.image.shape[0]), "faces": [face.to_dict() for face in faces]})
+                           "height": int(item.image.shape[0]), "faces": records})
                 summary.images += 1
                 summary.faces += len(faces)
                 bar.update(1)
@@ -374,6 +312,8 @@ def align_files(aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None 
             flush(batch)
         finally:
             bar.close()
+    if table is not None:
+        table.close()
     summary.seconds = time.perf_counter() - start
     if summary.failed:
         log.info("%d of %d images failed", len(summary.failed), len(todo))

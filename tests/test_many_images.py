@@ -11,8 +11,8 @@ import pytest
 
 from spiga.cli import main as cli
 from spiga.errors import InputError
-from spiga.inference.batch import (BatchSummary, JsonlWriter, align_files, done_paths, drawing_names,
-                                   expand_inputs, read_jsonl_records)
+from spiga.inference.many_images import BatchSummary, align_files, done_paths, drawing_names, expand_inputs
+from spiga.io import JsonlWriter, read_jsonl_records
 
 
 
@@ -64,7 +64,7 @@ def test_expand_inputs_folders_globs_files(folder, tmp_path):
 def test_folder_run_keeps_going_after_bad_files(tiny_checkpoint, folder, tmp_path, capsys):
     out, drawings = tmp_path / "out.jsonl", tmp_path / "drawn"
     code = cli(["align", str(folder), "--model", str(tiny_checkpoint), "--detector", f"file:{tmp_path / 'boxes.json'}",
-                "--jsonl", str(out), "--draw-dir", str(drawings), "--no-progress", "--workers", "2"])
+                "--jsonl", str(out), "--draw-dir", str(drawings), "--no-progress", "--decode-threads", "2"])
     assert code == 2  # two images failed
     assert "2 of 4 images failed" in capsys.readouterr().err
     lines = _lines(out)

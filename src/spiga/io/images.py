@@ -1,5 +1,4 @@
-"""Reading images into one array convention, parsing JSON with clear errors, and writing
-files atomically.
+"""Reading images into one array convention, and writing them.
 
 `read_image` returns BGR uint8 (H, W, 3), whatever came in:
 - a path (JPEG, PNG, WebP, TIFF, BMP, PNM, JPEG 2000, GIF, AVIF, and HEIC/HEIF with
@@ -26,9 +25,7 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +33,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from .about import install_hint
-from .errors import DatasetError, ImageError, PixelLimitError, SpigaError
+from ..about import install_hint
+from ..errors import ImageError, PixelLimitError
+from .files import write_atomic
 
 try:  # the `heif` extra: HEIC/HEIF photos (iPhones, many Android phones) through libheif
     from pillow_heif import register_heif_opener
@@ -62,26 +60,6 @@ def _check_pixels(width: int, height: int, max_pixels: int, source: str) -> None
         raise PixelLimitError(f"{source}: image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
     if width < 1 or height < 1:
         raise ImageError(f"{source}: image has no pixels ({width}x{height})")
-
-
-def parse_json(text: str, source: str, error: type[SpigaError] = DatasetError) -> Any:
-    """`json.loads(text)`; anything that is not readable JSON raises `error` naming `source`
-    (and the line), including nesting too deep for the parser and numbers too long to read."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise error(f"{source}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    except (ValueError, RecursionError):
-        raise error(f"{source}: JSON that cannot be read (too deeply nested, or a number too long)") from None
-
-
-def is_file(path: Path) -> bool:
-    """`path.is_file()`, False (not an exception) for a name the system cannot even look up
-    (too long, invalid characters): paths written in annotation files can be anything."""
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
 
 
 def _read_path(path: Path, max_pixels: int) -> np.ndarray:
@@ -228,49 +206,6 @@ def read_image(image: Any, color: str = "bgr", max_pixels: int = MAX_PIXELS) -> 
             _check_pixels(image.shape[1], image.shape[0], max_pixels, "<array>")
         return to_bgr8(image, color)
     raise ImageError(f"unsupported image type {type(image).__name__}: pass a path, a NumPy array or a PIL image")
-
-
-#: Flags of the temporary file: created here or not at all (O_EXCL: never through a
-#: link someone placed), not inherited by child processes.
-_TEMPORARY_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-                    | getattr(os, "O_CLOEXEC", 0))
-
-
-def _create_temporary(folder: Path, name: str) -> tuple[int, Path]:
-    """Open a new, uniquely named file in `folder` for writing.
-
-    It is created with mode 0o666 and the kernel applies the process umask (and a
-    folder's default ACL) exactly as for a plain `open(path, "w")`, so the renamed file
-    gets the mode the user expects. This replaces `mkstemp` (always 0600) followed by a
-    chmod, whose only way to learn the umask is `os.umask`, which sets it process-wide
-    for a moment and races with other threads creating files.
-    """
-    for _ in range(100):
-        tmp = folder / f".{name[:200]}.{secrets.token_hex(6)}.tmp"
-        try:
-            return os.open(tmp, _TEMPORARY_FLAGS, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{folder}: no free temporary name for {name}")
-
-
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename,
-    so readers never see a half-written file. The file gets the mode a plain `open`
-    would give it (0o666 less the umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "w" if isinstance(data, str) else "wb"
-    fd, tmp = _create_temporary(path.parent, path.name)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_image(path: str | os.PathLike, image_bgr: np.ndarray) -> None:
