@@ -74,3 +74,11 @@ def test_unreadable_images_name_the_file(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(ImageError, match=r"broken\.jpg: not a readable image"):
         read_image_float(tmp_path / "broken.jpg")
+
+
+@pytest.mark.parametrize("mode", ["percentile", "range:100:60000", "full"])
+def test_deep_images_become_float32_whatever_the_scaling(mode):
+    """float32 out of every scaling (a float64 crop broke the colour augmentation's OpenCV calls)."""
+    image = np.random.default_rng(0).integers(0, 65535, (20, 30), dtype=np.uint16)
+    scaled = DepthScaling.parse(mode).apply(image)
+    assert scaled.dtype == np.float32 and 0.0 <= scaled.min() and scaled.max() <= 1.0

@@ -75,8 +75,8 @@ class DepthScaling:
             low, high = np.percentile(finite, [self.low, self.high])
         else:
             low, high = self.low, self.high
-        span = max(float(high - low), 1e-12)
-        return np.clip((np.nan_to_num(values, nan=float(low)) - low) / span, 0.0, 1.0)
+        low, span = float(low), max(float(high - low), 1e-12)  # Python floats: the result stays float32
+        return np.clip((np.nan_to_num(values, nan=low) - low) / span, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 DEFAULT_SCALING = DepthScaling()
