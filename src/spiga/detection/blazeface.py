@@ -67,6 +67,7 @@ SIZE_RANGES = {"full": (0.11, 0.5), "short": (0.16, 0.75)}
 DEFAULT_THRESHOLDS = {"full": SPECS["full"].mediapipe_score_threshold, "short": 0.65}
 BAND_MARGIN = 1.25  # how far a level's size band reaches into its neighbours'
 EDGE_TOLERANCE = 4.0  # pixels: a box this close to an inner tile edge counts as cut
+AREA_BELOW = 2 / 3  # levels shrunk below this scale are resized by area interpolation
 
 
 @dataclass(frozen=True)
@@ -160,11 +161,13 @@ def plan_levels(height: int, width: int, spec: BlazeFaceSpec, min_face_size: flo
 def cut_windows(image_rgb: np.ndarray, level: Level) -> np.ndarray:
     """(T, window_h, window_w, 3) uint8 windows of the image resized for `level`; black outside.
 
-    Shrinking uses area interpolation (no aliasing of small faces), enlarging bilinear.
+    Shrinking by more than 1.5x uses area interpolation (no aliasing of small faces); milder
+    shrinking and enlarging bilinear (area interpolation at such ratios costs about six
+    times as much; the same faces are found on the tests' images).
     """
     height, width = image_rgb.shape[:2]
     new_size = scaled_size(height, width, level.scale)
-    interpolation = cv2.INTER_AREA if level.scale < 1 else cv2.INTER_LINEAR
+    interpolation = cv2.INTER_AREA if level.scale < AREA_BELOW else cv2.INTER_LINEAR
     scaled = cv2.resize(image_rgb, new_size, interpolation=interpolation) if new_size != (width, height) \
         else image_rgb
     window_w, window_h = level.window
@@ -178,13 +181,13 @@ def cut_windows(image_rgb: np.ndarray, level: Level) -> np.ndarray:
 
 
 def to_input_array(windows_rgb: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) uint8 RGB -> (T, 3, H, W) float32 in [-1, 1], as MediaPipe's image-to-tensor.
-
-    The result is a channels-last view (the layout PyTorch's CPU convolutions prefer);
-    runtimes that want contiguous NCHW copy it.
-    """
-    values = np.asarray(windows_rgb, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
-    return values.transpose(0, 3, 1, 2)
+    """(T, H, W, 3) uint8 RGB -> contiguous (T, 3, H, W) float32 in [-1, 1], as MediaPipe's
+    image-to-tensor. (Transposed as bytes first, then scaled in place: four times fewer
+    bytes moved than transposing floats.)"""
+    values = np.ascontiguousarray(np.asarray(windows_rgb).transpose(0, 3, 1, 2)).astype(np.float32)
+    values /= np.float32(127.5)
+    values -= np.float32(1.0)
+    return values
 
 
 def not_cut_by_window_edge(boxes: np.ndarray, origin: np.ndarray, window: tuple[int, int],

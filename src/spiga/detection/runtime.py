@@ -121,9 +121,8 @@ class OnnxRuntime:
         self.session = _onnx_session(variant, self.threads)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        regressors, logits = self.session.run(["regressors", "logits"],
-                                              {"images": np.ascontiguousarray(images, dtype=np.float32)})
-        return regressors, logits
+        return tuple(self.session.run(["regressors", "logits"],
+                                      {"images": np.ascontiguousarray(images, dtype=np.float32)}))
 
 
 @lru_cache(maxsize=8)
