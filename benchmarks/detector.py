@@ -16,9 +16,10 @@ Rows, each the median of `--repeats` calls after one warm-up call, in this proce
   model, one pass at 192x192 as MediaPipe runs it, threshold 0.6 like ours) in a subprocess
   of the interpreter given by `--mediapipe-python` (a virtual environment with
   `mediapipe==0.10.21`; later releases dropped `solutions` and the bundled models);
-- `align 1 face`: `spiga.load(checkpoint).align(image, boxes=[box])` (float32, official model
-  size; `--checkpoint`, else random weights written to a temporary checkpoint), and each
-  detector's time as a share of it.
+- `align 1 face`: `spiga.load(checkpoint).align(photo, boxes=[box])` (float32, official model
+  size; `--checkpoint`, else random weights written to a temporary checkpoint), and the
+  first detector's time on the photo as a share of it, the two calls interleaved (both
+  then see the same load on a shared machine).
 
     python benchmarks/detector.py [--threads 2] [--repeats 7] [--clock wall|cpu] [--backends onnxruntime torch]
         [--before-src ../other-checkout/src] [--mediapipe-python /path/to/venv/bin/python]
@@ -162,7 +163,9 @@ def run_worker(python: str, kind: str, folder: Path, args, src: str | None = Non
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def alignment_ms(checkpoint: str | None, image: np.ndarray, box, repeats: int) -> float:
+def alignment_ms(checkpoint: str | None, image: np.ndarray, box, detect, repeats: int) -> tuple[float, float]:
+    """Median ms of `align(image, boxes=[box])` and of `detect(image)`, the calls interleaved
+    (so that both see the same load on a shared machine)."""
     import spiga
     from spiga.checkpoint import build_model, save_checkpoint
     from spiga.landmarks import WFLW_98
@@ -177,7 +180,17 @@ def alignment_ms(checkpoint: str | None, image: np.ndarray, box, repeats: int) -
             model = build_model(config, WFLW_98, np.random.default_rng(0).normal(size=(98, 3)) * 0.3)
             checkpoint = save_checkpoint(Path(folder) / "official-random.safetensors", model, WFLW_98)
         aligner = spiga.load(checkpoint, device="cpu")
-        return median_ms(lambda: aligner.align(image, boxes=[box]), repeats)
+        aligner.align(image, boxes=[box])  # warm-up
+        detect(image)
+        align_times, detect_times = [], []
+        for _ in range(repeats):
+            start = clock()
+            aligner.align(image, boxes=[box])
+            align_times.append(clock() - start)
+            start = clock()
+            detect(image)
+            detect_times.append(clock() - start)
+        return statistics.median(align_times) * 1000, statistics.median(detect_times) * 1000
 
 
 def cpu_name() -> str:
@@ -252,20 +265,21 @@ def main() -> None:
                 results["before"] = run_worker(sys.executable, "spiga", Path(folder), args, args.before_src)
             if args.mediapipe_python:
                 results["mediapipe"] = run_worker(args.mediapipe_python, "mediapipe", Path(folder), args)
-        align = None
-        if not args.no_align:
+        align = share = None
+        if not args.no_align and detectors:
             photo = images["photo"][0]
-            found = next(iter(detectors.values())).detect(photo) if detectors else []
+            detect = next(iter(detectors.values())).detect
+            found = detect(photo)
             box = face_box_from_detection(found[0]) if found else (width / 3, height / 4, width / 3, height / 2)
-            align = alignment_ms(args.checkpoint, photo, box, args.repeats)
+            align, detect_ms = alignment_ms(args.checkpoint, photo, box, detect, args.repeats)
+            share = detect_ms / align
         for name, (_, faces) in images.items():
             cells = [f"{width}x{height} {name}", str(faces)]
             for column in columns[2:]:
                 if column == "align 1 face":
-                    cells.append(f"{align:.0f}")
+                    cells.append(f"{align:.0f}" if align else "-")
                 elif column == "share of align":
-                    first = next(iter(detectors), None)
-                    cells.append(f"{results[first][name]['ms'] / align:.2f}" if first else "-")
+                    cells.append(f"{share:.3f}" if share and name == "photo" else "")
                 elif isinstance(results.get(column), str):
                     cells.append(f"failed: {results[column]}")
                 else:

@@ -219,8 +219,9 @@ class BlazeFaceDetector(Detector):
         score_threshold: keep detections scoring at least this (default 0.6 full, 0.65 short).
         nms: `weighted` (MediaPipe's; default), `hard`, or `none`.
         iou_threshold: overlap above which boxes are merged (weighted) or suppressed (hard).
-        min_face_size: width (image pixels) of the smallest face box to look for; smaller
-            costs more (the finest level grows with 1 / min_face_size squared).
+        min_face_size: width (image pixels) of the smallest BlazeFace box the pyramid is
+            planned for (a face box that wide gives a wider BlazeFace box, so it is covered);
+            smaller costs more (the finest level grows with 1 / min_face_size squared).
         multiscale: False runs one pass on the whole image letterboxed into the model's
             input, exactly as MediaPipe does (no pyramid; faces below ~10 % of the image's
             long side are missed).
