@@ -170,7 +170,7 @@ class ShortBlock(nn.Module):
             x = F.max_pool2d(x, 2, 2)
         if self.extra_channels:
             x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
-        return F.relu(x + y)
+        return F.relu(x + y, inplace=True)
 
 
 class BlazeFaceShort(nn.Module):
@@ -193,7 +193,7 @@ class BlazeFaceShort(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = x.shape[0]
-        f8 = self.blocks_stride8(F.relu(self.stem(x)))
+        f8 = self.blocks_stride8(F.relu(self.stem(x), inplace=True))
         f16 = self.blocks_stride16(f8)
 
         def per_anchor(t: torch.Tensor, values: int) -> torch.Tensor:
@@ -220,9 +220,9 @@ class FullResidual(nn.Module):
         self.pointwise_2 = nn.Conv2d(hidden, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.pointwise_1(self.depthwise_1(x)))
+        y = F.relu(self.pointwise_1(self.depthwise_1(x)), inplace=True)
         y = self.pointwise_2(self.depthwise_2(y))
-        return F.relu(x + y) if self.residual else F.relu(y)
+        return F.relu(x + y, inplace=True) if self.residual else F.relu(y, inplace=True)
 
 
 def _stage(cin: int, hidden: int, cout: int, repeats: int) -> nn.Sequential:
@@ -232,7 +232,7 @@ def _stage(cin: int, hidden: int, cout: int, repeats: int) -> nn.Sequential:
 
 
 def _pointwise_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 1), nn.ReLU())
+    return nn.Sequential(nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True))
 
 
 def _depth_to_space(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -286,7 +286,7 @@ class BlazeFaceFull(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = x.shape[0]
-        c96 = self.stage_96(F.relu(self.stem(x)))
+        c96 = self.stage_96(F.relu(self.stem(x), inplace=True))
         c48 = self.stage_48(c96)
         c24 = self.stage_24(c48)
         c12 = self.stage_12(c24)
