@@ -598,6 +598,18 @@ def test_auto_backend_falls_back_to_torch(monkeypatch):
     assert make_detector("blazeface", backend="torch").backend == "torch"
 
 
+def test_auto_backend_falls_back_to_torch_when_onnxruntime_fails(monkeypatch, caplog):
+    def broken(variant, threads):
+        raise runtimes.CheckpointError(f"blazeface_{variant}.onnx: onnxruntime cannot load it (too old)")
+
+    monkeypatch.setattr(runtimes, "onnxruntime_available", lambda: True)
+    monkeypatch.setattr(runtimes, "_onnx_session", broken)
+    assert make_detector("blazeface").backend == "torch"
+    assert "onnxruntime unusable" in caplog.text
+    with pytest.raises(SpigaError, match="too old"):
+        make_detector("blazeface", backend="onnxruntime")
+
+
 def test_short_range_model_finds_fixture_face(sportsfan):
     image, reference = sportsfan
     detections = make_detector("blazeface", model="short", min_face_size=64).detect(image)

@@ -12,8 +12,8 @@ logits (B, N)`, both float32 NumPy arrays (see `blazeface_net` for their meaning
   PyTorch runtime's within float32 rounding (about 1e-4 on logits and pixel offsets), which
   the tests check on detections.
 
-`auto` (the default) picks onnxruntime on the CPU where it is installed and PyTorch
-otherwise. onnxruntime's threads run with spinning turned off, so that they do not hold
+`auto` (the default) picks onnxruntime on the CPU where it is installed (and can load the
+graph) and PyTorch otherwise. onnxruntime's threads run with spinning turned off, so that they do not hold
 the cores busy while PyTorch runs the alignment model in the same process; their number
 is PyTorch's thread count when the runtime is made (`torch.set_num_threads` governs both).
 """
@@ -158,8 +158,11 @@ def make_runtime(backend: str, variant: str, device: str | torch.device = "cpu")
     if backend not in BACKENDS:
         raise InputError(f"unknown BlazeFace backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     on_cpu = torch.device(device).type == "cpu"
-    if backend == "auto":
-        backend = "onnxruntime" if on_cpu and onnxruntime_available() else "torch"
+    if backend == "auto" and on_cpu and onnxruntime_available():
+        try:
+            return OnnxRuntime(variant)
+        except SpigaError as exc:  # e.g. an onnxruntime too old for the graph: PyTorch still works
+            logger.warning("BlazeFace: onnxruntime unusable (%s); running on PyTorch", exc)
     if backend == "onnxruntime":
         if not on_cpu:
             raise InputError(f"the onnxruntime BlazeFace backend runs on the CPU only, not on {device}; "
