@@ -1,4 +1,8 @@
-"""Face detection: the interface, BlazeFace's pieces and pyramid, the other detectors, the box mapping."""
+"""Face detection: the interface, BlazeFace's pieces, pyramid and runtimes, the other detectors, the box mapping.
+
+BlazeFace's recall tests (the collage of faces 24 .. 600 px, the group photos, nothing on
+textures) run on both runtimes: plain PyTorch and onnxruntime.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,20 @@ import pytest
 import torch
 
 from spiga.detection import Detection, as_bgr, face_box_from_detection, make_detector
+from spiga.detection import runtime as runtimes
 from spiga.detection.blazeface import (
-    SIZE_RANGES, BlazeFaceDetector, cut_windows, not_cut_by_window_edge, plan_levels, scaled_size,
+    SIZE_RANGES, BlazeFaceDetector, cut_windows, not_cut_by_window_edge, plan_levels, scaled_size, to_input_array,
 )
-from spiga.detection.blazeface_net import SPECS, _depth_to_space, anchor_centres, decode
+from spiga.detection.blazeface_net import SPECS, _depth_to_space, anchor_centres, decode, min_logit, sigmoid
 from spiga.detection.boxmap import BOX_RULES, box_from_box, boxes_from_keypoints
 from spiga.detection.dlib_hog import dlib_available
 from spiga.detection.filebox import read_box_file
-from spiga.detection.nms import drop_contained, iou_matrix, non_max_suppression
+from spiga.detection.nms import MAX_CANDIDATES, drop_contained, iou_matrix, non_max_suppression
 from spiga.errors import DatasetError, InputError, SpigaError
+
+ONNXRUNTIME = pytest.mark.skipif(not runtimes.onnxruntime_available(),
+                                 reason="onnxruntime is not installed (pip install 'spiga[onnx]')")
+BACKENDS = ["torch", pytest.param("onnxruntime", marks=ONNXRUNTIME)]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -59,9 +68,23 @@ def sportsfan() -> tuple[np.ndarray, np.ndarray]:
     return image, np.array(box, dtype=np.float64)
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def blazeface(request) -> BlazeFaceDetector:
+    """The default detector on each runtime."""
+    detector = make_detector("blazeface", backend=request.param)
+    assert detector.backend == request.param
+    return detector
+
+
 @pytest.fixture(scope="module")
-def blazeface() -> BlazeFaceDetector:
-    return make_detector("blazeface")
+def grace_hopper() -> tuple[np.ndarray, np.ndarray]:
+    """matplotlib's sample photo of Grace Hopper (BGR) and her face box as the default
+    detector maps it on the full-size photo (the reference for smaller copies)."""
+    cbook = pytest.importorskip("matplotlib.cbook", reason="needs matplotlib's sample photo grace_hopper.jpg")
+    with cbook.get_sample_data("grace_hopper.jpg") as handle:
+        image = cv2.imdecode(np.frombuffer(handle.read(), np.uint8), cv2.IMREAD_COLOR)
+    (detection,) = make_detector("blazeface", backend="torch").detect(image)
+    return image, np.array(face_box_from_detection(detection))
 
 
 # ---------------------------------------------------------------- acceptance
@@ -121,6 +144,57 @@ def test_blazeface_finds_every_face_from_24_to_600_px(sportsfan, blazeface):
     assert len(detections) == len(widths)  # and nothing else
 
 
+def face_crops(*photos: tuple[np.ndarray, np.ndarray], enlarge: float = 1.5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(square crop, face box in crop fractions x, y, w, h) of each photo's face and its mirror image."""
+    crops = []
+    for image, (x, y, w, h) in photos:
+        side = int(enlarge * max(w, h))
+        x0, y0 = int(x + w / 2 - side / 2), int(y + h / 2 - side / 2)
+        padded = cv2.copyMakeBorder(image, side, side, side, side, cv2.BORDER_REFLECT)
+        crop = padded[y0 + side:y0 + 2 * side, x0 + side:x0 + 2 * side]
+        box = np.array([x - x0, y - y0, w, h]) / side
+        crops += [(crop, box), (np.ascontiguousarray(crop[:, ::-1]), np.array([1 - box[0] - box[2], *box[1:]]))]
+    return crops
+
+
+def make_group_photo(crops, width: int, height: int, widths: list[int], gap: int, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Faces side by side in rows, `gap` pixels apart, face-box widths cycling through
+    `widths`, the crops in turn, on blurred noise. Returns the image and the face boxes."""
+    rng = np.random.default_rng(seed)
+    canvas = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 2)
+    truth, x, y, row = [], gap, gap, 0
+    for index in range(10_000):
+        crop, (bx, by, bw, bh) = crops[index % len(crops)]
+        side = int(round(widths[index % len(widths)] / bw))
+        if x + side > width - gap:
+            x, y, row = gap, y + row + gap, 0
+        if y + side > height - gap:
+            break
+        canvas[y:y + side, x:x + side] = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
+        truth.append([x + bx * side, y + by * side, bw * side, bh * side])
+        x, row = x + side + gap, max(row, side)
+    return canvas, np.array(truth)
+
+
+# (width, height, face-box widths, gap, seed): a crowd of faces 48 .. 110 px, and one of
+# small faces 32 .. 40 px; rows of faces a few pixels apart, two people, both mirrored
+GROUP_PHOTOS = {"crowd": (1280, 720, [48, 56, 72, 96, 110], 6, 0), "small faces": (640, 480, [32, 36, 40], 8, 1)}
+
+
+@pytest.mark.parametrize("photo", sorted(GROUP_PHOTOS))
+def test_blazeface_finds_everyone_in_group_photos(sportsfan, grace_hopper, blazeface, photo):
+    crops = face_crops(sportsfan, grace_hopper)
+    image, truth = make_group_photo(crops, *GROUP_PHOTOS[photo])
+    assert len(truth) > 30
+    detections = blazeface.detect(image)
+    mapped = np.array([face_box_from_detection(d) for d in detections]).reshape(-1, 4)
+    overlaps = iou_matrix(corners(truth), corners(mapped))
+    missed = np.flatnonzero(overlaps.max(axis=1) < 0.5)
+    assert len(missed) == 0, f"missed faces of widths {np.round(truth[missed, 2]).astype(int).tolist()}"
+    assert len(detections) == len(truth)  # one detection a face: neighbours are not merged
+
+
 @pytest.mark.parametrize("model", ["full", "short"])
 def test_blazeface_finds_a_face_filling_the_image(sportsfan, model):
     image, (x, y, w, h) = sportsfan
@@ -132,19 +206,46 @@ def test_blazeface_finds_a_face_filling_the_image(sportsfan, model):
     assert best_iou([x - x0, y - y0, w, h], [face_box_from_detection(detections[0])]) >= 0.5
 
 
-@pytest.mark.parametrize("kind", ["blank", "black", "noise", "blurred noise", "checkerboard", "stripes"])
-def test_blazeface_finds_nothing_without_faces(blazeface, kind):
+def texture(kind: str, height: int, width: int) -> np.ndarray:
+    """A faceless (height, width, 3) BGR image."""
     rng = np.random.default_rng(1)
-    yy, xx = np.mgrid[0:240, 0:320]
-    images = {
-        "blank": np.full((240, 320, 3), 200, np.uint8),
-        "black": np.zeros((240, 320, 3), np.uint8),
-        "noise": rng.integers(0, 256, (240, 320, 3), dtype=np.uint8),
-        "blurred noise": cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), (0, 0), 3),
-        "checkerboard": np.repeat((((yy // 16 + xx // 16) % 2) * 255).astype(np.uint8)[..., None], 3, axis=2),
-        "stripes": np.repeat((127 + 127 * np.sin(xx / 7.0) * np.cos(yy / 11.0)).astype(np.uint8)[..., None], 3, 2),
+    yy, xx = np.mgrid[0:height, 0:width]
+    gray = {
+        "checkerboard": lambda: ((yy // 16 + xx // 16) % 2) * 255,
+        "stripes": lambda: 127 + 127 * np.sin(xx / 7.0) * np.cos(yy / 11.0),
+        "rings": lambda: 127 + 127 * np.sin(np.hypot(xx - width / 2, yy - height / 3) / 5.0),
+        "dots": lambda: 255 * ((np.hypot(xx % 24 - 12, yy % 24 - 12) < 5) | (np.hypot(xx % 24 - 4, yy % 24 - 18) < 3)),
     }
-    assert blazeface.detect(images[kind]) == []
+    if kind in gray:
+        return np.repeat(gray[kind]().astype(np.uint8)[..., None], 3, axis=2)
+    if kind == "blank":
+        return np.full((height, width, 3), 200, np.uint8)
+    if kind == "black":
+        return np.zeros((height, width, 3), np.uint8)
+    noise = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    if kind == "noise":
+        return noise
+    if kind == "blurred noise":
+        return cv2.GaussianBlur(noise, (0, 0), 3)
+    if kind == "clouds":  # noise at several scales: blobs of every size the pyramid looks at
+        layers = [cv2.resize(rng.random((max(1, height // s), max(1, width // s))), (width, height))
+                  for s in (4, 16, 64)]
+        return np.repeat((sum(layers) / len(layers) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    raise ValueError(kind)
+
+
+TEXTURES = ["blank", "black", "noise", "blurred noise", "checkerboard", "stripes", "rings", "dots", "clouds"]
+
+
+@pytest.mark.parametrize("kind", TEXTURES)
+def test_blazeface_finds_nothing_without_faces(blazeface, kind):
+    assert blazeface.detect(texture(kind, 240, 320)) == []
+
+
+@pytest.mark.parametrize("kind", ["blurred noise", "stripes", "rings", "clouds"])
+def test_blazeface_finds_nothing_on_large_textures(blazeface, kind):
+    # 1280 x 960: every pyramid level, the finest one in tiles
+    assert blazeface.detect(texture(kind, 960, 1280)) == []
 
 
 def test_haar_finds_fixture_face(sportsfan):
@@ -179,6 +280,13 @@ def test_dlib_absent_gives_a_clear_error(monkeypatch):
 # ---------------------------------------------------------------- the interface
 
 
+def test_make_detector_without_arguments_is_the_default_blazeface():
+    detector = make_detector()
+    assert isinstance(detector, BlazeFaceDetector) and detector.name == "blazeface"
+    assert detector.spec.name == "full" and detector.nms == "weighted" and detector.min_face_size == 24
+    assert detector.backend == ("onnxruntime" if runtimes.onnxruntime_available() else "torch")
+
+
 def test_make_detector_rejects_unknown_names_and_options():
     with pytest.raises(InputError, match="unknown detector 'yolo'"):
         make_detector("yolo")
@@ -186,6 +294,12 @@ def test_make_detector_rejects_unknown_names_and_options():
         make_detector("blazeface", thresh=0.5)
     with pytest.raises(InputError, match="model"):
         make_detector("blazeface", model="medium")
+    with pytest.raises(InputError, match="unknown BlazeFace backend 'tflite'"):
+        make_detector("blazeface", backend="tflite")
+    with pytest.raises(InputError, match="CPU only"):
+        make_detector("blazeface", backend="onnxruntime", device="cuda")
+    with pytest.raises(InputError, match="max_candidates"):
+        make_detector("blazeface", max_candidates=0)
 
 
 def test_as_bgr_converts_and_rejects():
@@ -226,17 +340,25 @@ def test_anchor_grids_match_mediapipe_layout():
 
 
 def test_decode_offsets_are_input_pixels():
-    anchors = torch.tensor([[10.0, 20.0]])
-    regressors = torch.zeros(1, 1, 16)
-    regressors[0, 0, :4] = torch.tensor([1.0, -2.0, 8.0, 6.0])
-    regressors[0, 0, 4:6] = torch.tensor([3.0, 4.0])
-    boxes, keypoints, scores = decode(regressors, torch.tensor([[0.0]]), anchors)
+    anchors = np.array([[10.0, 20.0]], np.float32)
+    regressors = np.zeros((1, 1, 16), np.float32)
+    regressors[0, 0, :4] = [1.0, -2.0, 8.0, 6.0]
+    regressors[0, 0, 4:6] = [3.0, 4.0]
+    boxes, keypoints, scores = decode(regressors, np.array([[0.0]], np.float32), anchors)
     np.testing.assert_allclose(boxes[0, 0], [7, 15, 15, 21])
     np.testing.assert_allclose(keypoints[0, 0, 0], [13, 24])
     np.testing.assert_allclose(keypoints[0, 0, 1], [10, 20])
-    assert float(scores[0, 0]) == 0.5
-    _, _, clipped = decode(regressors, torch.tensor([[1e6]]), anchors)
+    assert float(scores[0, 0]) == 0.5 and scores.dtype == np.float32
+    _, _, clipped = decode(regressors, np.array([[1e6]], np.float32), anchors)
     assert float(clipped[0, 0]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.05, 0.5, 0.6, 0.65, 0.999, 1.0])
+def test_logit_cut_keeps_every_anchor_that_reaches_the_threshold(threshold):
+    logits = np.linspace(-12, 12, 100_001, dtype=np.float32)
+    reaching = sigmoid(np.clip(logits, -100, 100)) >= threshold
+    assert np.all(logits[reaching] >= min_logit(threshold))  # the cut never drops one
+    assert np.mean(logits >= min_logit(threshold)) <= np.mean(reaching) + 1e-3  # and decodes few others
 
 
 def test_depth_to_space_follows_tensorflow_order():
@@ -263,6 +385,72 @@ def test_shipped_weights_are_small_and_licensed():
         with safe_open(folder / f"blazeface_{variant}.safetensors", "np") as handle:
             metadata = handle.metadata()
         assert metadata["variant"] == variant and len(metadata["source_sha256"]) == 64
+
+
+def reference_nms(boxes, scores, iou_threshold, points, weighted):
+    """Greedy NMS on the full pairwise IoU matrix (small inputs only)."""
+    order = np.argsort(-scores, kind="stable")
+    overlaps = iou_matrix(boxes, boxes)
+    kept, remaining = [], order
+    while len(remaining):
+        cluster = remaining[(overlaps[remaining[0], remaining] > iou_threshold) | (remaining == remaining[0])]
+        weights = scores[cluster] / scores[cluster].sum() if weighted else (cluster == remaining[0]).astype(float)
+        kept.append((weights @ boxes[cluster], scores[remaining[0]], np.tensordot(weights, points[cluster], axes=1)))
+        remaining = remaining[~np.isin(remaining, cluster)]
+    return tuple(np.array(values) for values in zip(*kept))
+
+
+def random_candidates(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes (count, 4) clustered around a few faces, scores, keypoints (count, 6, 2)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 1000, (20, 2))[rng.integers(0, 20, count)] + rng.normal(0, 6, (count, 2))
+    sizes = rng.uniform(20, 80, (count, 1))
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1)
+    points = centres[:, None, :] + rng.normal(0, 5, (count, 6, 2))
+    return boxes, rng.uniform(0.5, 1.0, count), points
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_nms_matches_the_pairwise_reference(weighted):
+    boxes, scores, points = random_candidates(600)
+    got = non_max_suppression(boxes, scores, 0.3, points, weighted=weighted)
+    want = reference_nms(boxes, scores, 0.3, points, weighted)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-9)
+
+
+def test_nms_keeps_only_the_best_candidates():
+    boxes = np.array([[0, 0, 10, 10], [100, 0, 110, 10], [200, 0, 210, 10]], float)
+    kept, kept_scores, _ = non_max_suppression(boxes, np.array([0.7, 0.9, 0.8]), max_candidates=2)
+    np.testing.assert_allclose(kept_scores, [0.9, 0.8])
+    np.testing.assert_allclose(kept, boxes[[1, 2]])
+    assert MAX_CANDIDATES >= 1000
+
+
+def test_nms_memory_stays_linear_on_a_flood_of_candidates():
+    import tracemalloc
+
+    count = 300_000  # a pairwise float64 matrix would take 720 GB; the top-K one 32 MB
+    boxes, scores, points = random_candidates(count, seed=1)
+    boxes, scores, points = boxes.astype(np.float32), scores.astype(np.float32), points.astype(np.float32)
+    tracemalloc.start()
+    try:
+        kept, kept_scores, kept_points = non_max_suppression(boxes, scores, 0.3, points)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2 ** 20, f"peak {peak / 2 ** 20:.1f} MiB"
+    assert 1 <= len(kept) <= MAX_CANDIDATES and kept_scores[0] == pytest.approx(scores.max())
+    assert kept_points.shape == (len(kept), 6, 2)
+
+
+def test_drop_contained_matches_the_pairwise_rule():
+    boxes, _, _ = random_candidates(700, seed=2)  # more boxes than one chunk of rows
+    sides = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:]) - np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    intersection = np.prod(np.clip(sides, 0, None), axis=-1)
+    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    covered = (intersection >= 0.7 * area[:, None]) & (area[None, :] > area[:, None])
+    np.testing.assert_array_equal(drop_contained(boxes), ~covered.any(axis=1))
 
 
 def test_nms_weighted_merges_and_hard_keeps_best():
@@ -344,6 +532,82 @@ def test_detection_options_change_results(sportsfan):
     assert [d.score for d in merged] == sorted((d.score for d in merged), reverse=True)
     single = make_detector("blazeface", multiscale=False).detect(small)
     assert len(single) == 1 and single[0].source == "blazeface"
+    capped = make_detector("blazeface", score_threshold=0.05, nms="none", min_face_size=48, max_candidates=3)
+    assert [d.score for d in capped.detect(small)] == [d.score for d in loose[:3]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_flood_of_candidates_stays_bounded(backend):
+    # score threshold 0: every anchor of every level is a candidate (tens of thousands)
+    detector = make_detector("blazeface", score_threshold=0.0, backend=backend, max_candidates=500)
+    detections = detector.detect(texture("clouds", 480, 640))
+    assert 1 <= len(detections) <= 500
+
+
+# ---------------------------------------------------------------- the runtimes
+
+
+@ONNXRUNTIME
+def test_shipped_onnx_graphs_are_the_shipped_weights():
+    import hashlib
+    import json as json_module
+
+    import onnxruntime
+
+    folder = Path(runtimes.__file__).parent / "weights"
+    for variant in SPECS:
+        session = onnxruntime.InferenceSession(str(folder / f"blazeface_{variant}.onnx"),
+                                               providers=["CPUExecutionProvider"])
+        header = json_module.loads(session.get_modelmeta().custom_metadata_map[runtimes.ONNX_METADATA_KEY])
+        weights = folder / f"blazeface_{variant}.safetensors"
+        assert header["variant"] == variant and header["weights"] == weights.name
+        assert header["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+@ONNXRUNTIME
+@pytest.mark.parametrize("variant", sorted(SPECS))
+def test_runtimes_give_the_same_raw_outputs(variant):
+    rng = np.random.default_rng(0)
+    multiple = SPECS[variant].size_multiple
+    for height, width in [(SPECS[variant].input_size,) * 2, (3 * multiple, 7 * multiple)]:
+        images = to_input_array(rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8))
+        reference = runtimes.TorchRuntime(variant)(images)
+        fast = runtimes.OnnxRuntime(variant)(images)
+        for got, want in zip(fast, reference):
+            assert got.shape == want.shape and got.dtype == np.float32
+            np.testing.assert_allclose(got, want, atol=2e-3, rtol=1e-4)
+
+
+@ONNXRUNTIME
+@pytest.mark.parametrize("model", sorted(SPECS))
+def test_runtimes_give_the_same_boxes(sportsfan, grace_hopper, model):
+    photo = make_group_photo(face_crops(sportsfan, grace_hopper), 800, 600, [28, 40, 64, 120], 10, 3)[0]
+    for image in [photo, sportsfan[0]]:
+        reference = make_detector("blazeface", model=model, backend="torch").detect(image)
+        fast = make_detector("blazeface", model=model, backend="onnxruntime").detect(image)
+        assert len(fast) == len(reference) >= 1
+        for a, b in zip(fast, reference):
+            np.testing.assert_allclose(a.box, b.box, atol=0.05)
+            np.testing.assert_allclose(a.keypoints, b.keypoints, atol=0.05)
+            assert a.score == pytest.approx(b.score, abs=1e-4)
+
+
+def test_auto_backend_falls_back_to_torch(monkeypatch):
+    monkeypatch.setattr(runtimes, "onnxruntime_available", lambda: False)
+    assert make_detector("blazeface").backend == "torch"
+    assert make_detector("blazeface", backend="torch").backend == "torch"
+
+
+def test_auto_backend_falls_back_to_torch_when_onnxruntime_fails(monkeypatch, caplog):
+    def broken(variant, threads):
+        raise runtimes.CheckpointError(f"blazeface_{variant}.onnx: onnxruntime cannot load it (too old)")
+
+    monkeypatch.setattr(runtimes, "onnxruntime_available", lambda: True)
+    monkeypatch.setattr(runtimes, "_onnx_session", broken)
+    assert make_detector("blazeface").backend == "torch"
+    assert "onnxruntime unusable" in caplog.text
+    with pytest.raises(SpigaError, match="too old"):
+        make_detector("blazeface", backend="onnxruntime")
 
 
 def test_short_range_model_finds_fixture_face(sportsfan):

@@ -19,6 +19,7 @@ the converter relies on it (`conv_layers`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,8 +91,8 @@ def anchor_centres(spec: BlazeFaceSpec, width: int | None = None, height: int | 
     return np.concatenate(centres).astype(np.float32)
 
 
-def decode(regressors: torch.Tensor, logits: torch.Tensor, anchors: torch.Tensor
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def decode(regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw outputs -> boxes, keypoints and scores in input pixels.
 
     As MediaPipe's `TensorsToDetectionsCalculator` with reverse_output_order and x/y/w/h
@@ -100,16 +101,33 @@ def decode(regressors: torch.Tensor, logits: torch.Tensor, anchors: torch.Tensor
     [-100, 100].
 
     Args:
-        regressors: (B, N, 16). logits: (B, N). anchors: (N, 2) centres in input pixels.
+        regressors: (..., N, 16). logits: (..., N). anchors: (N, 2) centres in input pixels.
     Returns:
-        boxes (B, N, 4) as (x_min, y_min, x_max, y_max), keypoints (B, N, 6, 2), scores (B, N).
+        boxes (..., N, 4) as (x_min, y_min, x_max, y_max), keypoints (..., N, 6, 2), scores (..., N).
     """
+    regressors = np.asarray(regressors)
+    anchors = np.asarray(anchors, dtype=regressors.dtype)
     centre = regressors[..., 0:2] + anchors
     half = regressors[..., 2:4] / 2
-    boxes = torch.cat([centre - half, centre + half], dim=-1)
+    boxes = np.concatenate([centre - half, centre + half], axis=-1)
     keypoints = regressors[..., 4:16].reshape(*regressors.shape[:-1], 6, 2) + anchors[:, None, :]
-    scores = torch.sigmoid(logits.clamp(-100.0, 100.0))
-    return boxes, keypoints, scores
+    return boxes, keypoints, sigmoid(np.clip(logits, -100.0, 100.0))
+
+
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-values)), in the values' float type (computed in float64: no overflow)."""
+    values = np.asarray(values)
+    return (1 / (1 + np.exp(-values.astype(np.float64)))).astype(values.dtype, copy=False)
+
+
+def min_logit(score_threshold: float) -> float:
+    """The smallest logit whose score can reach `score_threshold` (a little below the exact
+    inverse, so that float rounding never drops a candidate; scores are compared after)."""
+    if score_threshold <= 0:
+        return -math.inf
+    if score_threshold >= 1:
+        return 100.0
+    return math.log(score_threshold / (1 - score_threshold)) - 1e-3
 
 
 def _pad_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
@@ -152,7 +170,7 @@ class ShortBlock(nn.Module):
             x = F.max_pool2d(x, 2, 2)
         if self.extra_channels:
             x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
-        return F.relu(x + y)
+        return F.relu(x + y, inplace=True)
 
 
 class BlazeFaceShort(nn.Module):
@@ -175,7 +193,7 @@ class BlazeFaceShort(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = x.shape[0]
-        f8 = self.blocks_stride8(F.relu(self.stem(x)))
+        f8 = self.blocks_stride8(F.relu(self.stem(x), inplace=True))
         f16 = self.blocks_stride16(f8)
 
         def per_anchor(t: torch.Tensor, values: int) -> torch.Tensor:
@@ -202,9 +220,9 @@ class FullResidual(nn.Module):
         self.pointwise_2 = nn.Conv2d(hidden, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.pointwise_1(self.depthwise_1(x)))
+        y = F.relu(self.pointwise_1(self.depthwise_1(x)), inplace=True)
         y = self.pointwise_2(self.depthwise_2(y))
-        return F.relu(x + y) if self.residual else F.relu(y)
+        return F.relu(x + y, inplace=True) if self.residual else F.relu(y, inplace=True)
 
 
 def _stage(cin: int, hidden: int, cout: int, repeats: int) -> nn.Sequential:
@@ -214,7 +232,7 @@ def _stage(cin: int, hidden: int, cout: int, repeats: int) -> nn.Sequential:
 
 
 def _pointwise_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 1), nn.ReLU())
+    return nn.Sequential(nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True))
 
 
 def _depth_to_space(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -268,7 +286,7 @@ class BlazeFaceFull(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = x.shape[0]
-        c96 = self.stage_96(F.relu(self.stem(x)))
+        c96 = self.stage_96(F.relu(self.stem(x), inplace=True))
         c48 = self.stage_48(c96)
         c24 = self.stage_24(c48)
         c12 = self.stage_12(c24)

@@ -2,15 +2,29 @@
 
 Boxes are (N, 4) arrays of (x_min, y_min, x_max, y_max); scores (N,). Keypoints, when
 given, are (N, K, 2) and are merged like the boxes.
+
+Memory stays linear in the number of candidates: only the best `MAX_CANDIDATES` by score
+are kept before any overlap is computed, and overlaps are computed one box against the
+rest (never an N x N matrix).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+# Candidates kept (best scores first) before suppression. A face gives 1 to 3 candidates
+# above the default score threshold over the pyramid's levels (measured on group photos of
+# 22 to 62 faces), a few dozen at very low thresholds, so 2000 leaves room for hundreds of
+# faces in one image and bounds the suppression's time (clusters x K) and memory (K).
+MAX_CANDIDATES = 2000
+_ROWS_PER_CHUNK = 256  # rows of a pairwise computation at a time (bounds drop_contained's memory)
+
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of every box in a (N, 4) with every box in b (M, 4) -> (N, M)."""
+    """Intersection over union of every box in a (N, 4) with every box in b (M, 4) -> (N, M).
+
+    Memory is N x M: for small sets (evaluation, tests); suppression does not use it.
+    """
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     top_left = np.maximum(a[:, None, :2], b[None, :, :2])
@@ -22,11 +36,33 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    """(N,) areas of (N, 4) corner boxes (0 for inverted ones)."""
+    return np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=-1)
+
+
+def iou_one_to_many(box: np.ndarray, boxes: np.ndarray, area: float, areas: np.ndarray) -> np.ndarray:
+    """(N,) IoU of one corner box (4,) with boxes (N, 4), given their areas."""
+    top_left = np.maximum(box[:2], boxes[:, :2])
+    bottom_right = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def best_first(scores: np.ndarray, limit: int | None = None) -> np.ndarray:
+    """Indices of the `limit` best scores (all when None), best first; ties keep input order."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable")
+    return order if limit is None else order[:limit]
+
+
 def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.3,
-                        keypoints: np.ndarray | None = None, weighted: bool = True
+                        keypoints: np.ndarray | None = None, weighted: bool = True,
+                        max_candidates: int = MAX_CANDIDATES
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Suppress overlapping boxes, best score first.
 
+    Only the `max_candidates` best-scoring boxes take part (the rest are dropped first).
     The best remaining box takes every remaining box whose IoU with it exceeds
     `iou_threshold` as a cluster. Plain NMS keeps the best box of each cluster; weighted
     NMS (as MediaPipe's `NonMaxSuppressionCalculator` with `algorithm: WEIGHTED`) keeps
@@ -35,46 +71,54 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: fl
     Returns:
         boxes (K, 4), scores (K,), keypoints (K, P, 2) or None, best score first.
     """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    order = np.argsort(-scores, kind="stable")
-    overlaps = iou_matrix(boxes, boxes)
+    scores = np.asarray(scores).reshape(-1)
+    order = best_first(scores, max_candidates)
+    boxes = np.asarray(boxes).reshape(-1, 4)[order].astype(np.float64)
+    scores = scores[order].astype(np.float64)
+    points = None if keypoints is None else np.asarray(keypoints)[order].astype(np.float64)
+    areas = box_areas(boxes)
     kept_boxes, kept_scores, kept_points = [], [], []
-    remaining = order
+    remaining = np.arange(len(boxes))
     while len(remaining):
         best = remaining[0]
-        in_cluster = overlaps[best, remaining] > iou_threshold
+        in_cluster = iou_one_to_many(boxes[best], boxes[remaining], areas[best], areas[remaining]) > iou_threshold
         in_cluster[0] = True
         cluster = remaining[in_cluster]
         if weighted:
             total = scores[cluster].sum()
             weights = scores[cluster] / total if total > 0 else np.full(len(cluster), 1 / len(cluster))
             kept_boxes.append(weights @ boxes[cluster])
-            if keypoints is not None:
-                kept_points.append(np.tensordot(weights, keypoints[cluster], axes=1))
+            if points is not None:
+                kept_points.append(np.tensordot(weights, points[cluster], axes=1))
         else:
             kept_boxes.append(boxes[best])
-            if keypoints is not None:
-                kept_points.append(keypoints[best])
+            if points is not None:
+                kept_points.append(points[best])
         kept_scores.append(scores[best])
         remaining = remaining[~in_cluster]
     out_boxes = np.array(kept_boxes).reshape(-1, 4)
-    out_scores = np.array(kept_scores)
+    out_scores = np.array(kept_scores, dtype=np.float64)
     out_points = None
-    if keypoints is not None:
-        out_points = np.array(kept_points).reshape(-1, *np.shape(keypoints)[1:])
+    if points is not None:
+        out_points = np.array(kept_points).reshape(-1, *points.shape[1:])
     return out_boxes, out_scores, out_points
 
 
 def drop_contained(boxes: np.ndarray, threshold: float = 0.7) -> np.ndarray:
     """(N,) mask keeping boxes not covered, for at least `threshold` of their area, by a
     larger box: a face does not sit inside another face's box, but a part of a large face
-    (an eye, a cheek) can look like a small face to a detector looking at finer scales."""
+    (an eye, a cheek) can look like a small face to a detector looking at finer scales.
+
+    Computed `_ROWS_PER_CHUNK` boxes at a time: memory is linear in N."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    top_left = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    bottom_right = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
-    area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=-1)
-    covered = inter >= threshold * np.maximum(area[:, None], 1e-12)  # [i, j]: j covers i
-    larger = area[None, :] > area[:, None]
-    return ~np.any(covered & larger, axis=1)
+    area = box_areas(boxes)
+    keep = np.ones(len(boxes), dtype=bool)
+    for start in range(0, len(boxes), _ROWS_PER_CHUNK):
+        rows = slice(start, start + _ROWS_PER_CHUNK)
+        top_left = np.maximum(boxes[rows, None, :2], boxes[None, :, :2])
+        bottom_right = np.minimum(boxes[rows, None, 2:], boxes[None, :, 2:])
+        inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
+        covered = inter >= threshold * np.maximum(area[rows, None], 1e-12)  # [i, j]: j covers i
+        larger = area[None, :] > area[rows, None]
+        keep[rows] = ~np.any(covered & larger, axis=1)
+    return keep
