@@ -24,7 +24,8 @@ from spiga.detection.blazeface_net import SPECS, _depth_to_space, anchor_centres
 from spiga.detection.boxmap import BOX_RULES, box_from_box, boxes_from_keypoints
 from spiga.detection.dlib_hog import dlib_available
 from spiga.detection.filebox import read_box_file
-from spiga.detection.nms import MAX_CANDIDATES, drop_contained, iou_matrix, non_max_suppression
+from spiga.detection.nms import MAX_CANDIDATES, drop_contained, non_max_suppression
+from spiga.geometry.boxes import corner_iou
 from spiga.errors import DatasetError, InputError, SpigaError
 
 ONNXRUNTIME = pytest.mark.skipif(not runtimes.onnxruntime_available(),
@@ -49,7 +50,7 @@ def corners(boxes) -> np.ndarray:
 def best_iou(box, candidates) -> float:
     if len(candidates) == 0:
         return 0.0
-    return float(iou_matrix(corners(box), corners(candidates)).max())
+    return float(corner_iou(corners(box), corners(candidates)).max())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,7 +96,7 @@ def test_blazeface_finds_fixture_face(sportsfan, blazeface):
     detections = blazeface.detect(image)
     mapped = [face_box_from_detection(d) for d in detections]
     assert best_iou(reference, mapped) >= 0.5
-    best = detections[int(np.argmax(iou_matrix(corners(reference), corners(mapped))[0]))]
+    best = detections[int(np.argmax(corner_iou(corners(reference), corners(mapped))[0]))]
     assert best.keypoints.shape == (6, 2)
     # the eyes lie inside the reference box, the subject's right eye on the image's left
     x, y, w, h = reference
@@ -138,7 +139,7 @@ def test_blazeface_finds_every_face_from_24_to_600_px(sportsfan, blazeface):
     collage, truth = make_collage(*sportsfan, widths)
     detections = blazeface.detect(collage)
     mapped = np.array([face_box_from_detection(d) for d in detections]).reshape(-1, 4)
-    overlaps = iou_matrix(corners(truth), corners(mapped))
+    overlaps = corner_iou(corners(truth), corners(mapped))
     found = overlaps.max(axis=1) if len(mapped) else np.zeros(len(truth))
     assert np.all(found >= 0.5), dict(zip(np.round(truth[:, 2]).astype(int).tolist(), found.round(2).tolist()))
     assert len(detections) == len(widths)  # and nothing else
@@ -189,7 +190,7 @@ def test_blazeface_finds_everyone_in_group_photos(sportsfan, grace_hopper, blaze
     assert len(truth) > 30
     detections = blazeface.detect(image)
     mapped = np.array([face_box_from_detection(d) for d in detections]).reshape(-1, 4)
-    overlaps = iou_matrix(corners(truth), corners(mapped))
+    overlaps = corner_iou(corners(truth), corners(mapped))
     missed = np.flatnonzero(overlaps.max(axis=1) < 0.5)
     assert len(missed) == 0, f"missed faces of widths {np.round(truth[missed, 2]).astype(int).tolist()}"
     assert len(detections) == len(truth)  # one detection a face: neighbours are not merged
@@ -390,7 +391,7 @@ def test_shipped_weights_are_small_and_licensed():
 def reference_nms(boxes, scores, iou_threshold, points, weighted):
     """Greedy NMS on the full pairwise IoU matrix (small inputs only)."""
     order = np.argsort(-scores, kind="stable")
-    overlaps = iou_matrix(boxes, boxes)
+    overlaps = corner_iou(boxes, boxes)
     kept, remaining = [], order
     while len(remaining):
         cluster = remaining[(overlaps[remaining[0], remaining] > iou_threshold) | (remaining == remaining[0])]
@@ -655,7 +656,7 @@ def test_keypoint_rule_on_cofw68_ground_truth():
                           landmarks[:, 48:68].mean(1)], axis=1)
     predicted = boxes_from_keypoints(keypoints)
     truth = np.array([f["bbox"] for f in faces])
-    ious = np.diag(iou_matrix(corners(predicted), corners(truth)))
+    ious = np.diag(corner_iou(corners(predicted), corners(truth)))
     assert ious.mean() > 0.8 and np.percentile(ious, 5) > 0.65
 
 

@@ -149,3 +149,15 @@ def test_crop_outside_pixels_are_black():
     crops, _ = crop_images(image, np.array([[-10.0, -10.0, 20.0, 20.0]]))
     assert crops[0, 0, 0].tolist() == [0, 0, 0]
     assert crops[0, 200, 200].tolist() == [200, 200, 200]
+
+
+def test_box_iou_on_known_geometry():
+    from spiga.geometry.boxes import box_iou, corner_iou, corner_iou_one_to_many, to_corners
+
+    a = np.array([[0.0, 0.0, 10.0, 10.0]])
+    b = np.array([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 10.0, 10.0], [20.0, 20.0, 5.0, 5.0], [2.5, 2.5, 5.0, 5.0]])
+    # identical, half shifted (50 / 150), disjoint, contained (25 / 100)
+    np.testing.assert_allclose(box_iou(a, b)[0], [1.0, 1 / 3, 0.0, 0.25])
+    np.testing.assert_allclose(corner_iou(to_corners(a), to_corners(b)), box_iou(a, b))
+    np.testing.assert_allclose(corner_iou_one_to_many(to_corners(a)[0], to_corners(b)), box_iou(a, b)[0])
+    assert box_iou(np.zeros((1, 4)), np.zeros((1, 4)))[0, 0] == 0.0  # empty union: no overlap, no NaN

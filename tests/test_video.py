@@ -14,7 +14,8 @@ from spiga.errors import InputError
 from spiga.face import Face, HeadPose
 from spiga.video import OneEuroFilter, OneEuroParams, Tracker, TrackerConfig, run_video
 from spiga.video.smoothing import FaceSmoother, SmoothingConfig
-from spiga.video.tracker import box_from_landmarks, box_iou, measure_relation
+from spiga.geometry.boxes import box_iou
+from spiga.video.tracker import box_from_landmarks, measure_relation
 
 FPS = 30.0
 

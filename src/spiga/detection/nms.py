@@ -12,42 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..geometry.boxes import corner_areas, corner_iou_one_to_many
+
 # Candidates kept (best scores first) before suppression. A face gives 1 to 3 candidates
 # above the default score threshold over the pyramid's levels (measured on group photos of
 # 22 to 62 faces), a few dozen at very low thresholds, so 2000 leaves room for hundreds of
 # faces in one image and bounds the suppression's time (clusters x K) and memory (K).
 MAX_CANDIDATES = 2000
 _ROWS_PER_CHUNK = 256  # rows of a pairwise computation at a time (bounds drop_contained's memory)
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of every box in a (N, 4) with every box in b (M, 4) -> (N, M).
-
-    Memory is N x M: for small sets (evaluation, tests); suppression does not use it.
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=-1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def box_areas(boxes: np.ndarray) -> np.ndarray:
-    """(N,) areas of (N, 4) corner boxes (0 for inverted ones)."""
-    return np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=-1)
-
-
-def iou_one_to_many(box: np.ndarray, boxes: np.ndarray, area: float, areas: np.ndarray) -> np.ndarray:
-    """(N,) IoU of one corner box (4,) with boxes (N, 4), given their areas."""
-    top_left = np.maximum(box[:2], boxes[:, :2])
-    bottom_right = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def best_first(scores: np.ndarray, limit: int | None = None) -> np.ndarray:
@@ -76,12 +48,12 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: fl
     boxes = np.asarray(boxes).reshape(-1, 4)[order].astype(np.float64)
     scores = scores[order].astype(np.float64)
     points = None if keypoints is None else np.asarray(keypoints)[order].astype(np.float64)
-    areas = box_areas(boxes)
+    areas = corner_areas(boxes)
     kept_boxes, kept_scores, kept_points = [], [], []
     remaining = np.arange(len(boxes))
     while len(remaining):
         best = remaining[0]
-        in_cluster = iou_one_to_many(boxes[best], boxes[remaining], areas[best], areas[remaining]) > iou_threshold
+        in_cluster = corner_iou_one_to_many(boxes[best], boxes[remaining], areas[best], areas[remaining]) > iou_threshold
         in_cluster[0] = True
         cluster = remaining[in_cluster]
         if weighted:
@@ -111,7 +83,7 @@ def drop_contained(boxes: np.ndarray, threshold: float = 0.7) -> np.ndarray:
 
     Computed `_ROWS_PER_CHUNK` boxes at a time: memory is linear in N."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    area = box_areas(boxes)
+    area = corner_areas(boxes)
     keep = np.ones(len(boxes), dtype=bool)
     for start in range(0, len(boxes), _ROWS_PER_CHUNK):
         rows = slice(start, start + _ROWS_PER_CHUNK)

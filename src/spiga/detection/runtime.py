@@ -8,7 +8,7 @@ logits (B, N)`, both float32 NumPy arrays (see `blazeface_net` for their meaning
 - `onnxruntime`: the same network exported to `weights/blazeface_<variant>.onnx` by
   `tools/convert_blazeface.py` (same float16 weight values), run by onnxruntime's CPU
   provider: about 2.5x faster than eager PyTorch on these small depthwise networks.
-  Needs the `onnxruntime` package (`pip install 'spiga[onnx]'`). Outputs agree with the
+  Needs the `onnxruntime` package (a dependency of spiga-landmarks). Outputs agree with the
   PyTorch runtime's within float32 rounding (about 1e-4 on logits and pixel offsets), which
   the tests check on detections.
 
@@ -131,7 +131,7 @@ def _onnx_session(variant: str, threads: int):
         import onnxruntime as ort
     except ImportError:
         raise SpigaError("the onnxruntime BlazeFace backend needs the `onnxruntime` package: "
-                         "pip install 'spiga[onnx]' (or use backend='torch')") from None
+                         "pip install onnxruntime (or use backend='torch')") from None
     data = weights_file(variant, ".onnx")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

@@ -37,6 +37,7 @@ import numpy as np
 from ..io import read_json_file, write_json_atomic
 from ..io.spiga_json import check_finite, check_finite_points, entry_label, entry_record, parse_entry
 from ..errors import DatasetError
+from ..geometry.boxes import box_iou
 from ..landmarks import LandmarkSet
 
 HEADPOSE_KEYS = ("yaw", "pitch", "roll", "tx", "ty", "tz")
@@ -298,16 +299,6 @@ def _common_suffix(a: tuple[str, ...], b: tuple[str, ...]) -> int:
     return count
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Intersection over union of one (x, y, w, h) box with (K, 4) boxes."""
-    x0 = np.maximum(box[0], boxes[:, 0])
-    y0 = np.maximum(box[1], boxes[:, 1])
-    x1 = np.minimum(box[0] + box[2], boxes[:, 0] + boxes[:, 2])
-    y1 = np.minimum(box[1] + box[3], boxes[:, 1] + boxes[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    return inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter)
-
-
 def align_to_predictions(images: list[AlignImage], gt: Annotations, source: str) -> Annotations:
     """Pick, for each ground-truth face, its prediction in `spiga align` output.
 
@@ -337,7 +328,7 @@ def align_to_predictions(images: list[AlignImage], gt: Annotations, source: str)
         image = scored[0][1]
         if not image.faces:
             raise DatasetError(f"{source}: image {image.path!r} has no face for {label}")
-        overlaps = _iou(gt.boxes[i], np.stack([face.box for face in image.faces]))
+        overlaps = box_iou(gt.boxes[i][None], np.stack([face.box for face in image.faces]))[0]
         best = int(np.argmax(overlaps))
         if overlaps[best] <= 0:
             raise DatasetError(f"{source}: no face of image {image.path!r} overlaps the box of {label}")

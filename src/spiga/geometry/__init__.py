@@ -7,6 +7,7 @@ Conventions (used everywhere in spiga):
 - head pose is (yaw, pitch, roll) in degrees in SPIGA's convention (see `rotations`).
 """
 
+from .boxes import box_iou, corner_iou, to_corners
 from .camera import intrinsics, project_points, project_points_torch
 from .crop import crop_boxes, crop_images, crop_matrices, invert_affine, transform_points
 from .rotations import (
@@ -16,6 +17,7 @@ from .rotations import (
 )
 
 __all__ = [
+    "box_iou", "corner_iou", "to_corners",
     "intrinsics", "project_points", "project_points_torch",
     "crop_boxes", "crop_images", "crop_matrices", "invert_affine", "transform_points",
     "euler_to_rotation", "euler_to_rotation_torch", "rotation_to_euler",

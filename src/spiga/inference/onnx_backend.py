@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from ..about import install_hint
 from ..errors import SpigaError
 from ..landmarks import LandmarkSet
 from ..model import ModelConfig
@@ -24,8 +23,8 @@ def _import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise SpigaError("the onnxruntime backend needs the `onnxruntime` package: "
-                         f"{install_hint('onnx')}") from None
+        raise SpigaError("the onnxruntime backend needs the `onnxruntime` package, a dependency of this package: "
+                         "the installation is incomplete (pip install onnxruntime)") from None
     return onnxruntime
 
 

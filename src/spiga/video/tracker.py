@@ -31,6 +31,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..face import Face
+from ..geometry.boxes import box_iou
 from .smoothing import FaceSmoother, SmoothingConfig
 
 log = logging.getLogger(__name__)
@@ -85,19 +86,6 @@ def box_from_landmarks(landmarks: np.ndarray, relation: np.ndarray) -> np.ndarra
     cx, cy = (x0 + x1) / 2 + dx * width, (y0 + y1) / 2 + dy * height
     w, h = sw * width, sh * height
     return np.array([cx - w / 2, cy - h / 2, w, h])
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of (N, 4) and (M, 4) boxes (x, y, w, h) -> (N, M)."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    ax1, ay1 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
-    bx1, by1 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
-    iw = np.clip(np.minimum(ax1[:, None], bx1[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(ay1[:, None], by1[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def inside_fraction(box: np.ndarray, width: int, height: int) -> float:
