@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -129,14 +130,58 @@ class Aligner:
             self.detector = make_detector(self.detector)
         return self.detector
 
-    def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    def detect(self, image_bgr: np.ndarray, path: str | os.PathLike | None = None
+               ) -> tuple[np.ndarray, list[float]]:
         """Face boxes for SPIGA (the detector's boxes through the documented mapping,
-        `spiga.detection.face_box_from_detection`) and the detector's scores."""
+        `spiga.detection.face_box_from_detection`) and the detector's scores. A box-file
+        detector (`file:BOXES`) is asked for the boxes of `path`."""
         from ..detection import face_box_from_detection
 
-        detections = self.get_detector().detect(image_bgr)
+        detector = self.get_detector()
+        if hasattr(detector, "faces_for") and path is not None:
+            detections = detector.faces_for(str(path))
+        else:
+            detections = detector.detect(image_bgr)
         boxes = np.array([face_box_from_detection(d) for d in detections], dtype=np.float64).reshape(-1, 4)
         return boxes, [float(d.score) for d in detections]
+
+    def face_boxes(self, image_bgr: np.ndarray, boxes: Any = None, scores: Sequence[float | None] | None = None,
+                   path: str | os.PathLike | None = None, max_faces: int | None = None) -> FaceBoxes:
+        """The faces to align in one image: `boxes` checked (`validate_boxes`), or the
+        detector's, the `max_faces` best-scored kept.
+
+        Args:
+            scores: a score per given box (reported as given), or None.
+            path: the image's file, for a box-file detector.
+        """
+        height, width = image_bgr.shape[:2]
+        if boxes is None:
+            found, detected = self.detect(image_bgr, path)
+            validate_boxes(found, width, height)
+            return cap_faces(FaceBoxes(found, list(detected)), max_faces)
+        array = validate_boxes(boxes, width, height)
+        given = [None] * len(array) if scores is None else list(scores)
+        if len(given) != len(array):
+            raise InputError(f"{len(array)} boxes but {len(given)} scores")
+        return FaceBoxes(array, given)
+
+    def crop_faces(self, image_bgr: np.ndarray, faces: FaceBoxes) -> FaceCrops:
+        """Crop `faces` of one BGR uint8 image for the network (one vectorised crop)."""
+        if len(faces.boxes) == 0:
+            size = self.config.image_size
+            return FaceCrops(faces, np.zeros((0, size, size, 3), np.uint8), np.zeros((0, 2, 3)))
+        crops, matrices = crop_images(image_bgr, faces.boxes, self.config.image_size, self.config.crop_enlarge)
+        return FaceCrops(faces, crops, matrices)
+
+    def faces_from_crops(self, crops: FaceCrops, landmarks_crop: np.ndarray, poses: np.ndarray) -> list[Face]:
+        """The network's outputs for `crops` (landmarks in crop pixels (N, L, 2), poses (N, 6))
+        -> `Face`s in image pixels, in box order."""
+        landmarks = transform_points(landmarks_crop, invert_affine(crops.matrices)) if len(crops) else landmarks_crop
+        config = self.config
+        return [Face(box=tuple(float(v) for v in box), landmarks=landmarks[i], headpose=HeadPose(*map(float, poses[i])),
+                     score=crops.faces.scores[i], crop_matrix=crops.matrices[i], crop_size=config.image_size,
+                     focal_ratio=config.focal_ratio)
+                for i, box in enumerate(crops.faces.boxes)]
 
     def align(self, image: Any, boxes: Sequence[Sequence[float]] | np.ndarray | None = None,
               color: str = "bgr") -> list[Face]:
@@ -150,80 +195,81 @@ class Aligner:
             one `Face` per box, in box order (all faces run as one batch).
         """
         bgr = read_image(image, color=color)
-        return self.align_array(bgr, boxes)
+        path = image if isinstance(image, (str, os.PathLike)) else None
+        return self.align_many([bgr], [boxes], paths=[path])[0]
 
     def align_array(self, bgr: np.ndarray, boxes: Any = None) -> list[Face]:
         """`align` for an image already in BGR uint8 (H, W, 3)."""
-        height, width = bgr.shape[:2]
-        scores: list[float | None]
-        if boxes is None:
-            box_array, detected_scores = self.detect(bgr)
-            scores = list(detected_scores)
-        else:
-            box_array = validate_boxes(boxes, width, height)
-            scores = [None] * len(box_array)
-        if len(box_array) == 0:
-            return []
-        crops, matrices = crop_images(bgr, box_array, self.config.image_size, self.config.crop_enlarge)
-        landmarks_crop, poses = self.predict_crops(crops)
-        landmarks = transform_points(landmarks_crop, invert_affine(matrices))
-        return [
-            Face(box=tuple(float(v) for v in box), landmarks=landmarks[i], headpose=HeadPose(*map(float, poses[i])),
-                 score=scores[i], crop_matrix=matrices[i], crop_size=self.config.image_size,
-                 focal_ratio=self.config.focal_ratio)
-            for i, box in enumerate(box_array)
-        ]
+        return self.align_many([bgr], [boxes])[0]
 
     def align_many(self, images_bgr: Sequence[np.ndarray], boxes_list: Sequence[Any] | None = None,
-                   scores_list: Sequence[Sequence[float | None] | None] | None = None) -> list[list[Face]]:
-        """`align_array` for several images, with the faces of all of them in one batch.
+                   scores_list: Sequence[Sequence[float | None] | None] | None = None,
+                   paths: Sequence[str | os.PathLike | None] | None = None) -> list[list[Face]]:
+        """The faces of several images, all in one batch: the one path from images to faces
+        (find or check the boxes, crop, run the network once, map back).
 
         Args:
             images_bgr: BGR uint8 (H, W, 3) images (sizes may differ).
             boxes_list: per image, its face boxes (x, y, w, h), or None to detect its faces;
                 None for all: detect in every image.
             scores_list: per image, a score per box (or None) to report with given boxes.
+            paths: per image, its file (for a box-file detector), or None.
         Returns:
-            per image, its `Face`s in box order: the same values as `align_array` one
-            image at a time (the network sees the same crops).
+            per image, its `Face`s in box order.
         """
         count = len(images_bgr)
         boxes_list = [None] * count if boxes_list is None else list(boxes_list)
         scores_list = [None] * count if scores_list is None else list(scores_list)
-        if len(boxes_list) != count or len(scores_list) != count:
-            raise InputError(f"align_many: {count} images but {len(boxes_list)} box lists "
-                             f"and {len(scores_list)} score lists")
-        crops, matrices, per_image = [], [], []
-        for bgr, boxes, scores in zip(images_bgr, boxes_list, scores_list):
-            if boxes is None:
-                box_array, detected = self.detect(bgr)
-                scores = list(detected)
-            else:
-                box_array = validate_boxes(boxes, bgr.shape[1], bgr.shape[0])
-                scores = [None] * len(box_array) if scores is None else list(scores)
-            if len(box_array):
-                image_crops, image_matrices = crop_images(bgr, box_array, self.config.image_size,
-                                                          self.config.crop_enlarge)
-                crops.append(image_crops)
-                matrices.append(image_matrices)
-            per_image.append((box_array, scores))
-        if not crops:
+        paths = [None] * count if paths is None else list(paths)
+        if not len(boxes_list) == len(scores_list) == len(paths) == count:
+            raise InputError(f"align_many: {count} images but {len(boxes_list)} box lists, {len(scores_list)} score "
+                             f"lists and {len(paths)} paths")
+        crops = [self.crop_faces(bgr, self.face_boxes(bgr, boxes, scores, path))
+                 for bgr, boxes, scores, path in zip(images_bgr, boxes_list, scores_list, paths)]
+        if not any(len(c) for c in crops):
             return [[] for _ in range(count)]
-        all_matrices = np.concatenate(matrices)
-        landmarks_crop, poses = self.predict_crops(np.concatenate(crops))
-        landmarks = transform_points(landmarks_crop, invert_affine(all_matrices))
+        landmarks_crop, poses = self.predict_crops(np.concatenate([c.crops for c in crops]))
         results, start = [], 0
-        for box_array, scores in per_image:
-            faces = []
-            for i, box in enumerate(box_array):
-                k = start + i
-                faces.append(Face(box=tuple(float(v) for v in box), landmarks=landmarks[k],
-                                  headpose=HeadPose(*map(float, poses[k])), score=scores[i],
-                                  crop_matrix=all_matrices[k], crop_size=self.config.image_size,
-                                  focal_ratio=self.config.focal_ratio))
-            results.append(faces)
-            start += len(box_array)
+        for image_crops in crops:
+            end = start + len(image_crops)
+            results.append(self.faces_from_crops(image_crops, landmarks_crop[start:end], poses[start:end]))
+            start = end
         return results
+
+
+@dataclass
+class FaceBoxes:
+    """The faces of one image to align: boxes (N, 4) x, y, w, h and a score per box (None
+    for given boxes); `dropped`: detected faces left out by `max_faces`."""
+
+    boxes: np.ndarray
+    scores: list[float | None]
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+@dataclass
+class FaceCrops:
+    """`FaceBoxes` cropped for the network: crops (N, S, S, 3) BGR uint8 and the (N, 2, 3)
+    affine maps from image to crop pixels."""
+
+    faces: FaceBoxes
+    crops: np.ndarray
+    matrices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+
+def cap_faces(faces: FaceBoxes, max_faces: int | None) -> FaceBoxes:
+    """The `max_faces` best-scored faces (in their order), the rest counted in `dropped`."""
+    if max_faces is None or len(faces) <= max_faces:
+        return faces
+    scores = np.array([-np.inf if s is None else s for s in faces.scores], np.float64)
+    best = np.sort(np.argsort(-scores, kind="stable")[:max_faces])
+    return FaceBoxes(faces.boxes[best], [faces.scores[i] for i in best], faces.dropped + len(faces) - max_faces)
 
 
 def load(model: str | os.PathLike = "wflw", device: str | torch.device | None = None,

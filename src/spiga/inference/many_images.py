@@ -175,25 +175,6 @@ class _Pending:
     error: str | None = None
 
 
-def _boxes_for(aligner, image: np.ndarray, path: Path, boxes: Any) -> tuple[np.ndarray, list]:
-    """Given boxes, or the detector's (a box file is asked for this image's boxes)."""
-    from .aligner import validate_boxes
-
-    height, width = image.shape[:2]
-    if boxes is not None:
-        array = validate_boxes(boxes, width, height)
-        return array, [None] * len(array)
-    detector = aligner.get_detector()
-    if hasattr(detector, "faces_for"):
-        from ..detection import face_box_from_detection
-
-        detections = detector.faces_for(str(path))
-        array = np.array([face_box_from_detection(d) for d in detections], dtype=np.float64).reshape(-1, 4)
-        validate_boxes(array, width, height)
-        return array, [float(d.score) for d in detections]
-    return aligner.detect(image)
-
-
 def align_files(aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None = None,
                 draw_dir: str | os.PathLike | None = None, resume: bool = False, boxes: Any = None,
                 workers: int = 2, batch_faces: int = 32, batch_images: int = 16, progress: bool = True,
@@ -299,9 +280,9 @@ def align_files(aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None 
             for path, image, error in decode_ahead(todo, workers=workers):
                 if error is None:
                     try:
-                        face_boxes, scores = _boxes_for(aligner, image, path, boxes)
-                        batch.append(_Pending(path, image, face_boxes, scores))
-                        faces_in_batch += len(face_boxes)
+                        found = aligner.face_boxes(image, boxes, path=path)
+                        batch.append(_Pending(path, image, found.boxes, found.scores))
+                        faces_in_batch += len(found)
                     except SpigaError as exc:
                         error = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
                 if error is not None:
