@@ -47,8 +47,7 @@ class FakeQueue:
 
 
 def admission(queued=0, running=0, seconds_per_face=1.0, decode_workers=1, max_queue=100) -> Admission:
-    costs = Costs(seconds_per_face=seconds_per_face, pass_seconds=seconds_per_face, decode_per_mp=0.1,
-                  detect_per_mp=1.0)
+    costs = Costs(shape=[(1, seconds_per_face)], decode_per_mp=0.1, detect_per_mp=1.0)
     return Admission(costs, FakeQueue(queued, running), decode_workers, 1, max_queue, max_faces=16)
 
 
@@ -94,6 +93,27 @@ def test_a_running_decode_stays_counted_until_it_leaves_the_pool():
     assert gate.decode_backlog == pytest.approx(0.2) and gate.expected_faces == 0
     ticket.decoded(0)
     assert gate.decode_backlog == 0
+
+
+class Entry:
+    def __init__(self, deadline: float, decode_seconds: float, faces: int = 1) -> None:
+        self.deadline, self.decode_seconds, self.faces = deadline, decode_seconds, faces
+
+
+def test_admitted_requests_become_overdue_when_costs_rise():
+    gate = admission(seconds_per_face=0.1)
+    waiting = [Entry(10.0, 1.0), Entry(10.0, 1.0), Entry(10.0, 1.0)]
+    gate.decode_backlog, gate.expected_faces = 3.0, 3  # their reservations
+    assert gate.overdue(waiting, now=0.0) == []  # 1 + 1 + 1 s of decoding fits in 10 s
+    gate.costs.decode_per_mp *= 5  # the CPU got slower: as measured, each decode now takes 4.5 s
+    for entry in waiting:
+        entry.decode_seconds = 4.5
+    gate.decode_backlog = 13.5
+    late = gate.overdue(waiting, now=0.0)
+    assert late == waiting[2:]  # 4.5 + 4.5 still fits, a third does not
+    alone = Entry(1.0, 4.5)
+    gate.decode_backlog, gate.expected_faces = 4.5, 1
+    assert gate.overdue([alone], now=0.0) == []  # nothing ahead of it: never overdue, as in admit
 
 
 def test_costs_follow_a_rise_faster_than_a_fall():
@@ -273,7 +293,7 @@ def test_overload_is_refused_by_the_estimate_and_refused_work_never_runs(tiny, f
 
         pipeline.batcher.predict = slow
         # the estimate says a face takes 1 s: about two requests fit in a 3 s deadline
-        pipeline.costs.seconds_per_face = pipeline.costs.pass_seconds = 1.0
+        pipeline.costs.shape, pipeline.costs.level = [(1, 1.0)], 1.0
         pipeline.costs.observe_pass = lambda faces, seconds: None  # keep the estimate fixed
 
         async def burst():

@@ -18,8 +18,9 @@ Metrics (all prefixed `spiga_`):
     backlog_seconds                      estimated time for the accepted work to drain
     expected_faces                       faces of admitted images not yet queued
     stream_frames_total{outcome}         webcam frames answered: faces, skipped, error
-    cost_seconds{what}                   running cost estimates: per face (a pass's share),
-                                         per megapixel decoded, per megapixel searched for faces
+    cost_seconds{what}                   running cost estimates: a pass of one face, per face in a
+                                         full batch, per megapixel decoded, per megapixel searched
+                                         for faces
     process_resident_memory_bytes, ...   the process collector (Linux)
 """
 
@@ -64,7 +65,8 @@ class Metrics:
                              registry=self.registry)
         self.expected_faces = Gauge("spiga_expected_faces", "Faces of admitted images not yet queued.",
                                     registry=self.registry)
-        self.costs = Gauge("spiga_cost_seconds", "Running cost estimates: per face, per megapixel decoded "
+        self.costs = Gauge("spiga_cost_seconds", "Running cost estimates: a pass of one face (face), per face "
+                                                 "in a full batch (face_in_full_batch), per megapixel decoded "
                                                  "(decode_mp), per megapixel searched for faces (detect_mp).",
                            ("what",), registry=self.registry)
 
@@ -73,7 +75,9 @@ class Metrics:
         self.backlog.set_function(admission.drain_seconds)
         self.expected_faces.set_function(lambda: admission.expected_faces)
         costs = admission.costs
-        self.costs.labels("face").set_function(lambda: costs.seconds_per_face)
+        self.costs.labels("face").set_function(lambda: costs.pass_seconds(1))
+        self.costs.labels("face_in_full_batch").set_function(
+            lambda: costs.pass_seconds(admission.max_batch) / admission.max_batch)
         self.costs.labels("decode_mp").set_function(lambda: costs.decode_per_mp)
         self.costs.labels("detect_mp").set_function(lambda: costs.detect_per_mp)
 

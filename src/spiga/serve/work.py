@@ -8,7 +8,9 @@ the batcher, all under the request's deadline and admission control.
 be answered in time), runs each image's decode and detection on a bounded thread pool
 (`decode_workers` threads), hands its crops to the batcher, and answers by the deadline:
 `ApiError("timeout")` (504 with `Retry-After`) if the work is not done by then. Work not
-started by then never runs.
+started by then never runs. While a request waits for the decode threads, each finished
+decode and forward pass (new cost measurements) re-checks it: one that can no longer be
+answered in time is refused then (503 with `Retry-After`).
 """
 
 from __future__ import annotations
@@ -192,6 +194,24 @@ def faces_from_crops(aligner: Aligner, boxes: np.ndarray, scores: list[float | N
 # --------------------------------------------------------------------------- the pipeline
 
 
+@dataclass(eq=False)
+class _Waiting:
+    """An admitted request while some of its images wait for a decode thread."""
+
+    deadline: float
+    ticket: Ticket
+    not_started: dict[int, float]  # image index -> its decode estimate (seconds)
+    refused: asyncio.Future        # set to an ApiError when it is found overdue
+
+    @property
+    def decode_seconds(self) -> float:
+        return sum(self.not_started.values())
+
+    @property
+    def faces(self) -> int:
+        return sum(self.ticket.faces)
+
+
 class Pipeline:
     """Decode threads, the batcher and admission control of one app.
 
@@ -209,9 +229,10 @@ class Pipeline:
         self.batcher = Batcher(aligner.predict_crops, settings.max_batch, settings.max_wait_ms, settings.max_queue,
                                settings.workers, settings.timeout, metrics, self.costs)
         self.admission = Admission(self.costs, self.batcher, settings.decode_workers, settings.workers,
-                                   settings.max_queue, settings.max_faces)
+                                   settings.max_queue, settings.max_faces, settings.max_batch)
         self._decode: ThreadPoolExecutor | None = None
         self._streams: ThreadPoolExecutor | None = None
+        self._waiting: list[_Waiting] = []  # in admission order
 
     def start(self) -> None:
         self.batcher.start()
@@ -230,17 +251,54 @@ class Pipeline:
         return ApiError("timeout", f"{what} was not done within its deadline ({self.settings.timeout:g} s); "
                                    "the server is busy", {"Retry-After": str(self.admission.retry_after())})
 
-    async def on_decode_threads(self, ticket: Ticket | None, index: int, function: Callable, *args) -> Any:
+    async def on_decode_threads(self, ticket: Ticket | None, index: int, function: Callable, *args,
+                                waiting: _Waiting | None = None) -> Any:
         """Run `function(*args)` on a decode thread; the ticket's decode reservation for
-        image `index` is given back when it leaves the pool (even after a timeout)."""
+        image `index` is given back when it leaves the pool (even after a timeout), and
+        the waiting requests are re-checked then."""
         if self._decode is None:
             self.start()
         loop = asyncio.get_running_loop()
-        future: Future = self._decode.submit(function, *args)
+
+        def run():
+            if waiting is not None:
+                loop.call_soon_threadsafe(self._started, waiting, index)
+            return function(*args)
+
+        def left(_) -> None:
+            if ticket is not None:
+                ticket.decoded(index)
+            self.shed()
+
+        future: Future = self._decode.submit(run)
         if ticket is not None:
             ticket.decode_queued(index)
-            future.add_done_callback(lambda _: loop.call_soon_threadsafe(ticket.decoded, index))
+        def leaving(done: Future) -> None:
+            try:
+                loop.call_soon_threadsafe(left, done)
+            except RuntimeError:  # the loop closed (shutdown): nothing left to account
+                pass
+
+        future.add_done_callback(leaving)
         return await asyncio.wrap_future(future)
+
+    def _started(self, waiting: _Waiting, index: int) -> None:
+        waiting.not_started.pop(index, None)
+        if not waiting.not_started and waiting in self._waiting:
+            self._waiting.remove(waiting)
+
+    def shed(self) -> None:
+        """Refuse the waiting requests that the current costs say cannot be answered in time."""
+        if not self._waiting:
+            return
+        for entry in self.admission.overdue(self._waiting):
+            self._waiting.remove(entry)
+            if not entry.refused.done():
+                self.admission.refused += 1
+                entry.refused.set_result(ApiError(
+                    "overloaded", "no longer expected to be answered within its deadline (the server got slower "
+                                  "since it was admitted); retry later",
+                    {"Retry-After": str(self.admission.retry_after())}))
 
     async def on_stream_threads(self, function: Callable, *args) -> Any:
         """Run `function(*args)` on a stream thread (one per open stream at most)."""
@@ -258,14 +316,25 @@ class Pipeline:
         """
         works = [ImageWork(megapixels(u.data), None if u.boxes is None else len(u.boxes)) for u in uploads]
         ticket = self.admission.admit(works, deadline)
+        waiting = _Waiting(deadline, ticket, dict(enumerate(ticket.decode)), asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        jobs = asyncio.ensure_future(asyncio.gather(
+            *(self._align_one(ticket, i, upload, deadline, waiting) for i, upload in enumerate(uploads)),
+            return_exceptions=True))
         try:
-            jobs = asyncio.gather(*(self._align_one(ticket, i, upload, deadline) for i, upload in enumerate(uploads)),
-                                  return_exceptions=True)
-            try:
-                results = await asyncio.wait_for(jobs, deadline - time.monotonic())
-            except asyncio.TimeoutError:
-                raise self.timeout_error() from None
+            done, _ = await asyncio.wait({jobs, waiting.refused}, timeout=max(0.0, deadline - time.monotonic()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if jobs not in done:
+                jobs.cancel()
+                if waiting.refused in done:
+                    raise waiting.refused.result()
+                raise self.timeout_error()
+            results = jobs.result()
         finally:
+            if waiting in self._waiting:
+                self._waiting.remove(waiting)
+            if not waiting.refused.done():
+                waiting.refused.cancel()
             ticket.release()
         for result in results:
             if isinstance(result, ApiError) and result.code in REQUEST_CODES:
@@ -274,14 +343,19 @@ class Pipeline:
                 raise result
         return results
 
-    async def _align_one(self, ticket: Ticket, index: int, upload: Upload, deadline: float) -> dict:
+    async def _align_one(self, ticket: Ticket, index: int, upload: Upload, deadline: float,
+                         waiting: _Waiting | None = None) -> dict:
         settings = self.settings
         prepared = await self.on_decode_threads(ticket, index, prepare_image, self.aligner, upload.data, upload.name,
-                                                upload.boxes, settings.max_pixels, settings.max_faces, self.costs)
+                                                upload.boxes, settings.max_pixels, settings.max_faces, self.costs,
+                                                waiting=waiting)
         if prepared.dropped:
             self.metrics.faces_dropped.inc(prepared.dropped)
         ticket.submitted(index)  # its faces move to the batcher's queue in the same step
-        landmarks, poses = await self.batcher.submit(prepared.crops, deadline)
+        try:
+            landmarks, poses = await self.batcher.submit(prepared.crops, deadline)
+        finally:
+            self.shed()  # a pass ended (or failed): its time may change what still fits
         faces = faces_from_crops(self.aligner, prepared.boxes, prepared.scores, prepared.matrices, landmarks, poses)
         return {"path": upload.name, "width": prepared.width, "height": prepared.height,
                 "faces": [face_record(face) for face in faces], "faces_dropped": prepared.dropped}
@@ -289,19 +363,22 @@ class Pipeline:
     def calibrate(self) -> None:
         """First cost estimates, measured on this machine (blocking: run on a thread).
 
-        Runs the model on one crop (twice: the first call builds kernels), the detector
-        on a blank 640x480 image and one decode, so that admission control's first
-        estimates are of this machine rather than defaults.
+        Runs the model on one crop and on a full batch (each twice: the first call of a
+        size builds kernels), the detector on a blank 640x480 image and one decode, so
+        that admission control's first estimates are of this machine rather than
+        defaults, and it knows how much a full batch saves per face.
         """
         import cv2
 
         size = self.aligner.config.image_size
-        crop = np.zeros((1, size, size, 3), np.uint8)
-        self.aligner.predict_crops(crop)
-        start = time.perf_counter()
-        self.aligner.predict_crops(crop)
-        seconds = time.perf_counter() - start
-        self.costs.seconds_per_face = self.costs.pass_seconds = seconds
+        measured = []
+        for batch in sorted({1, self.settings.max_batch}):
+            crops = np.zeros((batch, size, size, 3), np.uint8)
+            self.aligner.predict_crops(crops)
+            start = time.perf_counter()
+            self.aligner.predict_crops(crops)
+            measured.append((batch, time.perf_counter() - start))
+        self.costs.calibrate_passes(measured)
         blank = np.full((480, 640, 3), 128, np.uint8)
         data = cv2.imencode(".jpg", blank)[1].tobytes()
         start = time.perf_counter()
@@ -318,5 +395,6 @@ class Pipeline:
             start = time.perf_counter()
             detector.detect(blank)
             self.costs.detect_per_mp = (time.perf_counter() - start) / 0.3072
-        log.info("cost estimates: %.3f s per face, %.3f s per MP decode, %.3f s per MP detection",
-                 self.costs.seconds_per_face, self.costs.decode_per_mp, self.costs.detect_per_mp)
+        log.info("cost estimates: passes of 1 and %d faces %.3f s and %.3f s, %.3f s per MP decode, %.3f s per "
+                 "MP detection", self.settings.max_batch, self.costs.pass_seconds(1),
+                 self.costs.pass_seconds(self.settings.max_batch), self.costs.decode_per_mp, self.costs.detect_per_mp)
