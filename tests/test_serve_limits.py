@@ -105,12 +105,11 @@ def test_admitted_requests_become_overdue_when_costs_rise():
     waiting = [Entry(10.0, 1.0), Entry(10.0, 1.0), Entry(10.0, 1.0)]
     gate.decode_backlog, gate.expected_faces = 3.0, 3  # their reservations
     assert gate.overdue(waiting, now=0.0) == []  # 1 + 1 + 1 s of decoding fits in 10 s
-    gate.costs.decode_per_mp *= 5  # the CPU got slower: as measured, each decode now takes 4.5 s
-    for entry in waiting:
-        entry.decode_seconds = 4.5
-    gate.decode_backlog = 13.5
+    for entry in waiting:  # the CPU got slower: as measured, each decode now takes 5 s
+        entry.decode_seconds = 5.0
+    gate.decode_backlog = 15.0
     late = gate.overdue(waiting, now=0.0)
-    assert late == waiting[2:]  # 4.5 + 4.5 still fits, a third does not
+    assert late == waiting[2:]  # 10 s for the second: on its deadline; 15 s for the third: 50 % beyond it
     alone = Entry(1.0, 4.5)
     gate.decode_backlog, gate.expected_faces = 4.5, 1
     assert gate.overdue([alone], now=0.0) == []  # nothing ahead of it: never overdue, as in admit
@@ -121,7 +120,7 @@ def test_costs_follow_a_rise_faster_than_a_fall():
     costs.observe_pass(1, 3.0)
     risen = costs.seconds_per_face
     costs.observe_pass(1, 1.0)
-    assert risen - 1.0 > risen - costs.seconds_per_face > 0  # half way up, a fifth down
+    assert risen - 1.0 > risen - costs.seconds_per_face > 0  # a third of the way up, a tenth down
     costs.observe_pass(2, float("nan"))
     assert np.isfinite(costs.seconds_per_face)
 

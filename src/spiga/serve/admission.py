@@ -23,8 +23,9 @@ is always admitted (the estimate could be wrong; its deadline still holds).
 
 Costs can rise after a request was admitted (another process starts using the CPU):
 `overdue` re-runs the estimate, with the new costs, for admitted requests whose decode
-has not started, in the order they wait, and names those that can no longer be answered
-in time, so that they are refused then (503) rather than answered 504 at their deadline.
+has not started, in the order they wait, and names those that clearly can no longer be
+answered in time (estimate beyond the time left by `OVERDUE_MARGIN`), so that they are
+refused then (503) rather than answered 504 at their deadline.
 
 Everything here runs on the event loop, except `Costs.observe_*`, which the worker
 threads call (hence its lock).
@@ -40,11 +41,16 @@ from typing import Protocol
 
 from .errors import ApiError
 
-#: Weight of a new measurement in the running means: a cost that rises is followed at
-#: once (half the way per measurement), one that falls over about ten measurements, so
-#: that a sudden load on the machine refuses work early rather than missing deadlines.
-RISE_WEIGHT = 0.5
-FALL_WEIGHT = 0.2
+#: Weight of a new measurement in the running means: a cost that rises is followed
+#: quickly (a third of the way per measurement), one that falls over about ten
+#: measurements, so that a machine that gets busy refuses work early rather than missing
+#: deadlines, while one slow measurement does not double the estimate.
+RISE_WEIGHT = 0.3
+FALL_WEIGHT = 0.1
+#: An admitted request is refused later only when its new estimate overruns the time it
+#: has left by this fraction: estimates are noisy, and refusing work already accepted
+#: on a passing spike costs more than answering 504 at the deadline now and then.
+OVERDUE_MARGIN = 0.1
 #: Smallest image size costed, in megapixels: a tiny image still costs a decode call.
 MIN_MEGAPIXELS = 0.05
 
@@ -221,15 +227,16 @@ class Admission:
 
     def overdue(self, waiting: list["Waiting"], now: float | None = None) -> list["Waiting"]:
         """Those of `waiting` (admitted, decode not started, in queue order) that the
-        current costs say cannot be answered by their deadline. One with nothing ahead of
-        it is never overdue (as in `admit`)."""
+        current costs say cannot be answered by their deadline: estimated to take more
+        than the time they have left by `OVERDUE_MARGIN`. One with nothing ahead of it is
+        never overdue (as in `admit`)."""
         now = time.monotonic() if now is None else now
         decode_ahead = max(0.0, self.decode_backlog - sum(w.decode_seconds for w in waiting))
         faces_ahead = max(0, self._faces_ahead() - sum(w.faces for w in waiting))
         late = []
         for entry in waiting:
             finish = self._finish(decode_ahead, [entry.decode_seconds], faces_ahead, entry.faces)
-            if (decode_ahead > 1e-9 or faces_ahead) and now + finish > entry.deadline:
+            if (decode_ahead > 1e-9 or faces_ahead) and finish > (1 + OVERDUE_MARGIN) * (entry.deadline - now):
                 late.append(entry)
                 continue
             decode_ahead += entry.decode_seconds
