@@ -3,6 +3,8 @@
     PYTHONPATH=src python benchmarks/load.py                      # 30 s, 16 clients, tiny random model
     PYTHONPATH=src python benchmarks/load.py --soak 300           # the 5-minute memory soak
     PYTHONPATH=src python benchmarks/load.py --model wflw --clients 32 --duration 60
+    PYTHONPATH=src python benchmarks/load.py --model-size official --detect --burst 40
+    PYTHONPATH=src python benchmarks/load.py --model-size official --detect --burst 40 --neighbour-threads 2
 
 Starts the server itself (`python -m spiga serve` in a subprocess, src/ on its path, so
 it runs from a clean checkout), waits for /healthz, warms up, then runs the clients and
@@ -10,11 +12,19 @@ prints: throughput (requests and faces per second), latency p50/p95/p99, errors 
 code, the batch-size distribution (faces per forward pass, from the server's /metrics),
 and the server's resident memory (VmRSS) after warm-up and at the end.
 
-Without --model it writes a tiny random-weight checkpoint (the test suite's recipe) to
-a temporary folder: it measures the server's own overhead and batching, not a real
-model's speed. Requests upload the shared fixture photo with its face box (or a
-synthetic face when ../shared is absent; `--image` for your own); `--detect` leaves out
-the box so that the server runs the face detector too.
+Without --model it writes a random-weight checkpoint to a temporary folder: `tiny` (the
+test suite's recipe; the server's own overhead and batching) or, with `--model-size
+official`, the official network's size (`SPIGA(ModelConfig.official(98, 15))`: the real
+model's cost with meaningless outputs). Requests upload the shared fixture photo with
+its face box (or a synthetic face when ../shared is absent; `--image` for your own);
+`--detect` leaves out the box so that the server runs the face detector too.
+
+`--burst N` sends N requests at once (no retries) instead of looping clients, and
+`--neighbour-threads T` runs a CPU-heavy neighbour process beside the server (PyTorch
+matrix products on T threads) for the whole measurement. Every answer is checked
+against the server's deadline (`--timeout`): the figures count requests answered in
+time (200, or a refusal: 503/504 with `Retry-After`), answered late, and lost (no
+answer: a transport error or the client's own timeout, deadline + 30 s).
 
 The soak mode (`--soak SECONDS`) samples the server's memory every `--sample` seconds and
 fails (exit status 1) when it grew by more than `--max-growth-mb`: the mean of the last
@@ -50,8 +60,9 @@ SHARED_BOX = REPO.parent / "shared" / "fixtures" / "images" / "bbox_sportsfan.js
 # --------------------------------------------------------------------------- setup
 
 
-def tiny_checkpoint(folder: Path) -> Path:
-    """A tiny WFLW-layout model with seeded random weights (as tests/conftest.py makes it)."""
+def random_checkpoint(folder: Path, size: str = "tiny") -> Path:
+    """A WFLW-layout model of `size` (`tiny` as tests/conftest.py makes it, or `official`)
+    with seeded random weights and a synthetic mean face."""
     sys.path.insert(0, str(REPO / "src"))
     import torch
 
@@ -60,11 +71,26 @@ def tiny_checkpoint(folder: Path) -> Path:
     from spiga.model import ModelConfig
 
     torch.manual_seed(0)
-    config = ModelConfig.sized("tiny", WFLW_98.num_landmarks, WFLW_98.num_edges)
+    config = (ModelConfig.official(WFLW_98.num_landmarks, WFLW_98.num_edges) if size == "official"
+              else ModelConfig.sized(size, WFLW_98.num_landmarks, WFLW_98.num_edges))
     rng = np.random.default_rng(0)
     mean_face = np.column_stack([rng.uniform(-0.3, 0.1, 98), rng.uniform(-0.8, 0.8, 98), rng.uniform(-1, 1, 98)])
-    return save_checkpoint(folder / "tiny-random.safetensors", build_model(config, WFLW_98, mean_face).eval(),
+    return save_checkpoint(folder / f"{size}-random.safetensors", build_model(config, WFLW_98, mean_face).eval(),
                            WFLW_98)
+
+
+#: The neighbour: PyTorch matrix products, forever, on the given number of threads.
+NEIGHBOUR = ("import sys, torch\n"
+             "torch.set_num_threads(int(sys.argv[1]))\n"
+             "a = torch.randn(1024, 1024)\n"
+             "while True:\n"
+             "    a = torch.tanh(a @ a)\n")
+
+
+def start_neighbour(threads: int) -> subprocess.Popen:
+    """A CPU-heavy process beside the server (terminate it when done)."""
+    return subprocess.Popen([sys.executable, "-c", NEIGHBOUR, str(threads)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def request_image(args) -> tuple[bytes, str, list[float] | None]:
@@ -120,7 +146,9 @@ def start_server(args, model: str, port: int, log_path: Path) -> subprocess.Pope
         env["OMP_NUM_THREADS"] = str(args.server_threads)
     command = [sys.executable, "-m", "spiga", "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port),
                "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-               "--workers", str(args.workers), "--max-queue", str(args.max_queue), "--device", args.device]
+               "--model-threads", str(args.model_threads), "--decode-threads", str(args.decode_threads),
+               "--max-queue", str(args.max_queue), "--max-inflight", str(args.max_inflight),
+               "--timeout", str(args.timeout), "--device", args.device]
     log = log_path.open("w")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
@@ -171,36 +199,52 @@ def distribution(before: dict[float, float], after: dict[float, float]) -> dict[
 # --------------------------------------------------------------------------- the load
 
 
+async def post_once(http: httpx.AsyncClient, url: str, image: bytes, name: str, data: dict) -> dict:
+    """One request -> {status, code, seconds, retry_after, faces}; status 0 when no answer came."""
+    start = time.perf_counter()
+    try:
+        response = await http.post(url + "/v1/align", files={"image": (name, image)}, data=data)
+    except httpx.TransportError as exc:
+        return {"status": 0, "code": f"transport:{type(exc).__name__}", "seconds": time.perf_counter() - start,
+                "retry_after": None, "faces": 0}
+    seconds = time.perf_counter() - start
+    outcome = {"status": response.status_code, "code": "ok", "seconds": seconds,
+               "retry_after": response.headers.get("retry-after"), "faces": 0}
+    if response.status_code == 200:
+        outcome["faces"] = len(response.json()["images"][0]["faces"])
+    else:
+        try:
+            outcome["code"] = response.json()["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            outcome["code"] = f"http_{response.status_code}"
+    return outcome
+
+
+async def run_burst(url: str, count: int, image: bytes, name: str, box, client_timeout: float) -> dict:
+    """`count` requests sent at once, each answered or not once (no retries)."""
+    data = {"boxes": json.dumps([box])} if box is not None else {}
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=client_timeout, limits=limits) as http:
+        outcomes = await asyncio.gather(*(post_once(http, url, image, name, data) for _ in range(count)))
+    return {"outcomes": list(outcomes), "elapsed": time.perf_counter() - started}
+
+
 async def run_clients(url: str, clients: int, duration: float, image: bytes, name: str, box,
-                      on_tick=None, tick: float = 30.0) -> dict:
-    """`clients` concurrent loops posting the image until `duration` seconds have passed."""
-    latencies: list[float] = []
-    errors: Counter = Counter()
-    faces = 0
+                      on_tick=None, tick: float = 30.0, client_timeout: float = 120.0) -> dict:
+    """`clients` concurrent loops posting the image until `duration` seconds have passed
+    (after a 503 a client waits the `Retry-After` seconds)."""
+    outcomes: list[dict] = []
     deadline = time.monotonic() + duration
     data = {"boxes": json.dumps([box])} if box is not None else {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
     async def client(client_http: httpx.AsyncClient) -> None:
-        nonlocal faces
         while time.monotonic() < deadline:
-            start = time.perf_counter()
-            try:
-                response = await client_http.post(url + "/v1/align", files={"image": (name, image)}, data=data)
-            except httpx.TransportError as exc:
-                errors[f"transport:{type(exc).__name__}"] += 1
-                continue
-            elapsed = time.perf_counter() - start
-            if response.status_code == 200:
-                latencies.append(elapsed)
-                faces += len(response.json()["images"][0]["faces"])
-            else:
-                try:
-                    errors[response.json()["error"]["code"]] += 1
-                except (ValueError, KeyError, TypeError):
-                    errors[f"http_{response.status_code}"] += 1
-                if response.status_code == 503:
-                    await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+            outcome = await post_once(client_http, url, image, name, data)
+            outcomes.append(outcome)
+            if outcome["status"] == 503:
+                await asyncio.sleep(min(float(outcome["retry_after"] or 1), max(0.0, deadline - time.monotonic())))
 
     async def ticker() -> None:
         while time.monotonic() < deadline:
@@ -209,17 +253,59 @@ async def run_clients(url: str, clients: int, duration: float, image: bytes, nam
                 on_tick()
 
     started = time.perf_counter()
-    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=client_timeout, limits=limits) as http:
         await asyncio.gather(ticker(), *(client(http) for _ in range(clients)))
-    return {"latencies": latencies, "errors": errors, "faces": faces, "elapsed": time.perf_counter() - started}
+    return {"outcomes": outcomes, "elapsed": time.perf_counter() - started}
+
+
+def percentiles(values: list[float]) -> dict:
+    """p50, p95, max of seconds, in ms (None when empty)."""
+    if not values:
+        return {"p50": None, "p95": None, "max": None}
+    ms = np.array(values) * 1000
+    return {"p50": round(float(np.percentile(ms, 50)), 1), "p95": round(float(np.percentile(ms, 95)), 1),
+            "max": round(float(ms.max()), 1)}
+
+
+#: Slack on the deadline for the answer's way back (JSON, loopback): an answer within
+#: deadline + this counts as in time.
+DEADLINE_SLACK = 0.5
+
+
+def judge(outcomes: list[dict], timeout: float) -> dict:
+    """Every request against the deadline: in time, late, lost; refusals and their Retry-After."""
+    answered = [o for o in outcomes if o["status"]]
+    refusals = [o for o in answered if o["status"] in (503, 504)]
+    retry_after = [int(o["retry_after"]) for o in refusals if o["retry_after"] and o["retry_after"].isdigit()]
+    return {
+        "requests": len(outcomes),
+        "by_status": dict(sorted(Counter(str(o["status"]) for o in outcomes).items())),
+        "by_code": dict(sorted(Counter(o["code"] for o in outcomes).items())),
+        "in_time": sum(o["seconds"] <= timeout + DEADLINE_SLACK for o in answered),
+        "late": sum(o["seconds"] > timeout + DEADLINE_SLACK for o in answered),
+        "lost": len(outcomes) - len(answered),
+        "refusals_without_retry_after": len(refusals) - len(retry_after),
+        "retry_after_s": [min(retry_after), max(retry_after)] if retry_after else None,
+        "latency_ms_200": percentiles([o["seconds"] for o in answered if o["status"] == 200]),
+        "latency_ms_503": percentiles([o["seconds"] for o in answered if o["status"] == 503]),
+        "latency_ms_504": percentiles([o["seconds"] for o in answered if o["status"] == 504]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="model name or checkpoint (default: a tiny random checkpoint)")
+    parser.add_argument("--model", help="model name or checkpoint (default: a random checkpoint of --model-size)")
+    parser.add_argument("--model-size", choices=["tiny", "small", "official"], default="tiny",
+                        help="size of the random checkpoint without --model (tiny)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (30)")
+    parser.add_argument("--burst", type=int, metavar="N", help="send N requests at once instead of looping clients")
+    parser.add_argument("--neighbour-threads", type=int, default=0, metavar="T",
+                        help="run a CPU-heavy neighbour (torch matmuls on T threads) beside the server (0: none)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="the server's request deadline, s (30)")
+    parser.add_argument("--decode-threads", type=int, default=1)
+    parser.add_argument("--max-inflight", type=int, default=64)
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="memory soak of this length (e.g. 300)")
     parser.add_argument("--sample", type=float, default=15.0, help="seconds between memory samples (15)")
     parser.add_argument("--max-growth-mb", type=float, default=50.0,
@@ -228,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--max-queue", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--model-threads", type=int, default=1)
     parser.add_argument("--server-threads", type=int, help="torch threads of the server (OMP_NUM_THREADS)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--image", help="image to upload (default: the shared fixture photo)")
@@ -239,19 +325,25 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.soak or args.duration
 
     work = Path(tempfile.mkdtemp(prefix="spiga-load-"))
-    model = args.model or str(tiny_checkpoint(work))
+    model = args.model or str(random_checkpoint(work, args.model_size))
     image, name, box = request_image(args)
     if args.detect:
         box = None
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = work / "server.log"
+    client_timeout = args.timeout + 30.0
     server = start_server(args, model, port, log_path)
+    neighbour = None
     try:
         wait_healthy(url, server, log_path)
+        warm_clients = 1 if args.burst else args.clients
         print(f"server pid {server.pid} on {url}, model {Path(model).name}; warming up {args.warmup:g} s",
               file=sys.stderr)
-        asyncio.run(run_clients(url, args.clients, args.warmup, image, name, box))
+        asyncio.run(run_clients(url, warm_clients, args.warmup, image, name, box, client_timeout=client_timeout))
+        if args.neighbour_threads:
+            neighbour = start_neighbour(args.neighbour_threads)
+            time.sleep(2.0)  # let it get going (and the server's cost estimates see it)
         rss_before = rss_mib(server.pid)
         samples = [(0.0, rss_before)]
         start = time.monotonic()
@@ -261,33 +353,47 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  t={samples[-1][0]:5.0f} s  server RSS {samples[-1][1]:.1f} MiB", file=sys.stderr)
 
         buckets_before = batch_buckets(url)
-        print(f"load: {args.clients} clients for {duration:g} s", file=sys.stderr)
-        result = asyncio.run(run_clients(url, args.clients, duration, image, name, box, on_tick=sample,
-                                         tick=args.sample if args.soak else duration + 1))
+        if args.burst:
+            print(f"load: a burst of {args.burst} requests", file=sys.stderr)
+            result = asyncio.run(run_burst(url, args.burst, image, name, box, client_timeout))
+        else:
+            print(f"load: {args.clients} clients for {duration:g} s", file=sys.stderr)
+            result = asyncio.run(run_clients(url, args.clients, duration, image, name, box, on_tick=sample,
+                                             tick=args.sample if args.soak else duration + 1,
+                                             client_timeout=client_timeout))
         buckets_after = batch_buckets(url)
         rss_after = rss_mib(server.pid)
     finally:
+        if neighbour is not None:
+            neighbour.terminate()
+            neighbour.wait(10)
         server.terminate()
         try:
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
 
-    latencies = np.array(result["latencies"]) * 1000
+    outcomes = result["outcomes"]
+    good = [o for o in outcomes if o["status"] == 200]
+    latencies = np.array([o["seconds"] for o in good]) * 1000
     ok = len(latencies)
+    faces = sum(o["faces"] for o in good)
     passes = distribution(buckets_before, buckets_after)
     total_passes = sum(passes.values())
     figures = {
-        "machine": machine(), "model": Path(model).name, "clients": args.clients, "duration_s": round(result["elapsed"], 1),
-        "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "workers": args.workers,
-        "server_threads": args.server_threads, "detect": box is None,
+        "machine": machine(), "model": Path(model).name, "clients": args.burst or args.clients,
+        "mode": "burst" if args.burst else "clients", "duration_s": round(result["elapsed"], 1),
+        "neighbour_threads": args.neighbour_threads, "timeout_s": args.timeout,
+        "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "model_threads": args.model_threads,
+        "decode_threads": args.decode_threads, "server_threads": args.server_threads, "detect": box is None,
         "requests_ok": ok, "throughput_rps": round(ok / result["elapsed"], 2),
-        "faces_per_s": round(result["faces"] / result["elapsed"], 2),
+        "faces_per_s": round(faces / result["elapsed"], 2),
         "latency_ms": {p: round(float(np.percentile(latencies, q)), 1) if ok else None
                        for p, q in (("p50", 50), ("p95", 95), ("p99", 99))},
-        "errors": dict(result["errors"]),
+        "errors": dict(Counter(o["code"] for o in outcomes if o["status"] != 200)),
+        "deadline": judge(outcomes, args.timeout),
         "forward_passes": total_passes,
-        "faces_per_pass_mean": round(result["faces"] / total_passes, 2) if total_passes else None,
+        "faces_per_pass_mean": round(faces / total_passes, 2) if total_passes else None,
         "batch_size_distribution": passes,
         "rss_mib": {"after_warmup": rss_before, "end": rss_after,
                     "growth": None if rss_before is None or rss_after is None else round(rss_after - rss_before, 1)},
@@ -299,16 +405,21 @@ def main(argv: list[str] | None = None) -> int:
         # single samples swing with the allocator: compare the means of the first and last three
         figures["rss_mib"]["growth"] = round(float(np.mean(values[-3:]) - np.mean(values[:3])), 1)
     print(json.dumps(figures, indent=1))
+    verdict = figures["deadline"]
     print(f"\n{ok} requests in {result['elapsed']:.1f} s: {figures['throughput_rps']} req/s, "
           f"{figures['faces_per_s']} faces/s; latency p50 {figures['latency_ms']['p50']} ms, "
           f"p95 {figures['latency_ms']['p95']} ms, p99 {figures['latency_ms']['p99']} ms; "
-          f"errors {dict(result['errors']) or 'none'}; mean batch {figures['faces_per_pass_mean']} faces; "
-          f"server RSS {rss_before:.1f} -> {rss_after:.1f} MiB", file=sys.stderr)
+          f"errors {figures['errors'] or 'none'}; mean batch {figures['faces_per_pass_mean']} faces; "
+          f"server RSS {rss_before:.1f} -> {rss_after:.1f} MiB; deadline {args.timeout:g} s: "
+          f"{verdict['in_time']} in time, {verdict['late']} late, {verdict['lost']} lost", file=sys.stderr)
     if args.json:
         sys.path.insert(0, str(REPO / "src"))
         from spiga.io import write_atomic
 
         write_atomic(args.json, json.dumps(figures, indent=1) + "\n")
+    if verdict["late"] or verdict["lost"] or verdict["refusals_without_retry_after"]:
+        print("some requests were answered late, not at all, or refused without Retry-After", file=sys.stderr)
+        return 1
     if args.soak and figures["rss_mib"]["growth"] is not None and figures["rss_mib"]["growth"] > args.max_growth_mb:
         print(f"memory grew by {figures['rss_mib']['growth']} MiB, more than the allowed {args.max_growth_mb} MiB",
               file=sys.stderr)

@@ -78,3 +78,31 @@ def batch_histogram(text: str) -> dict[str, float]:
     out = {dict(labels)["le"]: value for (name, labels), value in values.items() if name == "spiga_batch_faces_bucket"}
     out["count"] = values.get(("spiga_batch_faces_count", ()), 0.0)
     return out
+
+
+def moving_face_frames(count: int = 30, width: int = 480, height: int = 360, seed: int = 1) -> list[np.ndarray]:
+    """`count` BGR frames of a synthetic face (`spiga.data.synthetic.render_face`, one the
+    BlazeFace detector finds) moving a few pixels from frame to frame on a plain background."""
+    from spiga.data.synthetic import render_face
+
+    size = min(width, height) - 40
+    face = render_face(np.random.default_rng(seed), size).image
+    frames = []
+    for i in range(count):
+        dx = int((width - size) / 2 + 8 * np.sin(i / 4))
+        dy = int((height - size) / 2 + 5 * np.cos(i / 5))
+        frame = np.full((height, width, 3), 90, np.uint8)
+        frame[dy:dy + size, dx:dx + size] = face
+        frames.append(frame)
+    return frames
+
+
+def write_y4m(path, frames: list[np.ndarray], fps: int = 15) -> None:
+    """Write BGR frames (even width and height) as a YUV4MPEG2 (4:2:0) clip, the format of
+    Chromium's `--use-file-for-fake-video-capture`."""
+    height, width = frames[0].shape[:2]
+    with open(path, "wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            out.write(b"FRAME\n")
+            out.write(cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())  # Y, then U, then V planes

@@ -2,7 +2,9 @@
 
 Playwright's Python package drives the system browser through `executable_path`; no
 browser download is needed. Skips, saying why, where Playwright or Chromium is absent
-(`.ci/run` installs both where apt is available).
+(`.ci/run` installs both where apt is available). The camera mode runs against
+Chromium's fake capture device, fed a clip this module writes (a synthetic face that
+BlazeFace finds, moving a little from frame to frame).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ import spiga  # noqa: E402
 from spiga.serve import ServeSettings, create_app  # noqa: E402
 
 from conftest import SHARED  # noqa: E402
-from serve_util import LiveServer, encode  # noqa: E402
+from serve_util import LiveServer, encode, moving_face_frames, write_y4m  # noqa: E402
 
 PHOTO = SHARED / "fixtures" / "images" / "image_sportsfan.jpg"
 
@@ -41,20 +44,42 @@ def find_chromium() -> str | None:
     return None
 
 
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+
+
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
+    with sync_api.sync_playwright() as running:
+        yield running
+
+
+def _launch(playwright, args: list[str]):
     executable = find_chromium()
     if executable is None:
         pytest.skip("no Chromium on this machine (apt-get install chromium; .ci/run installs it where apt works; "
                     "or set SPIGA_CHROMIUM=/path/to/chrome)")
-    with sync_api.sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=executable, headless=True,
-                                                 args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        except sync_api.Error as exc:
-            pytest.skip(f"Chromium at {executable} does not start headless: {str(exc).splitlines()[0]}")
-        yield browser
-        browser.close()
+    try:
+        return playwright.chromium.launch(executable_path=executable, headless=True, args=args)
+    except sync_api.Error as exc:
+        pytest.skip(f"Chromium at {executable} does not start headless: {str(exc).splitlines()[0]}")
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    browser = _launch(playwright, BROWSER_ARGS)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def camera_browser(playwright, tmp_path_factory):
+    """Chromium whose camera is a fake device playing (in a loop) a clip written here."""
+    clip = tmp_path_factory.mktemp("camera") / "clip.y4m"
+    write_y4m(clip, moving_face_frames(30))
+    browser = _launch(playwright, BROWSER_ARGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                                                  f"--use-file-for-fake-video-capture={clip}"])
+    yield browser
+    browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +172,54 @@ def test_errors_are_shown(browser, server, tmp_path):
     finally:
         page.close()
     assert status.startswith("not_an_image") and shown["error"]["code"] == "not_an_image"
+
+
+# Reads the page during the camera mode: the last stream answer and the overlay's pixels.
+_INSPECT_LIVE = """() => {
+  const overlay = document.getElementById("overlay");
+  const message = JSON.parse(document.getElementById("json").textContent);
+  const pixels = overlay.getContext("2d").getImageData(0, 0, overlay.width, overlay.height).data;
+  let inside = 0, opaque = 0;
+  for (const face of message.faces) {
+    for (const [x, y] of face.landmarks) {
+      const px = Math.floor(x), py = Math.floor(y);
+      if (px < 0 || py < 0 || px >= overlay.width || py >= overlay.height) continue;
+      inside += 1;
+      if (pixels[(py * overlay.width + px) * 4 + 3] > 200) opaque += 1;
+    }
+  }
+  const video = document.getElementById("camera");
+  return {message, inside, opaque, size: [overlay.width, overlay.height], playing: !video.paused,
+          video: [video.videoWidth, video.videoHeight]};
+}"""
+
+
+def test_camera_mode_draws_tracked_landmarks_over_the_live_video(camera_browser, server, tmp_path):
+    page = camera_browser.new_page()
+    problems = []
+    page.on("console", lambda message: problems.append(f"console {message.type}: {message.text}")
+            if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    try:
+        page.goto(server.url + "/")
+        page.locator("#model-info", has_text="98 landmarks").wait_for(timeout=60_000)
+        page.click("#camera-start")
+        frames, give_up = 0, time.monotonic() + 240  # a bound on the wait, not a speed check
+        while frames < 20 and time.monotonic() < give_up and page.get_attribute("#status", "data-state") != "error":
+            page.wait_for_timeout(250)
+            frames = int(page.get_attribute("#overlay", "data-live-frames") or 0)
+        status = page.text_content("#status")
+        ids = json.loads(page.get_attribute("#overlay", "data-live-ids") or "[]")
+        seen = page.evaluate(_INSPECT_LIVE)
+        page.screenshot(path=str(tmp_path / "camera.png"))
+        page.click("#camera-stop")
+        stopped = page.get_attribute("#camera-start", "disabled") is None
+    finally:
+        page.close()
+    assert frames >= 20, status  # landmarks drawn on at least 20 frames of the live video
+    assert ids == [0]  # one face, one id from first to last
+    assert seen["playing"] and seen["video"] == [480, 360] and seen["size"] == [480, 360]
+    assert seen["message"]["type"] == "faces" and len(seen["message"]["faces"]) == 1
+    assert seen["inside"] > 0 and seen["opaque"] == seen["inside"]  # a dot under every landmark
+    assert stopped
+    assert not problems, problems

@@ -521,57 +521,73 @@ def _run_estimate_mean_face(args) -> int:
     return 0
 
 
-# --- serve (begin) ---
+# --- serve ---------------------------------------------------------------------------
+
+
 @_command
 def _add_serve(sub) -> None:
     p = sub.add_parser(
-        "serve", help="HTTP API and web page: align uploaded images (dynamic batching)",
+        "serve", help="HTTP API and web page: align uploaded images (dynamic batching), live webcam stream",
+        parents=[_model_options(), _device_options(), _runtime_options(max_batch=16), _detector_options(none=True)],
         description="Serve a model over HTTP: POST /v1/align, POST /v1/align/batch, GET /v1/models, "
-                    "/healthz, /metrics, the OpenAPI schema at /openapi.json and a web page at /. "
-                    "Needs the `serve` extra. Binds to 127.0.0.1 unless --host says otherwise.")
-    p.add_argument("--model", default="wflw", help="named official model or checkpoint path (default wflw)")
+                    "the webcam stream (WebSocket /v1/stream), /healthz, /metrics, the OpenAPI schema at "
+                    "/openapi.json and a web page at /. Every request is answered within --timeout seconds "
+                    "(503 at once when the queued work says it cannot be). Needs the `serve` extra. Binds to "
+                    "127.0.0.1 unless --host says otherwise.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-batch", type=int, default=16, metavar="N", help="most faces per forward pass (16)")
     p.add_argument("--max-wait-ms", type=float, default=10.0, metavar="T",
                    help="longest wait of a queued request for others to batch with, ms (10)")
-    p.add_argument("--workers", type=int, default=1, metavar="W",
-                   help="inference threads: forward passes that may run at once (1)")
+    p.add_argument("--model-threads", type=int, default=1, metavar="N",
+                   help="forward passes that may run at once (1)")
+    p.add_argument("--decode-threads", type=int, default=1, metavar="N",
+                   help="threads that decode uploads, run the face detector and crop (1)")
     p.add_argument("--max-queue", type=int, default=256, metavar="FACES",
-                   help="most faces waiting for the model; beyond, 503 with Retry-After (256)")
+                   help="most faces waiting for the model, counting those expected from images being "
+                        "decoded; beyond, 503 with Retry-After (256)")
     p.add_argument("--max-inflight", type=int, default=64, metavar="REQUESTS",
                    help="most align requests handled at once; beyond, 503 before the upload is read (64)")
+    p.add_argument("--max-faces", type=int, default=64, metavar="K",
+                   help="most faces per image: more boxes are refused, more detections are cut to the "
+                        "best-scored (64)")
     p.add_argument("--max-image-mb", type=float, default=10.0, metavar="S", help="largest upload per image, MiB (10)")
     p.add_argument("--max-pixels", type=int, default=50_000_000, metavar="P",
                    help="largest image in pixels, checked before decoding (50000000)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="longest wait of a request for the model; 504 after (30)")
+                   help="deadline of a request from its arrival: decode, detection and the model; 504 after (30)")
+    p.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="longest time a request body may take to arrive; 408 after (10)")
+    p.add_argument("--max-streams", type=int, default=4, metavar="N", help="most webcam streams at once (4)")
+    p.add_argument("--frame-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="longest time a webcam frame may take; it is skipped after (5)")
     p.add_argument("--api-key", metavar="KEY",
-                   help="require `Authorization: Bearer KEY` on /v1 (default: $SPIGA_API_KEY, else none)")
-    p.add_argument("--detector", default="blazeface", help="face detector when a request gives no boxes "
-                                                           "(blazeface, haar, dlib, none)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+                   help="require `Authorization: Bearer KEY` on /v1, /metrics, /openapi.json and /docs "
+                        "(default: $SPIGA_API_KEY, else none)")
     p.set_defaults(run=_run_serve)
 
 
 def _run_serve(args) -> int:
     import os
 
+    from .about import install_hint
+
     try:
         from .serve import ServeSettings, limit_malloc_arenas, run
     except ImportError as exc:
-        raise SpigaError(f"spiga serve needs the serve extra: pip install 'spiga[serve]' ({exc})") from None
-    from .inference import load
+        raise SpigaError(f"spiga serve needs the serve extra: {install_hint('serve')} ({exc})") from None
 
+    _check_positive(args, "max_batch", "model_threads", "decode_threads", "max_queue", "max_inflight", "max_faces",
+                    "max_streams")
     limit_malloc_arenas()  # before the model and the threads allocate (see its docstring)
 
     api_key = args.api_key or os.environ.get("SPIGA_API_KEY") or None
-    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
-                             max_queue=args.max_queue, max_inflight=args.max_inflight,
+    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.model_threads,
+                             decode_workers=args.decode_threads, max_queue=args.max_queue,
+                             max_inflight=args.max_inflight, max_faces=args.max_faces,
                              max_image_mb=args.max_image_mb, max_pixels=args.max_pixels, timeout=args.timeout,
-                             api_key=api_key)
-    detector = None if args.detector == "none" else args.detector
-    aligner = load(args.model, device=args.device, detector=detector)
+                             body_timeout=args.body_timeout, max_streams=args.max_streams,
+                             frame_timeout=args.frame_timeout, api_key=api_key)
+    aligner = _load_aligner(args, detector=None if args.detector == "none" else args.detector)
     model_id = os.path.splitext(os.path.basename(str(args.model)))[0]
     settings.model_id = model_id
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
@@ -581,7 +597,6 @@ def _run_serve(args) -> int:
     run(aligner, settings, host=args.host, port=args.port,
         log_level="info" if args.verbose else "warning", access_log=args.verbose)
     return 0
-# --- serve (end) ---
 
 # --- entry point -------------------------------------------------------------------
 

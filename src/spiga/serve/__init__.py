@@ -1,4 +1,5 @@
-"""The HTTP server: `spiga serve` (FastAPI + uvicorn), dynamic batching, the web page.
+"""The HTTP server: `spiga serve` (FastAPI + uvicorn), dynamic batching, admission
+control with per-request deadlines, the web page and its live webcam stream.
 
     from spiga.serve import create_app, ServeSettings
     app = create_app("wflw", ServeSettings(max_batch=16, max_wait_ms=10))
@@ -29,7 +30,7 @@ def limit_malloc_arenas(count: int = 2) -> bool:
 
     glibc gives busy threads their own arenas and rarely returns their memory: with the
     server's decode and inference threads, resident memory otherwise climbs by tens of
-    MiB in steps before it levels off (measured: README.serve.md, load test). Does nothing
+    MiB in steps before it levels off (measured with the load test). Does nothing
     when `MALLOC_ARENA_MAX` is already set or the C library is not glibc.
 
     Returns:
@@ -51,5 +52,6 @@ def run(model, settings: ServeSettings, host: str = "127.0.0.1", port: int = 800
 
     limit_malloc_arenas()
     app = create_app(model, settings)
+    # ws_max_size: a webcam frame is at most one upload (plus its 8-byte header)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
-                server_header=False, timeout_graceful_shutdown=10)
+                server_header=False, timeout_graceful_shutdown=10, ws_max_size=settings.max_image_bytes + 1024)

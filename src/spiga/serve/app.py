@@ -3,23 +3,24 @@
     POST /v1/align          one image upload (+ optional boxes) -> the JSON of `spiga align`
     POST /v1/align/batch    several images -> one record per image (errors per image)
     GET  /v1/models         the served model: landmark layout, point colours, limits
+    WS   /v1/stream         webcam frames in, tracked and smoothed faces out (`spiga.serve.stream`)
     GET  /healthz           liveness (never needs the API key)
     GET  /metrics           Prometheus text format (see `spiga.serve.metrics`)
     GET  /                  the web page (static/index.html)
     GET  /openapi.json      the OpenAPI schema (/docs renders it)
 
-A request goes: the gatekeeper middleware (request id, API key, body-size limit, the
-in-flight bound, metrics) -> the route, which decodes the upload and crops the faces on
-a worker thread -> the `Batcher`, which runs the crops of concurrent requests as one
-forward pass -> crop coordinates back to image pixels -> JSON. Errors are JSON with a
-stable code (`spiga.serve.errors`).
+A request goes: the gatekeeper middleware (request id, API key, the in-flight bound and a
+first admission check before the body is read, body size and body-read deadline,
+metrics) -> the route, which hands the upload to the `Pipeline` (`spiga.serve.work`):
+admission control, decode and detection on the decode threads, the `Batcher`, which
+runs the crops of concurrent requests as one forward pass, all by the request's
+deadline -> JSON. Errors are JSON with a stable code (`spiga.serve.errors`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import re
 import time
@@ -29,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -38,15 +38,12 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..draw import AXES_COLOURS, part_colours, pose_axes
+from ..draw import AXES_COLOURS, part_colours
 from ..errors import SpigaError
-from ..face import Face, HeadPose
-from ..geometry.crop import crop_images, invert_affine, transform_points
 from ..inference import Aligner
-from ..io import read_image_bytes
-from .batcher import Batcher
-from .errors import CODES, ApiError, from_spiga_error
+from .errors import CODES, ApiError
 from .metrics import CONTENT_TYPE, Metrics
+from .work import REQUEST_CODES, Pipeline, Upload, load_json_field, parse_boxes
 
 log = logging.getLogger("spiga.serve")
 
@@ -65,17 +62,28 @@ class ServeSettings:
             name given, or the checkpoint file's stem).
         max_batch: most faces per forward pass.
         max_wait_ms: longest wait of the oldest queued request for company.
-        max_queue: most faces waiting for the model; more answers 503 + Retry-After.
+        max_queue: most faces waiting for the model, counting those expected from
+            admitted images still being decoded; more answers 503 + Retry-After.
         max_inflight: most align requests being handled at once (upload to answer);
             more answers 503 at once, before the body is read. Bounds memory.
         workers: inference threads (forward passes that may run at once).
+        decode_workers: threads that decode uploads, run the face detector and crop.
         max_image_mb: largest upload per image, in MiB.
         max_pixels: largest image, in pixels (checked on the header, before decoding).
         max_images: most images per batch request.
-        max_faces: most boxes per image.
-        timeout: seconds a request may wait for the model (504 after).
-        api_key: when set, /v1 requests need `Authorization: Bearer KEY`.
-        device, detector: for loading a model by name (ignored for an `Aligner`).
+        max_faces: most faces per image (at most max_queue): boxes given (more is
+            refused) or detected (the best-scored are kept; the answer says how many
+            were dropped).
+        timeout: seconds from a request's arrival to its answer; decode, detection and
+            the model all run within it (504 after; 503 at once when the estimate of
+            the queued work says it cannot be met).
+        body_timeout: seconds a request's body may take to arrive (408 after).
+        max_streams: most webcam streams (WebSocket /v1/stream) at once.
+        frame_timeout: seconds a webcam frame may take; a later frame is skipped.
+        api_key: when set, /v1 requests, /metrics, /openapi.json and the /docs pages
+            need `Authorization: Bearer KEY` (the stream: the key in its first message).
+        device, detector, precision, backend: for loading a model by name (ignored for
+            an `Aligner`), as `spiga.load` takes them.
     """
 
     model_id: str | None = None
@@ -89,18 +97,27 @@ class ServeSettings:
     max_images: int = 16
     max_faces: int = 64
     timeout: float = 30.0
+    decode_workers: int = 1
+    body_timeout: float = 10.0
+    max_streams: int = 4
+    frame_timeout: float = 5.0
     api_key: str | None = None
     device: str | None = None
     detector: Any = "blazeface"
+    precision: str = "float32"
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be >= 1" for name in ("max_batch", "max_queue", "max_inflight", "workers",
-                                                         "max_pixels", "max_images", "max_faces")
+                                                         "decode_workers", "max_pixels", "max_images", "max_faces",
+                                                         "max_streams")
                     if getattr(self, name) < 1]
         if self.max_wait_ms < 0:
             problems.append("max_wait_ms must be >= 0")
-        if not self.max_image_mb > 0 or not self.timeout > 0:
-            problems.append("max_image_mb and timeout must be > 0")
+        if not all(getattr(self, name) > 0 for name in ("max_image_mb", "timeout", "body_timeout", "frame_timeout")):
+            problems.append("max_image_mb, timeout, body_timeout and frame_timeout must be > 0")
+        if not problems:
+            self.max_faces = min(self.max_faces, self.max_queue)  # an image's faces must fit in the queue
         if self.api_key is not None and not self.api_key.strip():
             problems.append("api_key must not be empty")
         if problems:
@@ -147,6 +164,8 @@ class ImageOut(BaseModel):
     width: int | None = None
     height: int | None = None
     faces: list[FaceOut] = []
+    faces_dropped: int = Field(0, description="detected faces left out beyond the server's max_faces "
+                                              "(the best-scored are kept)")
     error: ErrorBody | None = Field(None, description="batch requests only: why this image has no result")
 
 
@@ -159,103 +178,7 @@ _ERRORS = {status: {"model": ErrorResponse, "description": ", ".join(c for c, (s
            for status in sorted({s for s, _ in CODES.values()})}
 
 
-# --------------------------------------------------------------------------- per image work
-
-
-@dataclass
-class _Prepared:
-    """An image decoded and its faces cropped (made on a worker thread)."""
-
-    name: str
-    width: int
-    height: int
-    boxes: np.ndarray            # (K, 4)
-    scores: list[float | None]
-    crops: np.ndarray            # (K, S, S, 3) uint8
-    matrices: np.ndarray         # (K, 2, 3)
-
-
-def parse_boxes(value: Any, what: str, max_faces: int) -> np.ndarray | None:
-    """JSON boxes -> (K, 4) float64, or None for none. One box [x, y, w, h] or a list of them.
-
-    Raises:
-        ApiError: `bad_box` for anything but finite x, y, w, h with w, h > 0.
-    """
-    if value is None:
-        return None
-    if isinstance(value, list) and len(value) == 4 and all(not isinstance(v, (list, dict)) for v in value):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise ApiError("bad_box", f"{what}: expected a box [x, y, w, h] or a non-empty list of boxes")
-    if len(value) > max_faces:
-        raise ApiError("bad_request", f"{what}: {len(value)} boxes, the limit is {max_faces} per image")
-    boxes = np.zeros((len(value), 4))
-    for i, box in enumerate(value):
-        if (not isinstance(box, list) or len(box) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
-            raise ApiError("bad_box", f"{what}: box {i} must be 4 numbers x, y, w, h, got {json.dumps(box)[:80]}")
-        boxes[i] = box
-        x, y, w, h = boxes[i]
-        if not np.all(np.isfinite(boxes[i])):
-            raise ApiError("bad_box", f"{what}: box {i} has a non-finite value")
-        if w <= 0 or h <= 0:
-            raise ApiError("bad_box", f"{what}: box {i} ({x:g}, {y:g}, {w:g}, {h:g}) must have positive "
-                                      "width and height")
-    return boxes
-
-
-def _load_json_field(text: str | None, what: str) -> Any:
-    if text is None or not text.strip():
-        return None
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        raise ApiError("bad_request", f"{what}: not valid JSON") from None
-
-
-def prepare_image(aligner: Aligner, data: bytes, name: str, boxes: np.ndarray | None,
-                  max_pixels: int) -> _Prepared:
-    """Decode `data`, find or check the boxes, crop the faces (blocking; run on a thread)."""
-    try:
-        bgr = read_image_bytes(data, name, max_pixels)
-    except SpigaError as exc:
-        raise from_spiga_error(exc) from None
-    height, width = bgr.shape[:2]
-    scores: list[float | None]
-    if boxes is None:
-        if aligner.detector is None:
-            raise ApiError("bad_request", f"{name}: no boxes given and the server has no face detector")
-        boxes, detected = aligner.detect(bgr)
-        if len(boxes) == 0:
-            raise ApiError("no_face_found", f"{name}: no face found in the {width}x{height} image; pass boxes")
-        scores = list(detected)
-    else:
-        for i, (x, y, w, h) in enumerate(boxes):
-            if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-                raise ApiError("box_outside_image", f"{name}: box {i} ({x:g}, {y:g}, {w:g}, {h:g}) lies "
-                                                    f"entirely outside the {width}x{height} image")
-        scores = [None] * len(boxes)
-    config = aligner.config
-    crops, matrices = crop_images(bgr, boxes, config.image_size, config.crop_enlarge)
-    return _Prepared(name, width, height, boxes, scores, crops, matrices)
-
-
-def face_records(aligner: Aligner, prepared: _Prepared, landmarks_crop: np.ndarray,
-                 poses: np.ndarray) -> list[dict]:
-    """Model outputs in crop pixels -> `Face.to_dict()` records plus their `pose_axes`."""
-    config = aligner.config
-    landmarks = transform_points(landmarks_crop, invert_affine(prepared.matrices))
-    records = []
-    for i, box in enumerate(prepared.boxes):
-        face = Face(box=tuple(float(v) for v in box), landmarks=landmarks[i],
-                    headpose=HeadPose(*map(float, poses[i])), score=prepared.scores[i],
-                    crop_matrix=prepared.matrices[i], crop_size=config.image_size,
-                    focal_ratio=config.focal_ratio)
-        record = face.to_dict()
-        axes = pose_axes(face)
-        record["pose_axes"] = axes.tolist() if np.all(np.isfinite(axes)) else []
-        records.append(record)
-    return records
+# --------------------------------------------------------------------------- helpers
 
 
 def _hex(bgr: tuple[int, int, int]) -> str:
@@ -267,21 +190,40 @@ def _hex(bgr: tuple[int, int, int]) -> str:
 
 
 class _Refused(Exception):
-    """Raised into the app when the gatekeeper has already answered (body too large)."""
+    """Raised into the app when the gatekeeper has already answered (body too large or late)."""
 
 
 def _endpoint(path: str) -> str:
     """A bounded label for metrics (never the raw path: no label explosion from scanners)."""
-    if path in ("/", "/v1/align", "/v1/align/batch", "/v1/models", "/healthz", "/metrics", "/openapi.json",
-                "/docs"):
+    if path in ("/", "/v1/align", "/v1/align/batch", "/v1/models", "/v1/stream", "/healthz", "/metrics",
+                "/openapi.json", "/docs", "/redoc"):
         return path
     if path.startswith("/static/"):
         return "/static"
     return "other"
 
 
+def needs_key(path: str) -> bool:
+    """Whether `path` needs the API key when one is set: the API, the metrics, the schema
+    and its pages. The web page, its static files and /healthz stay open."""
+    return (path.startswith("/v1/") or path in ("/metrics", "/openapi.json", "/docs", "/redoc")
+            or path.startswith("/docs/"))
+
+
+def key_matches(given: str, api_key: str) -> bool:
+    """`given` is `Bearer KEY` for the configured key (compared in constant time)."""
+    return hmac.compare_digest(given.encode("utf-8", "replace"), f"Bearer {api_key}".encode("utf-8"))
+
+
+#: The web page's Content-Security-Policy: its own scripts only (no inline code, no eval),
+#: the camera's frames drawn from blob: URLs, connections (fetch, WebSocket) to itself only.
+PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
+               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
 class _Gatekeeper:
-    """Pure ASGI middleware: request id, API key, body limit, in-flight bound, security
+    """Pure ASGI middleware: request id, API key, in-flight bound and first admission
+    check (before the body is read), body size limit and body-read deadline, security
     headers, metrics and the last-resort JSON 500 (no stack trace leaves the server)."""
 
     def __init__(self, app, state: "_State") -> None:
@@ -290,7 +232,7 @@ class _Gatekeeper:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send)  # the stream checks its own key (spiga.serve.stream)
             return
         state = self.state
         settings = state.settings
@@ -301,6 +243,9 @@ class _Gatekeeper:
         path = scope.get("path", "")
         endpoint = _endpoint(path)
         start = time.perf_counter()
+        arrival = time.monotonic()
+        scope["spiga.deadline"] = arrival + settings.timeout
+        body_deadline = arrival + min(settings.body_timeout, settings.timeout)
         answer = {"started": False, "status": 500, "refused": False}
 
         async def guarded_send(message) -> None:
@@ -313,8 +258,7 @@ class _Gatekeeper:
                 out["X-Request-ID"] = request_id
                 out["X-Content-Type-Options"] = "nosniff"
                 if endpoint in ("/", "/static"):
-                    out["Content-Security-Policy"] = ("default-src 'self'; img-src 'self' blob: data:; "
-                                                      "object-src 'none'; frame-ancestors 'none'")
+                    out["Content-Security-Policy"] = PAGE_POLICY
             await send(message)
 
         async def answer_error(error: ApiError) -> None:
@@ -322,15 +266,21 @@ class _Gatekeeper:
             answer["started"] = True
             await response(scope, receive, guarded_send)
 
+        async def refuse(error: ApiError) -> None:
+            """Answer `error` while the app is reading the body, then stop the app."""
+            if not answer["started"]:
+                await answer_error(error)
+            answer["refused"] = True
+            scope["spiga.refused"] = True  # the app's own error for the cut body is not logged
+            raise _Refused()
+
         inflight = False
         try:
-            if path.startswith("/v1/") and settings.api_key is not None:
-                given = headers.get("authorization", "")
-                expected = f"Bearer {settings.api_key}"
-                if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8")):
-                    await answer_error(ApiError("unauthorized", "missing or wrong API key: send "
-                                                                "`Authorization: Bearer KEY`"))
-                    return
+            if settings.api_key is not None and needs_key(path) and \
+                    not key_matches(headers.get("authorization", ""), settings.api_key):
+                await answer_error(ApiError("unauthorized", "missing or wrong API key: send "
+                                                            "`Authorization: Bearer KEY`"))
+                return
             limit = state.body_limit(path)
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:
@@ -338,26 +288,42 @@ class _Gatekeeper:
                                                                f"the limit of {limit} bytes"))
                 return
             if scope.get("method") == "POST" and path.startswith("/v1/align"):
+                admission = state.pipeline.admission
                 if state.inflight >= settings.max_inflight:
                     await answer_error(ApiError("overloaded", f"{state.inflight} requests in progress (limit "
                                                               f"{settings.max_inflight}); retry later",
-                                                {"Retry-After": str(state.batcher.retry_after())}))
+                                                {"Retry-After": str(admission.retry_after())}))
+                    return
+                drain = admission.drain_seconds()
+                if admission.busy() and drain >= settings.timeout:
+                    # not even an empty request could be answered in time: say so before the upload
+                    await answer_error(ApiError("overloaded", f"about {drain:.1f} s of work queued, more than "
+                                                              f"the {settings.timeout:g} s deadline; retry later",
+                                                {"Retry-After": str(admission.retry_after())}))
                     return
                 state.inflight += 1
                 inflight = True
             received = 0
+            body_done = False
 
             async def limited_receive():
-                nonlocal received
-                message = await receive()
+                nonlocal received, body_done
+                if body_done:
+                    return await receive()  # after the body: waiting for a disconnect has no deadline
+                try:
+                    message = await asyncio.wait_for(receive(), body_deadline - time.monotonic())
+                except asyncio.TimeoutError:
+                    await refuse(ApiError("request_timeout", f"the request body did not arrive within "
+                                                             f"{min(settings.body_timeout, settings.timeout):g} s",
+                                          {"Connection": "close"}))
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
-                    if received > limit and not answer["started"]:
-                        await answer_error(ApiError("image_too_large", f"request body exceeds the limit of "
-                                                                       f"{limit} bytes"))
-                        answer["refused"] = True
-                        scope["spiga.refused"] = True  # the app's own error for the cut body is not logged
-                        raise _Refused()
+                    if received > limit:
+                        await refuse(ApiError("image_too_large", f"request body exceeds the limit of {limit} "
+                                                                 "bytes"))
+                    body_done = not message.get("more_body", False)
+                else:
+                    body_done = True
                 return message
 
             await self.app(scope, limited_receive, guarded_send)
@@ -382,16 +348,21 @@ class _Gatekeeper:
 
 
 class _State:
-    """What the routes share: the model, settings, batcher, metrics."""
+    """What the routes share: the model, settings, pipeline (batcher, admission), metrics."""
 
     def __init__(self, aligner: Aligner, settings: ServeSettings, model_id: str) -> None:
         self.aligner = aligner
         self.settings = settings
         self.model_id = model_id
         self.metrics = Metrics()
-        self.batcher = Batcher(aligner.predict_crops, settings.max_batch, settings.max_wait_ms, settings.max_queue,
-                               settings.workers, settings.timeout, self.metrics)
+        self.pipeline = Pipeline(aligner, settings, self.metrics)
+        self.metrics.watch(self.pipeline.admission)
         self.inflight = 0
+        self.streams = 0
+
+    @property
+    def batcher(self):
+        return self.pipeline.batcher
 
     def body_limit(self, path: str) -> int:
         """Largest request body in bytes: the images plus 64 KiB for fields and multipart framing."""
@@ -400,7 +371,7 @@ class _State:
 
     def error_response(self, error: ApiError, request_id: str) -> JSONResponse:
         """Log `error` with the request id, count it, and make its JSON response."""
-        level = logging.ERROR if error.status >= 500 and error.code != "overloaded" else logging.WARNING
+        level = logging.ERROR if error.status >= 500 and error.code not in REQUEST_CODES else logging.WARNING
         log.log(level, "request %s: %d %s: %s", request_id, error.status, error.code, error.message)
         self.metrics.errors.labels(error.code).inc()
         body = {"error": {"code": error.code, "message": error.message, "request_id": request_id}}
@@ -422,24 +393,6 @@ class _State:
             raise ApiError("image_too_large", f"{name}: exceeds the limit of {limit} bytes")
         return data
 
-    async def align_one(self, data: bytes, name: str, boxes: np.ndarray | None) -> dict:
-        """One image: decode and crop on a thread, batch with other requests, back to pixels."""
-        prepared = await asyncio.to_thread(prepare_image, self.aligner, data, name, boxes, self.settings.max_pixels)
-        landmarks, poses = await self.batcher.submit(prepared.crops)
-        return {"path": name, "width": prepared.width, "height": prepared.height,
-                "faces": face_records(self.aligner, prepared, landmarks, poses)}
-
-    def warm_up(self) -> None:
-        """Build the detector and run the model once, so the first request is not slow."""
-        size = self.aligner.config.image_size
-        self.aligner.predict_crops(np.zeros((1, size, size, 3), np.uint8))
-        if self.aligner.detector is not None:
-            try:
-                self.aligner.get_detector()
-            except SpigaError as exc:
-                log.warning("face detector unavailable (%s); requests must give boxes", exc)
-                self.aligner.detector = None
-
 
 def _model_id(model: Any, aligner: Aligner) -> str:
     if isinstance(model, (str, Path)) and not isinstance(model, Aligner):
@@ -453,46 +406,52 @@ def create_app(aligner_or_model: Aligner | str | Path, settings: ServeSettings |
 
     Args:
         aligner_or_model: a loaded `Aligner`, or a model name / checkpoint path to load
-            (with `settings.device` and `settings.detector`).
-        settings: limits, batching and the API key; defaults when None.
+            (with `settings.device`, `detector`, `precision` and `backend`).
+        settings: limits, batching, deadlines and the API key; defaults when None.
     """
+    from .stream import run_stream
+
     settings = settings or ServeSettings()
     if isinstance(aligner_or_model, Aligner):
         aligner = aligner_or_model
     else:
         from ..inference import load
 
-        aligner = load(aligner_or_model, device=settings.device, detector=settings.detector)
+        aligner = load(aligner_or_model, device=settings.device, detector=settings.detector,
+                       precision=settings.precision, backend=settings.backend)
     state = _State(aligner, settings, settings.model_id or _model_id(aligner_or_model, aligner))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state.batcher.start()
-        await asyncio.to_thread(state.warm_up)
-        log.info("serving %s (%s) with max_batch=%d, max_wait_ms=%g, workers=%d", state.model_id, aligner,
-                 settings.max_batch, settings.max_wait_ms, settings.workers)
+        state.pipeline.start()
+        await asyncio.to_thread(state.pipeline.calibrate)
+        log.info("serving %s (%s) with max_batch=%d, max_wait_ms=%g, workers=%d, decode_workers=%d", state.model_id,
+                 aligner, settings.max_batch, settings.max_wait_ms, settings.workers, settings.decode_workers)
         yield
-        await state.batcher.stop()
+        await state.pipeline.stop()
 
+    keyed = " Every /v1 request, /metrics and this schema need `Authorization: Bearer KEY`." if settings.api_key else ""
     app = FastAPI(
         title="spiga", version=_version(), lifespan=lifespan,
         description="Face landmarks and head pose with SPIGA. Errors are JSON "
-                    "`{\"error\": {\"code\", \"message\", \"request_id\"}}` with a stable code."
-                    + (" Every /v1 request needs `Authorization: Bearer KEY`." if settings.api_key else ""))
+                    "`{\"error\": {\"code\", \"message\", \"request_id\"}}` with a stable code." + keyed)
     app.state.spiga = state
     app.add_middleware(_Gatekeeper, state=state)
 
     def request_id(request: Request) -> str:
         return request.scope.get("spiga.request_id", "-")
 
+    def deadline(request: Request) -> float:
+        return request.scope.get("spiga.deadline") or time.monotonic() + settings.timeout
+
     def answered(request: Request) -> bool:
-        """Whether the gatekeeper already answered (a body cut off at the size limit)."""
+        """Whether the gatekeeper already answered (a body cut off at the size limit or deadline)."""
         return bool(request.scope.get("spiga.refused"))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         if answered(request):
-            return Response(status_code=413)
+            return Response(status_code=413)  # dropped by the gatekeeper: it answered already
         return state.error_response(exc, request_id(request))
 
     @app.exception_handler(RequestValidationError)
@@ -509,7 +468,7 @@ def create_app(aligner_or_model: Aligner | str | Path, settings: ServeSettings |
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if answered(request):
-            return Response(status_code=413)  # dropped by the gatekeeper: it answered already
+            return Response(status_code=413)
         code = {404: "not_found", 405: "method_not_allowed", 413: "image_too_large"}.get(exc.status_code,
                                                                                         "bad_request")
         message = exc.detail if isinstance(exc.detail, str) else "bad request"
@@ -525,15 +484,19 @@ def create_app(aligner_or_model: Aligner | str | Path, settings: ServeSettings |
 
     @app.post("/v1/align", response_model=AlignResponse, responses=_ERRORS, tags=["align"],
               summary="Landmarks and head pose for the faces of one image")
-    async def align(image: UploadFile = File(description="the image (JPEG, PNG, WebP, BMP, TIFF, ...)"),
+    async def align(request: Request,
+                    image: UploadFile = File(description="the image (JPEG, PNG, WebP, BMP, TIFF, ...)"),
                     boxes: str | None = Form(None, description="JSON: [x, y, w, h] or [[x, y, w, h], ...]; "
                                                                "omit to detect faces"),
                     model: str | None = Form(None, description="model id (GET /v1/models); default: the "
                                                                "served one")):
         state.check_model(model)
-        box_array = parse_boxes(_load_json_field(boxes, "boxes"), "boxes", settings.max_faces)
+        box_array = parse_boxes(load_json_field(boxes, "boxes"), "boxes", settings.max_faces)
         data = await state.read_upload(image)
-        record = await state.align_one(data, image.filename or "upload", box_array)
+        [record] = await state.pipeline.align([Upload(data, image.filename or "upload", box_array)],
+                                              deadline(request))
+        if isinstance(record, ApiError):
+            raise record
         return JSONResponse({"model": state.model_id, "images": [record]})
 
     @app.post("/v1/align/batch", response_model=AlignResponse, responses=_ERRORS, tags=["align"],
@@ -546,30 +509,38 @@ def create_app(aligner_or_model: Aligner | str | Path, settings: ServeSettings |
         state.check_model(model)
         if len(images) > settings.max_images:
             raise ApiError("bad_request", f"{len(images)} images, the limit is {settings.max_images} per request")
-        per_image = _load_json_field(boxes, "boxes")
+        per_image = load_json_field(boxes, "boxes")
         if per_image is None:
             per_image = [None] * len(images)
         if not isinstance(per_image, list) or len(per_image) != len(images):
             raise ApiError("bad_request", f"boxes: expected a JSON list with one entry per image ({len(images)})")
-        jobs = []
+        names = [upload.filename or f"upload{i}" for i, upload in enumerate(images)]
+        records: list[dict | ApiError | None] = [None] * len(images)
+        uploads, where = [], []
         for i, upload in enumerate(images):
-            name = upload.filename or f"upload{i}"
-            jobs.append(_batch_item(state, upload, name, per_image[i], f"boxes[{i}]"))
-        records = await asyncio.gather(*jobs, return_exceptions=True)
+            try:
+                box_array = parse_boxes(per_image[i], f"boxes[{i}]", settings.max_faces)
+                uploads.append(Upload(await state.read_upload(upload), names[i], box_array))
+                where.append(i)
+            except ApiError as exc:
+                records[i] = exc
+        if uploads:
+            for i, record in zip(where, await state.pipeline.align(uploads, deadline(request))):
+                records[i] = record
         out = []
-        for i, (upload, record) in enumerate(zip(images, records)):
+        for i, record in enumerate(records):
             if isinstance(record, ApiError):
-                if record.code in ("overloaded", "timeout"):
-                    raise record  # the whole request is retried, not some of its images
                 rid = request_id(request)
                 state.metrics.errors.labels(record.code).inc()
                 log.warning("request %s: image %d: %d %s: %s", rid, i, record.status, record.code, record.message)
-                record = {"path": upload.filename or f"upload{i}", "faces": [],
+                record = {"path": names[i], "faces": [], "faces_dropped": 0,
                           "error": {"code": record.code, "message": record.message, "request_id": rid}}
-            elif isinstance(record, BaseException):
-                raise record
             out.append(record)
         return JSONResponse({"model": state.model_id, "images": out})
+
+    @app.websocket("/v1/stream")
+    async def stream(websocket: WebSocket):
+        await run_stream(websocket, state)
 
     @app.get("/v1/models", tags=["info"], summary="The served model and the server's limits")
     async def models():
@@ -583,19 +554,26 @@ def create_app(aligner_or_model: Aligner | str | Path, settings: ServeSettings |
                 "axes_colours": [_hex(c) for c in AXES_COLOURS],
                 "input_size": aligner.config.image_size,
                 "device": str(aligner.device),
+                "precision": str(aligner.precision),
+                "backend": getattr(aligner.backend, "name", "torch"),
                 "detector": None if aligner.detector is None else getattr(aligner.detector, "name",
                                                                           str(aligner.detector)),
             }],
             "limits": {"max_image_mb": settings.max_image_mb, "max_pixels": settings.max_pixels,
                        "max_images": settings.max_images, "max_faces": settings.max_faces,
                        "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
-                       "max_queue": settings.max_queue, "timeout_s": settings.timeout},
+                       "max_queue": settings.max_queue, "timeout_s": settings.timeout,
+                       "body_timeout_s": settings.body_timeout, "max_streams": settings.max_streams,
+                       "frame_timeout_s": settings.frame_timeout},
             "auth": settings.api_key is not None,
         }
 
     @app.get("/healthz", tags=["info"], summary="Liveness: 200 while the server runs")
     async def healthz():
-        return {"status": "ok", "model": state.model_id, "queue_faces": state.batcher.queued_faces}
+        admission = state.pipeline.admission
+        return {"status": "ok", "model": state.model_id, "queue_faces": state.batcher.queued_faces,
+                "inflight": state.inflight, "streams": state.streams,
+                "backlog_s": round(admission.drain_seconds(), 3)}
 
     @app.get("/metrics", tags=["info"], summary="Prometheus text format")
     async def metrics():
@@ -607,12 +585,6 @@ def create_app(aligner_or_model: Aligner | str | Path, settings: ServeSettings |
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-async def _batch_item(state: _State, upload: UploadFile, name: str, boxes: Any, what: str) -> dict:
-    box_array = parse_boxes(boxes, what, state.settings.max_faces)
-    data = await state.read_upload(upload)
-    return await state.align_one(data, name, box_array)
 
 
 def _version() -> str:

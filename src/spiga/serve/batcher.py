@@ -9,9 +9,11 @@ each request its rows of the result. While all `workers` inference threads are b
 the collector waits, so under load batches grow instead of queueing more passes.
 
 Overload is answered, not absorbed: a request that would take the queue past
-`max_queue` faces is refused at once (`ApiError("overloaded")`, HTTP 503 with a
-`Retry-After` estimate), and a request not answered within `timeout` seconds is
-dropped from the queue (`ApiError("timeout")`).
+`max_queue` faces is refused at once, even when the queue is empty
+(`ApiError("overloaded")`, HTTP 503 with a `Retry-After` estimate), and a request not
+answered by its deadline (at most `timeout` seconds) is dropped from the queue
+(`ApiError("timeout")`). Each pass's time goes into the shared `Costs`, from which
+admission control (`spiga.serve.admission`) estimates the queue's drain time.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from .admission import Costs
 from .errors import ApiError
 from .metrics import Metrics
 
@@ -58,10 +61,12 @@ class Batcher:
         workers: inference threads, i.e. forward passes that may run at once.
         timeout: seconds a request may wait for its result (504 after).
         metrics: where batch sizes, pass times and the queue depth are recorded.
+        costs: running cost estimates that each pass updates (its own when None).
     """
 
     def __init__(self, predict: Predict, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 256,
-                 workers: int = 1, timeout: float = 30.0, metrics: Metrics | None = None) -> None:
+                 workers: int = 1, timeout: float = 30.0, metrics: Metrics | None = None,
+                 costs: Costs | None = None) -> None:
         if max_batch < 1 or max_queue < 1 or workers < 1 or max_wait_ms < 0 or timeout <= 0:
             raise ValueError("max_batch, max_queue and workers must be >= 1, max_wait_ms >= 0, timeout > 0")
         self.predict = predict
@@ -78,7 +83,8 @@ class Batcher:
         self._collector: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self._executor: ThreadPoolExecutor | None = None
-        self._seconds_per_face = 0.05  # running estimate for Retry-After
+        self._running_faces = 0
+        self.costs = costs if costs is not None else Costs()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -120,34 +126,52 @@ class Batcher:
 
     @property
     def queued_faces(self) -> int:
+        """Faces waiting for a pass."""
         return self._pending_faces
+
+    @property
+    def running_faces(self) -> int:
+        """Faces in the passes running now."""
+        return self._running_faces
 
     def retry_after(self) -> int:
         """Seconds after which a refused request may find room: the queue's drain time."""
-        drain = self._pending_faces * self._seconds_per_face / self.workers
+        drain = (self._pending_faces + self._running_faces) * self.costs.seconds_per_face / self.workers
         return max(1, math.ceil(drain))
 
-    async def submit(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    async def submit(self, crops: np.ndarray, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Landmarks (K, L, 2) and poses (K, 6) of K crops (K, S, S, 3), via a shared batch.
 
+        Args:
+            crops: (K, S, S, 3) uint8, K <= max_queue.
+            deadline: `time.monotonic()` by which the result is needed (at most
+                `timeout` seconds from now either way).
         Raises:
-            ApiError: `overloaded` when the queue is full, `timeout` after `self.timeout` s.
+            ApiError: `overloaded` when the queue has no room for K faces, `timeout` at
+                the deadline.
         """
         if len(crops) == 0:
             raise ValueError("no crops to submit")
+        if len(crops) > self.max_queue:
+            raise ValueError(f"{len(crops)} crops can never fit in a queue of {self.max_queue} faces")
         self.start()
-        if self._pending_faces and self._pending_faces + len(crops) > self.max_queue:
+        if self._pending_faces + len(crops) > self.max_queue:
             raise ApiError("overloaded", f"the queue is full ({self._pending_faces} faces waiting, "
                                          f"limit {self.max_queue}); retry later",
+                           {"Retry-After": str(self.retry_after())})
+        wait = self.timeout if deadline is None else min(self.timeout, deadline - time.monotonic())
+        if wait <= 0:
+            raise ApiError("timeout", "the deadline passed before the faces reached the model",
                            {"Retry-After": str(self.retry_after())})
         job = _Job(crops, asyncio.get_running_loop().create_future())
         self._pending.append(job)
         self._set_queue(self._pending_faces + job.faces)
         self._arrived.set()
         try:
-            return await asyncio.wait_for(job.future, self.timeout)
+            return await asyncio.wait_for(job.future, wait)
         except asyncio.TimeoutError:
-            raise ApiError("timeout", f"no result within {self.timeout:g} s; the server is busy") from None
+            raise ApiError("timeout", f"no result within {wait:.3g} s; the server is busy",
+                           {"Retry-After": str(self.retry_after())}) from None
         finally:
             self._forget(job)
 
@@ -219,6 +243,8 @@ class Batcher:
     async def _run(self, batch: list[_Job]) -> None:
         """One forward pass for `batch`; each job gets its rows (or the exception)."""
         loop = asyncio.get_running_loop()
+        faces = sum(job.faces for job in batch)
+        self._running_faces += faces
         try:
             crops = batch[0].crops if len(batch) == 1 else np.concatenate([job.crops for job in batch])
             start = time.perf_counter()
@@ -230,7 +256,7 @@ class Batcher:
                         job.future.set_exception(exc)
                 return
             elapsed = time.perf_counter() - start
-            self._seconds_per_face = 0.8 * self._seconds_per_face + 0.2 * elapsed / len(crops)
+            self.costs.observe_pass(len(crops), elapsed)
             if self.metrics is not None:
                 self.metrics.batch_faces.observe(len(crops))
                 self.metrics.batch_requests.observe(len(batch))
@@ -242,4 +268,5 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_result((landmarks[rows], poses[rows]))
         finally:
+            self._running_faces -= faces
             self._slots.release()

@@ -24,10 +24,12 @@ CODES: dict[str, tuple[int, str]] = {
     "unknown_model": (404, "the request names a model this server does not serve"),
     "not_found": (404, "no such endpoint"),
     "method_not_allowed": (405, "the endpoint exists but not for this HTTP method"),
+    "request_timeout": (408, "the request body did not arrive within the body-read deadline"),
     "image_too_large": (413, "the upload (or the request body) exceeds the size limit"),
     "too_many_pixels": (413, "the image's declared dimensions exceed the pixel limit"),
-    "overloaded": (503, "the queue is full; retry after the `Retry-After` seconds"),
-    "timeout": (504, "the request waited longer than the per-request timeout"),
+    "overloaded": (503, "the request cannot be answered in time (queued work, queue full or too many in "
+                        "flight); retry after the `Retry-After` seconds"),
+    "timeout": (504, "the request was not done within its deadline; retry after the `Retry-After` seconds"),
     "internal": (500, "an unexpected server error (logged with the request id)"),
 }
 

@@ -14,6 +14,13 @@ Metrics (all prefixed `spiga_`):
     batch_requests                       requests (images) per forward pass
     inference_seconds                    time of one forward pass
     queue_faces                          faces waiting in the queue now
+    faces_dropped_total                  detected faces left out beyond max_faces
+    backlog_seconds                      estimated time for the accepted work to drain
+    expected_faces                       faces of admitted images not yet queued
+    stream_frames_total{outcome}         webcam frames answered: faces, skipped, error
+    cost_seconds{what}                   running cost estimates: a pass of one face, per face in a
+                                         full batch, per megapixel decoded, per megapixel searched
+                                         for faces
     process_resident_memory_bytes, ...   the process collector (Linux)
 """
 
@@ -50,6 +57,29 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=self.registry)
         self.queue_faces = Gauge("spiga_queue_faces", "Faces waiting in the batching queue.",
                                  registry=self.registry)
+        self.faces_dropped = Counter("spiga_faces_dropped_total", "Detected faces left out beyond max_faces.",
+                                     registry=self.registry)
+        self.stream_frames = Counter("spiga_stream_frames_total", "Webcam stream frames answered, by outcome "
+                                     "(faces, skipped, error).", ("outcome",), registry=self.registry)
+        self.backlog = Gauge("spiga_backlog_seconds", "Estimated time for the accepted work to drain.",
+                             registry=self.registry)
+        self.expected_faces = Gauge("spiga_expected_faces", "Faces of admitted images not yet queued.",
+                                    registry=self.registry)
+        self.costs = Gauge("spiga_cost_seconds", "Running cost estimates: a pass of one face (face), per face "
+                                                 "in a full batch (face_in_full_batch), per megapixel decoded "
+                                                 "(decode_mp), per megapixel searched for faces (detect_mp).",
+                           ("what",), registry=self.registry)
+
+    def watch(self, admission) -> None:
+        """Read the backlog, expected faces and costs of an `Admission` at each scrape."""
+        self.backlog.set_function(admission.drain_seconds)
+        self.expected_faces.set_function(lambda: admission.expected_faces)
+        costs = admission.costs
+        self.costs.labels("face").set_function(lambda: costs.pass_seconds(1))
+        self.costs.labels("face_in_full_batch").set_function(
+            lambda: costs.pass_seconds(admission.max_batch) / admission.max_batch)
+        self.costs.labels("decode_mp").set_function(lambda: costs.decode_per_mp)
+        self.costs.labels("detect_mp").set_function(lambda: costs.detect_per_mp)
 
     def render(self) -> bytes:
         """The text exposition of every metric."""

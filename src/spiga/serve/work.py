@@ -1,0 +1,400 @@
+"""The work of a request: decode, detect and crop on the decode threads, the model via
+the batcher, all under the request's deadline and admission control.
+
+    pipeline = Pipeline(aligner, settings, metrics)
+    records = await pipeline.align([Upload(data, "a.jpg", None)], deadline)
+
+`Pipeline.align` admits the request (`spiga.serve.admission`; 503 at once when it cannot
+be answered in time), runs each image's decode and detection on a bounded thread pool
+(`decode_workers` threads), hands its crops to the batcher, and answers by the deadline:
+`ApiError("timeout")` (504 with `Retry-After`) if the work is not done by then. Work not
+started by then never runs. While a request waits for the decode threads, each finished
+decode and forward pass (new cost measurements) re-checks it: one that can no longer be
+answered in time is refused then (503 with `Retry-After`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from ..draw import pose_axes
+from ..errors import SpigaError
+from ..face import Face, HeadPose
+from ..geometry.crop import crop_images, invert_affine, transform_points
+from ..inference import Aligner
+from ..io import read_image_bytes
+from .admission import MIN_MEGAPIXELS, Admission, Costs, ImageWork, Ticket
+from .batcher import Batcher
+from .errors import ApiError, from_spiga_error
+from .metrics import Metrics
+
+log = logging.getLogger("spiga.serve")
+
+#: Codes that fail a whole request (retry it as a whole), not one image of a batch.
+REQUEST_CODES = ("overloaded", "timeout")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded image: its bytes, file name and boxes ((K, 4), or None to detect)."""
+
+    data: bytes
+    name: str
+    boxes: np.ndarray | None = None
+
+
+@dataclass
+class Prepared:
+    """An image decoded and its faces cropped (made on a decode thread)."""
+
+    name: str
+    width: int
+    height: int
+    boxes: np.ndarray            # (K, 4)
+    scores: list[float | None]
+    crops: np.ndarray            # (K, S, S, 3) uint8
+    matrices: np.ndarray         # (K, 2, 3)
+    dropped: int = 0             # detections beyond max_faces, left out
+
+
+# --------------------------------------------------------------------------- request fields
+
+
+def parse_boxes(value: Any, what: str, max_faces: int) -> np.ndarray | None:
+    """JSON boxes -> (K, 4) float64, or None for none. One box [x, y, w, h] or a list of them.
+
+    Raises:
+        ApiError: `bad_box` for anything but finite x, y, w, h with w, h > 0.
+    """
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) == 4 and all(not isinstance(v, (list, dict)) for v in value):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ApiError("bad_box", f"{what}: expected a box [x, y, w, h] or a non-empty list of boxes")
+    if len(value) > max_faces:
+        raise ApiError("bad_request", f"{what}: {len(value)} boxes, the limit is {max_faces} per image")
+    boxes = np.zeros((len(value), 4))
+    for i, box in enumerate(value):
+        if (not isinstance(box, list) or len(box) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+            raise ApiError("bad_box", f"{what}: box {i} must be 4 numbers x, y, w, h, got {json.dumps(box)[:80]}")
+        boxes[i] = box
+        x, y, w, h = boxes[i]
+        if not np.all(np.isfinite(boxes[i])):
+            raise ApiError("bad_box", f"{what}: box {i} has a non-finite value")
+        if w <= 0 or h <= 0:
+            raise ApiError("bad_box", f"{what}: box {i} ({x:g}, {y:g}, {w:g}, {h:g}) must have positive "
+                                      "width and height")
+    return boxes
+
+
+def load_json_field(text: str | None, what: str) -> Any:
+    """A form field's JSON, None when absent or blank."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise ApiError("bad_request", f"{what}: not valid JSON") from None
+
+
+def megapixels(data: bytes) -> float:
+    """The image's size in megapixels from its header (no decoding), for the cost
+    estimate; the smallest costed size when the header is unreadable (the decoder then
+    says what is wrong)."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            return max(MIN_MEGAPIXELS, probe.width * probe.height / 1e6)
+    except Exception:  # noqa: BLE001 - any unreadable header: judged by read_image_bytes later
+        return MIN_MEGAPIXELS
+
+
+# --------------------------------------------------------------------------- per image work
+
+
+def cap_detections(boxes: np.ndarray, scores: list[float], max_faces: int) -> tuple[np.ndarray, list[float], int]:
+    """Keep the `max_faces` best-scored detections (in their order); (boxes, scores, dropped)."""
+    if len(boxes) <= max_faces:
+        return boxes, scores, 0
+    best = np.sort(np.argsort(-np.asarray(scores, np.float64), kind="stable")[:max_faces])
+    return boxes[best], [scores[i] for i in best], len(boxes) - max_faces
+
+
+def prepare_image(aligner: Aligner, data: bytes, name: str, boxes: np.ndarray | None, max_pixels: int,
+                  max_faces: int, costs: Costs | None = None) -> Prepared:
+    """Decode `data`, find (at most `max_faces`) or check the boxes, crop the faces.
+
+    Blocking: runs on a decode thread. Records its decode and detection times in `costs`.
+    """
+    start = time.perf_counter()
+    try:
+        bgr = read_image_bytes(data, name, max_pixels)
+    except SpigaError as exc:
+        raise from_spiga_error(exc) from None
+    height, width = bgr.shape[:2]
+    size = width * height / 1e6
+    scores: list[float | None]
+    dropped = 0
+    detect_seconds = 0.0
+    if boxes is None:
+        if aligner.detector is None:
+            raise ApiError("bad_request", f"{name}: no boxes given and the server has no face detector")
+        detect_start = time.perf_counter()
+        boxes, detected = aligner.detect(bgr)
+        detect_seconds = time.perf_counter() - detect_start
+        if costs is not None:
+            costs.observe_detect(size, detect_seconds, len(boxes))
+        if len(boxes) == 0:
+            raise ApiError("no_face_found", f"{name}: no face found in the {width}x{height} image; pass boxes")
+        boxes, detected, dropped = cap_detections(boxes, detected, max_faces)
+        scores = list(detected)
+    else:
+        for i, (x, y, w, h) in enumerate(boxes):
+            if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+                raise ApiError("box_outside_image", f"{name}: box {i} ({x:g}, {y:g}, {w:g}, {h:g}) lies "
+                                                    f"entirely outside the {width}x{height} image")
+        scores = [None] * len(boxes)
+    config = aligner.config
+    crops, matrices = crop_images(bgr, boxes, config.image_size, config.crop_enlarge)
+    if costs is not None:
+        costs.observe_decode(size, time.perf_counter() - start - detect_seconds)
+    return Prepared(name, width, height, boxes, scores, crops, matrices, dropped)
+
+
+def face_record(face: Face) -> dict:
+    """`Face.to_dict()` plus its `pose_axes` (4 image points; empty when not finite)."""
+    record = face.to_dict()
+    axes = pose_axes(face)
+    record["pose_axes"] = axes.tolist() if np.all(np.isfinite(axes)) else []
+    return record
+
+
+def faces_from_crops(aligner: Aligner, boxes: np.ndarray, scores: list[float | None], matrices: np.ndarray,
+                     landmarks_crop: np.ndarray, poses: np.ndarray) -> list[Face]:
+    """Model outputs in crop pixels -> `Face`s in image pixels (as `Aligner.align_array`)."""
+    config = aligner.config
+    landmarks = transform_points(landmarks_crop, invert_affine(matrices))
+    return [Face(box=tuple(float(v) for v in box), landmarks=landmarks[i], headpose=HeadPose(*map(float, poses[i])),
+                 score=scores[i], crop_matrix=matrices[i], crop_size=config.image_size,
+                 focal_ratio=config.focal_ratio)
+            for i, box in enumerate(boxes)]
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """An admitted request while some of its images wait for a decode thread."""
+
+    deadline: float
+    ticket: Ticket
+    not_started: dict[int, float]  # image index -> its decode estimate (seconds)
+    refused: asyncio.Future        # set to an ApiError when it is found overdue
+
+    @property
+    def decode_seconds(self) -> float:
+        return sum(self.not_started.values())
+
+    @property
+    def faces(self) -> int:
+        return sum(self.ticket.faces)
+
+
+class Pipeline:
+    """Decode threads, the batcher and admission control of one app.
+
+    Args:
+        aligner: the model.
+        settings: a `ServeSettings` (limits, workers, timeouts).
+        metrics: where the work is counted.
+    """
+
+    def __init__(self, aligner: Aligner, settings, metrics: Metrics) -> None:
+        self.aligner = aligner
+        self.settings = settings
+        self.metrics = metrics
+        self.costs = Costs()
+        self.batcher = Batcher(aligner.predict_crops, settings.max_batch, settings.max_wait_ms, settings.max_queue,
+                               settings.workers, settings.timeout, metrics, self.costs)
+        self.admission = Admission(self.costs, self.batcher, settings.decode_workers, settings.workers,
+                                   settings.max_queue, settings.max_faces, settings.max_batch)
+        self._decode: ThreadPoolExecutor | None = None
+        self._streams: ThreadPoolExecutor | None = None
+        self._waiting: list[_Waiting] = []  # in admission order
+
+    def start(self) -> None:
+        self.batcher.start()
+        if self._decode is None:
+            self._decode = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="spiga-decode")
+            self._streams = ThreadPoolExecutor(self.settings.max_streams, thread_name_prefix="spiga-stream")
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        for pool in (self._decode, self._streams):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._decode = self._streams = None
+
+    def timeout_error(self, what: str = "the request") -> ApiError:
+        return ApiError("timeout", f"{what} was not done within its deadline ({self.settings.timeout:g} s); "
+                                   "the server is busy", {"Retry-After": str(self.admission.retry_after())})
+
+    async def on_decode_threads(self, ticket: Ticket | None, index: int, function: Callable, *args,
+                                waiting: _Waiting | None = None) -> Any:
+        """Run `function(*args)` on a decode thread; the ticket's decode reservation for
+        image `index` is given back when it leaves the pool (even after a timeout), and
+        the waiting requests are re-checked then."""
+        if self._decode is None:
+            self.start()
+        loop = asyncio.get_running_loop()
+
+        def run():
+            if waiting is not None:
+                loop.call_soon_threadsafe(self._started, waiting, index)
+            return function(*args)
+
+        def left(_) -> None:
+            if ticket is not None:
+                ticket.decoded(index)
+            self.shed()
+
+        future: Future = self._decode.submit(run)
+        if ticket is not None:
+            ticket.decode_queued(index)
+        def leaving(done: Future) -> None:
+            try:
+                loop.call_soon_threadsafe(left, done)
+            except RuntimeError:  # the loop closed (shutdown): nothing left to account
+                pass
+
+        future.add_done_callback(leaving)
+        return await asyncio.wrap_future(future)
+
+    def _started(self, waiting: _Waiting, index: int) -> None:
+        waiting.not_started.pop(index, None)
+        if not waiting.not_started and waiting in self._waiting:
+            self._waiting.remove(waiting)
+
+    def shed(self) -> None:
+        """Refuse the waiting requests that the current costs say cannot be answered in time."""
+        if not self._waiting:
+            return
+        for entry in self.admission.overdue(self._waiting):
+            self._waiting.remove(entry)
+            if not entry.refused.done():
+                self.admission.refused += 1
+                entry.refused.set_result(ApiError(
+                    "overloaded", "no longer expected to be answered within its deadline (the server got slower "
+                                  "since it was admitted); retry later",
+                    {"Retry-After": str(self.admission.retry_after())}))
+
+    async def on_stream_threads(self, function: Callable, *args) -> Any:
+        """Run `function(*args)` on a stream thread (one per open stream at most)."""
+        if self._streams is None:
+            self.start()
+        return await asyncio.get_running_loop().run_in_executor(self._streams, function, *args)
+
+    async def align(self, uploads: list[Upload], deadline: float) -> list[dict | ApiError]:
+        """Records (the JSON of `spiga align` per image, plus `faces_dropped`) or, per image,
+        the `ApiError` that image met.
+
+        Raises:
+            ApiError: `overloaded` (refused at once) or `timeout` (at the deadline) for
+                the whole request.
+        """
+        works = [ImageWork(megapixels(u.data), None if u.boxes is None else len(u.boxes)) for u in uploads]
+        ticket = self.admission.admit(works, deadline)
+        waiting = _Waiting(deadline, ticket, dict(enumerate(ticket.decode)), asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        jobs = asyncio.ensure_future(asyncio.gather(
+            *(self._align_one(ticket, i, upload, deadline, waiting) for i, upload in enumerate(uploads)),
+            return_exceptions=True))
+        try:
+            done, _ = await asyncio.wait({jobs, waiting.refused}, timeout=max(0.0, deadline - time.monotonic()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if jobs not in done:
+                jobs.cancel()
+                if waiting.refused in done:
+                    raise waiting.refused.result()
+                raise self.timeout_error()
+            results = jobs.result()
+        finally:
+            if waiting in self._waiting:
+                self._waiting.remove(waiting)
+            if not waiting.refused.done():
+                waiting.refused.cancel()
+            ticket.release()
+        for result in results:
+            if isinstance(result, ApiError) and result.code in REQUEST_CODES:
+                raise result
+            if isinstance(result, BaseException) and not isinstance(result, ApiError):
+                raise result
+        return results
+
+    async def _align_one(self, ticket: Ticket, index: int, upload: Upload, deadline: float,
+                         waiting: _Waiting | None = None) -> dict:
+        settings = self.settings
+        prepared = await self.on_decode_threads(ticket, index, prepare_image, self.aligner, upload.data, upload.name,
+                                                upload.boxes, settings.max_pixels, settings.max_faces, self.costs,
+                                                waiting=waiting)
+        if prepared.dropped:
+            self.metrics.faces_dropped.inc(prepared.dropped)
+        ticket.submitted(index)  # its faces move to the batcher's queue in the same step
+        try:
+            landmarks, poses = await self.batcher.submit(prepared.crops, deadline)
+        finally:
+            self.shed()  # a pass ended (or failed): its time may change what still fits
+        faces = faces_from_crops(self.aligner, prepared.boxes, prepared.scores, prepared.matrices, landmarks, poses)
+        return {"path": upload.name, "width": prepared.width, "height": prepared.height,
+                "faces": [face_record(face) for face in faces], "faces_dropped": prepared.dropped}
+
+    def calibrate(self) -> None:
+        """First cost estimates, measured on this machine (blocking: run on a thread).
+
+        Runs the model on one crop and on a full batch (each twice: the first call of a
+        size builds kernels), the detector on a blank 640x480 image and one decode, so
+        that admission control's first estimates are of this machine rather than
+        defaults, and it knows how much a full batch saves per face.
+        """
+        import cv2
+
+        size = self.aligner.config.image_size
+        measured = []
+        for batch in sorted({1, self.settings.max_batch}):
+            crops = np.zeros((batch, size, size, 3), np.uint8)
+            self.aligner.predict_crops(crops)
+            start = time.perf_counter()
+            self.aligner.predict_crops(crops)
+            measured.append((batch, time.perf_counter() - start))
+        self.costs.calibrate_passes(measured)
+        blank = np.full((480, 640, 3), 128, np.uint8)
+        data = cv2.imencode(".jpg", blank)[1].tobytes()
+        start = time.perf_counter()
+        read_image_bytes(data, "calibration", self.settings.max_pixels)
+        self.costs.decode_per_mp = (time.perf_counter() - start) / 0.3072
+        if self.aligner.detector is not None:
+            try:
+                detector = self.aligner.get_detector()
+            except SpigaError as exc:
+                log.warning("face detector unavailable (%s); requests must give boxes", exc)
+                self.aligner.detector = None
+                return
+            detector.detect(blank)
+            start = time.perf_counter()
+            detector.detect(blank)
+            self.costs.detect_per_mp = (time.perf_counter() - start) / 0.3072
+        log.info("cost estimates: passes of 1 and %d faces %.3f s and %.3f s, %.3f s per MP decode, %.3f s per "
+                 "MP detection", self.settings.max_batch, self.costs.pass_seconds(1),
+                 self.costs.pass_seconds(self.settings.max_batch), self.costs.decode_per_mp, self.costs.detect_per_mp)
