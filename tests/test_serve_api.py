@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import cv2
 import numpy as np
 import pytest
 

@@ -28,7 +28,7 @@ from spiga.serve import CODES, ServeSettings, create_app  # noqa: E402
 from spiga.serve.admission import Admission, Costs, ImageWork  # noqa: E402
 from spiga.serve.batcher import Batcher  # noqa: E402
 from spiga.serve.errors import ApiError  # noqa: E402
-from spiga.serve.work import cap_detections  # noqa: E402
+from spiga.inference.aligner import FaceBoxes, cap_faces  # noqa: E402
 
 from serve_util import LiveServer, encode, parse_metrics  # noqa: E402
 
@@ -127,10 +127,10 @@ def test_costs_follow_a_rise_faster_than_a_fall():
 
 def test_cap_detections_keeps_the_best_scores_in_order():
     boxes = np.arange(20, dtype=np.float64).reshape(5, 4)
-    kept, scores, dropped = cap_detections(boxes, [0.5, 0.9, 0.1, 0.8, 0.7], 3)
-    assert dropped == 2 and scores == [0.9, 0.8, 0.7]
-    np.testing.assert_array_equal(kept, boxes[[1, 3, 4]])
-    assert cap_detections(boxes, [0.1] * 5, 5)[2] == 0
+    kept = cap_faces(FaceBoxes(boxes, [0.5, 0.9, 0.1, 0.8, 0.7]), 3)
+    assert kept.dropped == 2 and kept.scores == [0.9, 0.8, 0.7]
+    np.testing.assert_array_equal(kept.boxes, boxes[[1, 3, 4]])
+    assert cap_faces(FaceBoxes(boxes, [0.1] * 5), 5).dropped == 0
 
 
 # --------------------------------------------------------------------------- the batcher's bounds
@@ -336,7 +336,7 @@ def test_cli_reads_precision_and_backend_choices_from_the_library(monkeypatch):
         seen.update(options, model=model)
         raise spiga.SpigaError("stop here")
 
-    monkeypatch.setattr("spiga.inference.load", fake_load)
+    monkeypatch.setattr("spiga.load", fake_load)
     parser = cli.build_parser()
     for precision in PRECISIONS:
         assert parser.parse_args(["serve", "--precision", precision]).precision == precision

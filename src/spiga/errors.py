@@ -35,3 +35,11 @@ class ModelNotFound(SpigaError):
 
 class InputError(SpigaError):
     """A bad argument: a box with non-positive size, a box outside the image, ..."""
+
+
+class BoxError(InputError):
+    """A face box that is not 4 finite numbers x, y, w, h with a positive width and height."""
+
+
+class BoxOutsideImage(InputError):
+    """A face box that lies entirely outside its image."""

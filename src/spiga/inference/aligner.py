@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..errors import InputError, SpigaError
+from ..errors import BoxError, BoxOutsideImage, InputError, SpigaError
 from ..face import Face, HeadPose
 from ..geometry.crop import crop_images, invert_affine, transform_points
 from ..hub import resolve_model
@@ -40,19 +40,20 @@ def _pick_device(device: str | torch.device | None) -> torch.device:
 
 
 def validate_boxes(boxes: Any, width: int, height: int) -> np.ndarray:
-    """(N, 4) float64 boxes (x, y, w, h), checked: finite, positive size, overlapping the image."""
+    """(N, 4) float64 boxes (x, y, w, h), checked: finite, positive size (`BoxError`),
+    overlapping the image (`BoxOutsideImage`)."""
     try:
         array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    except (TypeError, ValueError):
-        raise InputError(f"boxes must be a list of (x, y, w, h), got {boxes!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise BoxError(f"boxes must be a list of (x, y, w, h), got {boxes!r}") from None
     for i, (x, y, w, h) in enumerate(array):
         if not np.all(np.isfinite([x, y, w, h])):
-            raise InputError(f"box {i} ({x}, {y}, {w}, {h}) has a non-finite value")
+            raise BoxError(f"box {i} ({x}, {y}, {w}, {h}) has a non-finite value")
         if w <= 0 or h <= 0:
-            raise InputError(f"box {i} ({x:g}, {y:g}, {w:g}, {h:g}) must have positive width and height")
+            raise BoxError(f"box {i} ({x:g}, {y:g}, {w:g}, {h:g}) must have positive width and height")
         if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-            raise InputError(f"box {i} ({x:g}, {y:g}, {w:g}, {h:g}) lies entirely outside the "
-                             f"{width}x{height} image")
+            raise BoxOutsideImage(f"box {i} ({x:g}, {y:g}, {w:g}, {h:g}) lies entirely outside the "
+                                  f"{width}x{height} image")
     return array
 
 

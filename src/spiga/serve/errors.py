@@ -11,7 +11,7 @@ logged with the request id and answered with code `internal`.
 
 from __future__ import annotations
 
-from ..errors import ImageError, InputError, ModelNotFound, PixelLimitError, SpigaError
+from ..errors import BoxError, BoxOutsideImage, ImageError, InputError, ModelNotFound, PixelLimitError, SpigaError
 
 #: code -> (HTTP status, what it means). The README's table is written from this.
 CODES: dict[str, tuple[int, str]] = {
@@ -60,6 +60,10 @@ def from_spiga_error(exc: SpigaError) -> ApiError:
         return ApiError("too_many_pixels", str(exc))
     if isinstance(exc, ImageError):
         return ApiError("not_an_image", str(exc))
+    if isinstance(exc, BoxOutsideImage):
+        return ApiError("box_outside_image", str(exc))
+    if isinstance(exc, BoxError):
+        return ApiError("bad_box", str(exc))
     if isinstance(exc, ModelNotFound):
         return ApiError("unknown_model", str(exc))
     if isinstance(exc, InputError):

@@ -41,13 +41,11 @@ import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import SpigaError
-from ..geometry.crop import crop_images
-from ..inference.aligner import validate_boxes
 from ..io import read_image_bytes
 from ..video import Tracker, TrackerConfig
 from .admission import ImageWork, Ticket
 from .errors import ApiError, from_spiga_error
-from .work import REQUEST_CODES, cap_detections, face_record, faces_from_crops, megapixels
+from .work import REQUEST_CODES, face_record, megapixels
 
 log = logging.getLogger("spiga.serve")
 
@@ -73,21 +71,18 @@ class BatchedAligner:
 
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, list[float]]:
         start = time.perf_counter()
-        boxes, scores = self.aligner.detect(image_bgr)
+        found = self.aligner.face_boxes(image_bgr, max_faces=self.pipeline.settings.max_faces)
         size = image_bgr.shape[0] * image_bgr.shape[1] / 1e6
-        self.pipeline.costs.observe_detect(size, time.perf_counter() - start, len(boxes))
-        boxes, scores, _ = cap_detections(boxes, scores, self.pipeline.settings.max_faces)
-        return boxes, scores
+        self.pipeline.costs.observe_detect(size, time.perf_counter() - start, len(found) + found.dropped)
+        return found.boxes, found.scores
 
     def align_array(self, image_bgr: np.ndarray, boxes) -> list:
-        boxes = validate_boxes(boxes, image_bgr.shape[1], image_bgr.shape[0])
-        if len(boxes) == 0:
+        crops = self.aligner.crop_faces(image_bgr, self.aligner.face_boxes(image_bgr, boxes))
+        if len(crops) == 0:
             return []
-        config = self.aligner.config
-        crops, matrices = crop_images(image_bgr, boxes, config.image_size, config.crop_enlarge)
         wait = max(0.0, self.deadline - time.monotonic()) + 1.0  # the batcher answers by the deadline
-        landmarks, poses = asyncio.run_coroutine_threadsafe(self._submit(crops), self.loop).result(wait)
-        return faces_from_crops(self.aligner, boxes, [None] * len(boxes), matrices, landmarks, poses)
+        landmarks, poses = asyncio.run_coroutine_threadsafe(self._submit(crops.crops), self.loop).result(wait)
+        return self.aligner.faces_from_crops(crops, landmarks, poses)
 
     async def _submit(self, crops: np.ndarray):
         if self.ticket is not None:

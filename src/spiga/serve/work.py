@@ -29,9 +29,9 @@ from PIL import Image
 
 from ..draw import pose_axes
 from ..errors import SpigaError
-from ..face import Face, HeadPose
-from ..geometry.crop import crop_images, invert_affine, transform_points
+from ..face import Face
 from ..inference import Aligner
+from ..inference.aligner import FaceCrops
 from ..io import read_image_bytes
 from .admission import MIN_MEGAPIXELS, Admission, Costs, ImageWork, Ticket
 from .batcher import Batcher
@@ -60,11 +60,7 @@ class Prepared:
     name: str
     width: int
     height: int
-    boxes: np.ndarray            # (K, 4)
-    scores: list[float | None]
-    crops: np.ndarray            # (K, S, S, 3) uint8
-    matrices: np.ndarray         # (K, 2, 3)
-    dropped: int = 0             # detections beyond max_faces, left out
+    faces: FaceCrops             # boxes, scores, crops (K, S, S, 3) uint8, matrices; `faces.faces.dropped`
 
 
 # --------------------------------------------------------------------------- request fields
@@ -123,17 +119,10 @@ def megapixels(data: bytes) -> float:
 # --------------------------------------------------------------------------- per image work
 
 
-def cap_detections(boxes: np.ndarray, scores: list[float], max_faces: int) -> tuple[np.ndarray, list[float], int]:
-    """Keep the `max_faces` best-scored detections (in their order); (boxes, scores, dropped)."""
-    if len(boxes) <= max_faces:
-        return boxes, scores, 0
-    best = np.sort(np.argsort(-np.asarray(scores, np.float64), kind="stable")[:max_faces])
-    return boxes[best], [scores[i] for i in best], len(boxes) - max_faces
-
-
 def prepare_image(aligner: Aligner, data: bytes, name: str, boxes: np.ndarray | None, max_pixels: int,
                   max_faces: int, costs: Costs | None = None) -> Prepared:
-    """Decode `data`, find (at most `max_faces`) or check the boxes, crop the faces.
+    """Decode `data`, find (at most `max_faces`) or check the boxes, crop the faces: the
+    aligner's own path (`Aligner.face_boxes`, `Aligner.crop_faces`).
 
     Blocking: runs on a decode thread. Records its decode and detection times in `costs`.
     """
@@ -144,32 +133,27 @@ def prepare_image(aligner: Aligner, data: bytes, name: str, boxes: np.ndarray | 
         raise from_spiga_error(exc) from None
     height, width = bgr.shape[:2]
     size = width * height / 1e6
-    scores: list[float | None]
-    dropped = 0
     detect_seconds = 0.0
-    if boxes is None:
-        if aligner.detector is None:
-            raise ApiError("bad_request", f"{name}: no boxes given and the server has no face detector")
-        detect_start = time.perf_counter()
-        boxes, detected = aligner.detect(bgr)
-        detect_seconds = time.perf_counter() - detect_start
-        if costs is not None:
-            costs.observe_detect(size, detect_seconds, len(boxes))
-        if len(boxes) == 0:
-            raise ApiError("no_face_found", f"{name}: no face found in the {width}x{height} image; pass boxes")
-        boxes, detected, dropped = cap_detections(boxes, detected, max_faces)
-        scores = list(detected)
-    else:
-        for i, (x, y, w, h) in enumerate(boxes):
-            if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-                raise ApiError("box_outside_image", f"{name}: box {i} ({x:g}, {y:g}, {w:g}, {h:g}) lies "
-                                                    f"entirely outside the {width}x{height} image")
-        scores = [None] * len(boxes)
-    config = aligner.config
-    crops, matrices = crop_images(bgr, boxes, config.image_size, config.crop_enlarge)
+    try:
+        if boxes is None:
+            if aligner.detector is None:
+                raise ApiError("bad_request", f"{name}: no boxes given and the server has no face detector")
+            detect_start = time.perf_counter()
+            found = aligner.face_boxes(bgr, max_faces=max_faces)
+            detect_seconds = time.perf_counter() - detect_start
+            if costs is not None:
+                costs.observe_detect(size, detect_seconds, len(found) + found.dropped)
+            if len(found) == 0:
+                raise ApiError("no_face_found", f"{name}: no face found in the {width}x{height} image; pass boxes")
+        else:
+            found = aligner.face_boxes(bgr, boxes)
+        crops = aligner.crop_faces(bgr, found)
+    except SpigaError as exc:  # a bad box, a detector's error: named after the upload
+        error = from_spiga_error(exc)
+        raise ApiError(error.code, f"{name}: {error.message}") from None
     if costs is not None:
         costs.observe_decode(size, time.perf_counter() - start - detect_seconds)
-    return Prepared(name, width, height, boxes, scores, crops, matrices, dropped)
+    return Prepared(name, width, height, crops)
 
 
 def face_record(face: Face) -> dict:
@@ -178,17 +162,6 @@ def face_record(face: Face) -> dict:
     axes = pose_axes(face)
     record["pose_axes"] = axes.tolist() if np.all(np.isfinite(axes)) else []
     return record
-
-
-def faces_from_crops(aligner: Aligner, boxes: np.ndarray, scores: list[float | None], matrices: np.ndarray,
-                     landmarks_crop: np.ndarray, poses: np.ndarray) -> list[Face]:
-    """Model outputs in crop pixels -> `Face`s in image pixels (as `Aligner.align_array`)."""
-    config = aligner.config
-    landmarks = transform_points(landmarks_crop, invert_affine(matrices))
-    return [Face(box=tuple(float(v) for v in box), landmarks=landmarks[i], headpose=HeadPose(*map(float, poses[i])),
-                 score=scores[i], crop_matrix=matrices[i], crop_size=config.image_size,
-                 focal_ratio=config.focal_ratio)
-            for i, box in enumerate(boxes)]
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -349,16 +322,17 @@ class Pipeline:
         prepared = await self.on_decode_threads(ticket, index, prepare_image, self.aligner, upload.data, upload.name,
                                                 upload.boxes, settings.max_pixels, settings.max_faces, self.costs,
                                                 waiting=waiting)
-        if prepared.dropped:
-            self.metrics.faces_dropped.inc(prepared.dropped)
+        dropped = prepared.faces.faces.dropped
+        if dropped:
+            self.metrics.faces_dropped.inc(dropped)
         ticket.submitted(index)  # its faces move to the batcher's queue in the same step
         try:
-            landmarks, poses = await self.batcher.submit(prepared.crops, deadline)
+            landmarks, poses = await self.batcher.submit(prepared.faces.crops, deadline)
         finally:
             self.shed()  # a pass ended (or failed): its time may change what still fits
-        faces = faces_from_crops(self.aligner, prepared.boxes, prepared.scores, prepared.matrices, landmarks, poses)
+        faces = self.aligner.faces_from_crops(prepared.faces, landmarks, poses)
         return {"path": upload.name, "width": prepared.width, "height": prepared.height,
-                "faces": [face_record(face) for face in faces], "faces_dropped": prepared.dropped}
+                "faces": [face_record(face) for face in faces], "faces_dropped": dropped}
 
     def calibrate(self) -> None:
         """First cost estimates, measured on this machine (blocking: run on a thread).
