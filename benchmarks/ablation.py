@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="wall time, or this process's CPU time (meaningful with --threads 1 on a busy "
                              "machine: time spent waiting for a core is not counted)")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--readme", metavar="FILE.md",
+                        help="also write the table into FILE.md between <!-- SECTION:start/end --> markers")
+    parser.add_argument("--section", default="ablation", help="marker name for --readme (default ablation)")
     args = parser.parse_args(argv)
 
     import torch
@@ -121,12 +124,25 @@ def main(argv: list[str] | None = None) -> int:
                     [f"{differences[name]:.3f}"])
     print(bench.format_text(header, rows))
     print(f"\n{bench.cpu_name()}, {threads} threads, torch {torch.__version__}; weights: {weights_note}; "
-          f"medians of {args.repeats} interleaved repeats, {args.clock} clock")
+          f"medians of {args.repeats} interleaved repeats, {args.clock} clock")  # noqa: E501
     for name, seconds in compile_s.items():
         print(f"first call of {name}: {seconds:.0f} s (compiling)")
+    note = (f"{bench.cpu_name()} ({bench._isa_description()}), {threads} threads, torch {torch.__version__}; "
+            f"weights: {weights_note}; medians of {args.repeats} interleaved repeats, {args.clock} clock")
     if args.markdown:
         print()
         print(bench.format_markdown(header, rows))
+    if args.readme:
+        shown = [a for a in (argv if argv is not None else sys.argv[1:])]
+        while "--readme" in shown:
+            at = shown.index("--readme")
+            del shown[at:at + 2]
+        while "--section" in shown:
+            at = shown.index("--section")
+            del shown[at:at + 2]
+        text = "\n".join([f"`python benchmarks/ablation.py {' '.join(shown)}`".replace("  ", " "), "",
+                          bench.format_markdown(header, rows), "", f"- {note}"])
+        bench.update_readme_section(Path(args.readme), args.section, text, "### What each change gives")
     return 0
 
 

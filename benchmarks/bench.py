@@ -4,7 +4,7 @@
     python benchmarks/bench.py                     # float32 + bfloat16 vs the original, batch 1/8/32
     python benchmarks/bench.py --quick             # batch 1 and 8, two repeats
     python benchmarks/bench.py --compile           # also the torch.compile paths (minutes of compiling)
-    python benchmarks/bench.py --markdown          # also print the table as Markdown (for the README)
+    python benchmarks/bench.py --markdown          # also print the table as Markdown (for docs/performance.md)
 
 Runs from a clean checkout without installing spiga (it puts ../src on the path). The
 original (`spiga==0.0.6`) is pip-installed into ~/.cache/spiga-benchmarks on first use and

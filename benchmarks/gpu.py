@@ -2,7 +2,7 @@
 """Faces per second on a CUDA GPU: spiga (float32, bfloat16, float16) and the original.
 
     bash benchmarks/gpu.sh                  # what to run on a GPU machine (see gpu.sh)
-    PYTHONPATH=src python benchmarks/gpu.py --batches 1 32 128 --readme README.md
+    PYTHONPATH=src python benchmarks/gpu.py --batches 1 32 128 --readme docs/performance.md
 
 Needs only torch (with CUDA), numpy, opencv, pillow, safetensors and the repository
 (`PYTHONPATH=src`, nothing installed). The original (`spiga==0.0.6`) runs when it can be

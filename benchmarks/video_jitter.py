@@ -22,7 +22,7 @@ One Euro parameters):
 Pixel figures are also given in % of the face box height.
 
 A trained model gives meaningful numbers: train one on synthetic faces (see
-README.video.md) and pass it with `--model`; without it, a seeded random-weight tiny model
+docs/images-and-video.md) and pass it with `--model`; without it, a seeded random-weight tiny model
 is used and the numbers only show what smoothing does to that model's output.
 
     python benchmarks/video_jitter.py --model runs/synthetic/best.safetensors [--sweep]

@@ -134,3 +134,39 @@ def test_head_position_on_known_geometry():
     assert (x, y) == pytest.approx((140.0, 100.0))  # centred translation: the box centre
     side = 1.6 * 100.0
     assert scale == pytest.approx(1.5 * 256 / 3.0 * side / 256)
+
+
+def test_deep_images_are_scaled_by_the_models_rule(tmp_path):
+    """A model trained on 16-bit images records its depth rule; alignment applies it, so a
+    16-bit photo gives the landmarks of the 8-bit image training's rule makes of it."""
+    import cv2
+    import torch
+
+    from spiga.checkpoint import build_model, load_checkpoint, save_checkpoint
+    from spiga.io import DepthScaling
+    from spiga.landmarks import WFLW_98
+    from spiga.model import ModelConfig
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    mean_face = np.column_stack([rng.uniform(-0.3, 0.1, 98), rng.uniform(-0.8, 0.8, 98), rng.uniform(-1, 1, 98)])
+    model = build_model(ModelConfig.sized("tiny", 98, 15), WFLW_98, mean_face).eval()
+    path = tmp_path / "thermal.safetensors"
+    save_checkpoint(path, model, WFLW_98, {"depth_scaling": "percentile:1:99"})
+    assert load_checkpoint(path).metadata["depth_scaling"] == "percentile:1:99"
+    # a dim 16-bit "thermal" image: its values span a small part of the 16-bit range
+    thermal = (rng.random((160, 200)) * 3000 + 29000).astype(np.uint16)
+    cv2.ellipse(thermal, (100, 80), (40, 50), 0, 0, 360, 31000, -1)
+    photo = tmp_path / "thermal.png"
+    cv2.imwrite(str(photo), thermal)
+    box = [(60, 30, 80, 100)]
+    aligner = spiga.load(path, device="cpu")
+    assert aligner.depth_scaling == DepthScaling("percentile", 1.0, 99.0)
+    scaled = np.rint(DepthScaling.parse("percentile:1:99").apply(thermal) * 255).astype(np.uint8)
+    expected = aligner.align(np.repeat(scaled[..., None], 3, axis=2), box)[0]
+    assert np.abs(aligner.align(photo, box)[0].landmarks - expected.landmarks).max() < 1e-9
+    # without a recorded rule, 16-bit images are divided by 257: a different, darker input
+    plain = spiga.load(path, device="cpu", depth_scaling="full")
+    assert np.abs(plain.align(photo, box)[0].landmarks - expected.landmarks).max() > 1e-3
+    with pytest.raises(spiga.SpigaError, match="depth scaling"):
+        spiga.load(path, device="cpu", depth_scaling="percentile:9")

@@ -213,3 +213,11 @@ def test_two_processes_match_one_from_scratch(synthetic, tmp_path):
         assert torch.allclose(one[key], two[key], atol=1e-4, rtol=1e-5), (key, float((one[key] - two[key]).abs().max()))
     movement = max(float((one[k] - one_step[k]).abs().max()) for k in weights)
     assert movement > 20 * 1e-6, movement
+
+
+def test_checkpoints_record_the_depth_rule(trained):
+    """Training writes its depth rule into every checkpoint (inference applies it)."""
+    from spiga.checkpoint import load_checkpoint
+
+    for name in ("last.safetensors", "best.safetensors"):
+        assert load_checkpoint(trained.out / name).metadata["depth_scaling"] == "percentile:1:99"

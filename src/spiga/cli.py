@@ -69,6 +69,9 @@ def _runtime_options(max_batch: int = 32) -> argparse.ArgumentParser:
                    help="torch.compile the network (slow first call; pays off for long runs only)")
     p.add_argument("--max-batch", type=int, default=max_batch, metavar="FACES",
                    help=f"most faces per forward pass (default {max_batch})")
+    p.add_argument("--depth-scaling", metavar="RULE",
+                   help="images deeper than 8 bits (16-bit thermal): percentile[:LOW:HIGH], range:LOW:HIGH or full "
+                        "(default: the rule the model was trained with, else 16-bit / 257)")
     return p
 
 
@@ -100,8 +103,8 @@ def _load_aligner(args, detector=None):
     import spiga
 
     return spiga.load(args.model, device=args.device, precision=args.precision, backend=args.backend,
-                compile=args.compile, max_batch=args.max_batch,
-                detector=args.detector if detector is None else detector)
+                      compile=args.compile, max_batch=args.max_batch, depth_scaling=args.depth_scaling,
+                      detector=args.detector if detector is None else detector)
 
 
 def _check_positive(args, *names: str) -> None:
@@ -426,6 +429,9 @@ def _add_train(sub) -> None:
     p.add_argument("--allow-outside-root", action="store_true", default=None,
                    help="accept image paths in annotation files that leave the image folder (absolute or ..)")
     p.add_argument("--precision", choices=list(TRAIN_PRECISIONS), help="bfloat16: mixed precision (autocast)")
+    p.add_argument("--depth-scaling", metavar="RULE",
+                   help="images deeper than 8 bits (16-bit thermal): percentile[:LOW:HIGH] (default percentile:1:99), "
+                        "range:LOW:HIGH or full; recorded in the checkpoint, so inference scales the same way")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="train on the plain inference crop")
     p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")

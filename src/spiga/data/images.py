@@ -2,7 +2,8 @@
 
 8-bit images are divided by 255, so training sees the scale the original SPIGA saw
 (BGR in [0, 1]). Deeper images (16-bit radiometric thermal PNG/TIFF, 32-bit float TIFF)
-have no fixed white, so a `DepthScaling` rule maps them to [0, 1]:
+have no fixed white, so a `DepthScaling` rule (`spiga.io.images`, shared with inference)
+maps them to [0, 1]:
 
 - `percentile` (default, low 1, high 99): per image, the `low`-th percentile maps to 0
   and the `high`-th to 1, clipped. Robust to hot or dead pixels; each image uses its full
@@ -18,66 +19,13 @@ orientation is applied (as OpenCV's default reader and the inference path do).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..errors import ImageError, SpigaError
-
-_MODES = ("percentile", "range", "full")
-
-
-@dataclass(frozen=True)
-class DepthScaling:
-    """How images deeper than 8 bits map to [0, 1]; see the module docstring."""
-
-    mode: str = "percentile"
-    low: float = 1.0
-    high: float = 99.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in _MODES:
-            raise SpigaError(f"depth scaling mode {self.mode!r}: use one of {', '.join(_MODES)}")
-        if self.mode != "full" and not self.low < self.high:
-            raise SpigaError(f"depth scaling {self.mode}: low ({self.low}) must be below high ({self.high})")
-        if self.mode == "percentile" and not (0 <= self.low and self.high <= 100):
-            raise SpigaError("depth scaling percentiles must lie in 0..100")
-
-    @classmethod
-    def parse(cls, text: str) -> "DepthScaling":
-        """`percentile[:LOW:HIGH]`, `range:LOW:HIGH` or `full`."""
-        mode, *values = text.split(":")
-        try:
-            numbers = [float(v) for v in values]
-        except ValueError:
-            raise SpigaError(f"depth scaling {text!r}: LOW and HIGH must be numbers") from None
-        if mode == "full" and not numbers:
-            return cls("full")
-        if mode == "percentile" and not numbers:
-            return cls("percentile")
-        if len(numbers) != 2:
-            raise SpigaError(f"depth scaling {text!r}: expected percentile[:LOW:HIGH], "
-                             "range:LOW:HIGH or full")
-        return cls(mode, numbers[0], numbers[1])
-
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        """(H, W[, C]) image of a deep type -> float32 in [0, 1]."""
-        values = image.astype(np.float32)
-        if self.mode == "full":
-            top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
-            return np.clip(values / top, 0.0, 1.0)
-        if self.mode == "percentile":
-            finite = values[np.isfinite(values)]
-            if finite.size == 0:
-                return np.zeros_like(values)
-            low, high = np.percentile(finite, [self.low, self.high])
-        else:
-            low, high = self.low, self.high
-        low, span = float(low), max(float(high - low), 1e-12)  # Python floats: the result stays float32
-        return np.clip((np.nan_to_num(values, nan=low) - low) / span, 0.0, 1.0).astype(np.float32, copy=False)
-
+from ..errors import ImageError
+from ..io.images import DepthScaling
 
 DEFAULT_SCALING = DepthScaling()
 

@@ -263,8 +263,13 @@ def landmark_report(gt: np.ndarray, pred: np.ndarray, annotated: np.ndarray, box
     """All landmark figures of a dataset.
 
     Args:
-        gt, pred: (N, L, 2); annotated: (N, L); boxes: (N, 4) -- see the module docstring.
-        norm, threshold: the normalisation and the FR/AUC threshold.
+        gt: (N, L, 2) ground-truth landmarks (see the module docstring).
+        pred: (N, L, 2) predicted landmarks.
+        annotated: (N, L) which ground-truth points exist.
+        boxes: (N, 4) annotation boxes.
+        landmark_set: the layout (its normalisation landmarks).
+        norm: the normalisation.
+        threshold: the FR/AUC threshold in percent.
         subsets: name -> image indices (the test subsets of a db_info.json).
         merlrav_convention: divide each image's error sum by L instead of the annotated count.
     """

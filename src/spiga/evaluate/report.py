@@ -66,7 +66,7 @@ class EvaluationReport:
     headpose: HeadposeReport | None = None
 
     def to_dict(self) -> dict:
-        """The JSON written by `spiga evaluate --json` (see README.evaluate.md)."""
+        """The JSON written by `spiga evaluate --json` (see the documentation: Evaluation)."""
         report = self.landmarks
         landmarks = {"norm": report.norm, "threshold": report.threshold, **_summary_dict(report.overall)}
         if report.subsets:

@@ -20,6 +20,7 @@ from ..face import Face, HeadPose
 from ..geometry.crop import crop_images, invert_affine, transform_points
 from ..hub import resolve_model
 from ..io import read_image
+from ..io.images import DepthScaling
 from ..landmarks import LandmarkSet
 from ..model import ModelConfig
 from .backends import BACKENDS, Backend, TorchBackend
@@ -67,29 +68,33 @@ class Aligner:
 
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device | None = None,
                  precision: str = "float32", max_batch: int = 32, detector: Any = "blazeface", compile: bool = False,
-                 tune_process: bool = True):
+                 tune_process: bool = True, depth_scaling: str | DepthScaling | None = None):
         if precision not in PRECISIONS:
             raise SpigaError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
         device = _pick_device(device)
         backend = TorchBackend(checkpoint.model.eval(), device, precision, max_batch=max_batch, compile=compile,
                                tune_process=tune_process)
-        self._setup(backend, checkpoint.landmarks, checkpoint.config,
-                    str(checkpoint.path) if checkpoint.path else "<in memory>", detector)
+        name = str(checkpoint.path) if checkpoint.path else "<in memory>"
+        self._setup(backend, checkpoint.landmarks, checkpoint.config, name, detector,
+                    model_depth_scaling(checkpoint.metadata, name) if depth_scaling is None else depth_scaling)
         self.checkpoint = checkpoint
         self.model = backend.model
 
     @classmethod
     def from_backend(cls, backend: Backend, landmark_set: LandmarkSet, config: ModelConfig, name: str,
-                     detector: Any = None) -> "Aligner":
+                     detector: Any = None, depth_scaling: str | DepthScaling | None = None) -> "Aligner":
         """An Aligner around any backend (e.g. `OnnxBackend`), without a PyTorch checkpoint."""
         aligner = cls.__new__(cls)
-        aligner._setup(backend, landmark_set, config, name, detector)
+        aligner._setup(backend, landmark_set, config, name, detector, depth_scaling)
         aligner.checkpoint = None
         aligner.model = None
         return aligner
 
     def _setup(self, backend: Backend, landmark_set: LandmarkSet, config: ModelConfig, name: str,
-               detector: Any) -> None:
+               detector: Any, depth_scaling: str | DepthScaling | None = None) -> None:
+        # the rule for images deeper than 8 bits: the model's own (recorded by `spiga train`), or
+        # the caller's; None: uint16 / 257
+        self.depth_scaling = DepthScaling.parse(depth_scaling) if isinstance(depth_scaling, str) else depth_scaling
         self.backend = backend
         self.device = backend.device
         self.precision = backend.precision
@@ -195,7 +200,7 @@ class Aligner:
         Returns:
             one `Face` per box, in box order (all faces run as one batch).
         """
-        bgr = read_image(image, color=color)
+        bgr = read_image(image, color=color, depth_scaling=self.depth_scaling)
         path = image if isinstance(image, (str, os.PathLike)) else None
         return self.align_many([bgr], [boxes], paths=[path])[0]
 
@@ -236,6 +241,19 @@ class Aligner:
             results.append(self.faces_from_crops(image_crops, landmarks_crop[start:end], poses[start:end]))
             start = end
         return results
+
+
+def model_depth_scaling(header: dict | None, source: str) -> DepthScaling | None:
+    """The depth rule a checkpoint or ONNX header records (`depth_scaling`), or None."""
+    text = (header or {}).get("depth_scaling")
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise SpigaError(f"{source}: header field depth_scaling must be a rule such as 'percentile:1:99'")
+    try:
+        return DepthScaling.parse(text)
+    except SpigaError as exc:
+        raise SpigaError(f"{source}: header field depth_scaling: {exc}") from None
 
 
 @dataclass
@@ -293,18 +311,22 @@ def load(model: str | os.PathLike = "wflw", device: str | torch.device | None = 
             detector used when `align` gets no boxes: a name for `spiga.detection.make_detector`,
             `blazeface` by default, `haar`, `dlib`, `file:PATH`; a `Detector`; or None),
             `tune_process` (torch backend on CPU: flush denormal floats to zero and keep large
-            freed blocks in the heap, process-wide; default True; see `tune_cpu_process`).
+            freed blocks in the heap, process-wide; default True; see `tune_cpu_process`),
+            `depth_scaling` (how images deeper than 8 bits, e.g. 16-bit thermal, are scaled:
+            a `spiga.io.DepthScaling` rule such as "percentile:1:99"; default: the rule the
+            model was trained with, recorded in its checkpoint, else uint16 / 257).
     """
     if backend not in BACKENDS:
         raise SpigaError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
         from .onnx_backend import open_onnx_backend
 
-        unknown = set(options) - {"max_batch", "detector", "tune_process"}
+        unknown = set(options) - {"max_batch", "detector", "tune_process", "depth_scaling"}
         if unknown:
             raise TypeError(f"load() got unexpected options: {', '.join(sorted(unknown))}")
         onnx, name = open_onnx_backend(model, device, precision, compile, options.get("max_batch", 32))
-        return Aligner.from_backend(onnx, onnx.landmark_set, onnx.config, name,
-                                    options.get("detector", "blazeface"))
+        depth = options.get("depth_scaling")
+        return Aligner.from_backend(onnx, onnx.landmark_set, onnx.config, name, options.get("detector", "blazeface"),
+                                    model_depth_scaling(onnx.header, name) if depth is None else depth)
     path = resolve_model(model)
     return Aligner(load_checkpoint(path), device=device, precision=precision, compile=compile, **options)

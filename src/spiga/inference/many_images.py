@@ -14,6 +14,7 @@ an error, `{"path", "error"}`.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import logging
@@ -29,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError, SpigaError
+from .aligner import Aligner
 from ..io import FaceCsvWriter, JsonlWriter, read_image, write_image, write_pts_files
 
 log = logging.getLogger(__name__)
@@ -175,7 +177,7 @@ class _Pending:
     error: str | None = None
 
 
-def align_files(aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None = None,
+def align_files(aligner: Aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None = None,
                 draw_dir: str | os.PathLike | None = None, resume: bool = False, boxes: Any = None,
                 workers: int = 2, batch_faces: int = 32, batch_images: int = 16, progress: bool = True,
                 mesh: bool = False, pts_dir: str | os.PathLike | None = None,
@@ -193,8 +195,8 @@ def align_files(aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None 
         boxes: face boxes for every image (rarely useful); None: the aligner's detector
             (a `file:` box file is asked for each image's boxes by its path or file name).
         workers: decoding threads (0: decode in the calling thread).
-        batch_faces, batch_images: the model runs once the gathered images hold
-            `batch_faces` faces or number `batch_images`.
+        batch_faces: the model runs once the gathered images hold this many faces ...
+        batch_images: ... or number this many.
         progress: show a progress bar (images/s, faces/s) on stderr.
         mesh: draw the mean-face mesh in the drawings.
         pts_dir: folder for one iBUG `.pts` per face (`<stem>_<face>.pts`), or None.
@@ -277,7 +279,8 @@ def align_files(aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None 
         batch: list[_Pending] = []
         faces_in_batch = 0
         try:
-            for path, image, error in decode_ahead(todo, workers=workers):
+            reader = functools.partial(read_image, depth_scaling=aligner.depth_scaling)
+            for path, image, error in decode_ahead(todo, workers=workers, reader=reader):
                 if error is None:
                     try:
                         found = aligner.face_boxes(image, boxes, path=path)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..about import install_hint
-from ..errors import ImageError, PixelLimitError
+from ..errors import ImageError, PixelLimitError, SpigaError
 from .files import write_atomic
 
 try:  # the `heif` extra: HEIC/HEIF photos (iPhones, many Android phones) through libheif
@@ -55,6 +56,75 @@ OPENCV_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "PPM", 
 PILLOW_FORMATS = frozenset({"GIF", "AVIF", "HEIF"})
 
 
+_MODES = ("percentile", "range", "full")
+
+
+@dataclass(frozen=True)
+class DepthScaling:
+    """How images deeper than 8 bits (16-bit radiometric thermal, float TIFF) map to [0, 1].
+
+    - `percentile[:LOW:HIGH]` (default 1, 99): per image, the LOW-th percentile maps to 0
+      and the HIGH-th to 1, clipped (robust to hot or dead pixels; each image uses its full
+      range, as an 8-bit thermal export would);
+    - `range:LOW:HIGH`: fixed raw values LOW -> 0 and HIGH -> 1, clipped (keeps absolute
+      temperature: e.g. centi-kelvin `range:29315:31315` for 20..40 C);
+    - `full`: divide by the type's maximum (65535 for 16-bit; floats used as they are).
+
+    Training uses one rule (`spiga train --depth-scaling`, default percentile) and records
+    it in the checkpoint; inference applies the checkpoint's rule to deep images, so the
+    network sees what it was trained on.
+    """
+
+    mode: str = "percentile"
+    low: float = 1.0
+    high: float = 99.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise SpigaError(f"depth scaling mode {self.mode!r}: use one of {', '.join(_MODES)}")
+        if self.mode != "full" and not self.low < self.high:
+            raise SpigaError(f"depth scaling {self.mode}: low ({self.low}) must be below high ({self.high})")
+        if self.mode == "percentile" and not (0 <= self.low and self.high <= 100):
+            raise SpigaError("depth scaling percentiles must lie in 0..100")
+
+    @classmethod
+    def parse(cls, text: str) -> "DepthScaling":
+        """`percentile[:LOW:HIGH]`, `range:LOW:HIGH` or `full` (what `text()` writes)."""
+        mode, *values = text.split(":")
+        try:
+            numbers = [float(v) for v in values]
+        except ValueError:
+            raise SpigaError(f"depth scaling {text!r}: LOW and HIGH must be numbers") from None
+        if mode == "full" and not numbers:
+            return cls("full")
+        if mode == "percentile" and not numbers:
+            return cls("percentile")
+        if len(numbers) != 2:
+            raise SpigaError(f"depth scaling {text!r}: expected percentile[:LOW:HIGH], "
+                             "range:LOW:HIGH or full")
+        return cls(mode, numbers[0], numbers[1])
+
+    def text(self) -> str:
+        """The rule as `parse` reads it."""
+        return "full" if self.mode == "full" else f"{self.mode}:{self.low:g}:{self.high:g}"
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """(H, W[, C]) image of a deep type -> float32 in [0, 1]."""
+        values = image.astype(np.float32)
+        if self.mode == "full":
+            top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
+            return np.clip(values / top, 0.0, 1.0)
+        if self.mode == "percentile":
+            finite = values[np.isfinite(values)]
+            if finite.size == 0:
+                return np.zeros_like(values)
+            low, high = np.percentile(finite, [self.low, self.high])
+        else:
+            low, high = self.low, self.high
+        low, span = float(low), max(float(high - low), 1e-12)  # Python floats: the result stays float32
+        return np.clip((np.nan_to_num(values, nan=low) - low) / span, 0.0, 1.0).astype(np.float32, copy=False)
+
+
 def _check_pixels(width: int, height: int, max_pixels: int, source: str) -> None:
     if width * height > max_pixels:
         raise PixelLimitError(f"{source}: image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
@@ -62,7 +132,7 @@ def _check_pixels(width: int, height: int, max_pixels: int, source: str) -> None
         raise ImageError(f"{source}: image has no pixels ({width}x{height})")
 
 
-def _read_path(path: Path, max_pixels: int) -> np.ndarray:
+def _read_path(path: Path, max_pixels: int, depth_scaling: "DepthScaling | None" = None) -> np.ndarray:
     source = str(path)
     try:
         if path.is_dir():
@@ -72,7 +142,7 @@ def _read_path(path: Path, max_pixels: int) -> np.ndarray:
         raise ImageError(f"{source}: no such file") from None
     except (OSError, ValueError) as exc:
         raise ImageError(f"{source}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    return _decode(data, source, max_pixels)
+    return _decode(data, source, max_pixels, depth_scaling)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -115,7 +185,7 @@ def _check_jpeg_complete(image: Image.Image, source: str) -> None:
         raise ImageError(f"{source}: image file is truncated or corrupt ({_first_line(exc)})") from None
 
 
-def _decode(data: bytes, source: str, max_pixels: int) -> np.ndarray:
+def _decode(data: bytes, source: str, max_pixels: int, depth_scaling: "DepthScaling | None" = None) -> np.ndarray:
     """Encoded bytes -> BGR uint8 (H, W, 3), the pixel limit checked on the header first."""
     if not data:
         raise ImageError(f"{source}: empty file")
@@ -129,7 +199,7 @@ def _decode(data: bytes, source: str, max_pixels: int) -> np.ndarray:
             _check_pixels(array.shape[1], array.shape[0], max_pixels, source)  # OpenCV read the header again
             if fmt in ("JPEG", "MPO") and not _opencv_refuses_truncated_jpeg():
                 _check_jpeg_complete(image, source)
-            return to_bgr8(array, "bgr", source)
+            return to_bgr8(array, "bgr", source, depth_scaling)
         if fmt in PILLOW_FORMATS:
             try:
                 image.load()
@@ -141,18 +211,25 @@ def _decode(data: bytes, source: str, max_pixels: int) -> np.ndarray:
     raise ImageError(f"{source}: {fmt} images are not accepted (accepted: {accepted})")
 
 
-def read_image_bytes(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_image_bytes(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS,
+                     depth_scaling: "DepthScaling | None" = None) -> np.ndarray:
     """Encoded image bytes (an upload) -> BGR uint8 (H, W, 3), EXIF orientation applied.
 
     The format is found from the header (the file name or extension plays no part) and
     the pixel limit is checked on it before any decoding. Raises `ImageError`
     (`PixelLimitError` over the limit) naming `source`.
     """
-    return _decode(bytes(data), source, max_pixels)
+    return _decode(bytes(data), source, max_pixels, depth_scaling)
 
 
-def to_bgr8(array: np.ndarray, color: str = "bgr", source: str = "<array>") -> np.ndarray:
-    """Any supported array -> contiguous BGR uint8 (H, W, 3)."""
+def to_bgr8(array: np.ndarray, color: str = "bgr", source: str = "<array>",
+            depth_scaling: "DepthScaling | None" = None) -> np.ndarray:
+    """Any supported array -> contiguous BGR uint8 (H, W, 3).
+
+    uint16 is scaled by 1/257 (full range to full range) and float read as [0, 1], unless
+    `depth_scaling` gives the rule for images deeper than 8 bits (a model trained on
+    16-bit images carries the rule it was trained with).
+    """
     if color not in ("bgr", "rgb"):
         raise ImageError(f"{source}: color must be 'bgr' or 'rgb', got {color!r}")
     array = np.asarray(array)
@@ -164,6 +241,10 @@ def to_bgr8(array: np.ndarray, color: str = "bgr", source: str = "<array>") -> n
         raise ImageError(f"{source}: image has no pixels (shape {array.shape})")
     if array.dtype == np.uint8:
         pass
+    elif depth_scaling is not None and (array.dtype == np.uint16 or np.issubdtype(array.dtype, np.floating)):
+        if np.issubdtype(array.dtype, np.floating) and not np.any(np.isfinite(array)):
+            raise ImageError(f"{source}: float image has no finite values")
+        array = np.clip(np.rint(depth_scaling.apply(array) * 255.0), 0, 255).astype(np.uint8)
     elif array.dtype == np.uint16:
         array = ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
@@ -194,17 +275,21 @@ def _from_pil(image: Image.Image, source: str) -> np.ndarray:
     return to_bgr8(np.asarray(image.convert("RGB")), "rgb", source)
 
 
-def read_image(image: Any, color: str = "bgr", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Path, array or PIL image -> BGR uint8 (H, W, 3). Raises `ImageError`."""
+def read_image(image: Any, color: str = "bgr", max_pixels: int = MAX_PIXELS,
+               depth_scaling: "DepthScaling | None" = None) -> np.ndarray:
+    """Path, array or PIL image -> BGR uint8 (H, W, 3). Raises `ImageError`.
+
+    `depth_scaling`: the rule for images deeper than 8 bits (see `DepthScaling`; default:
+    uint16 / 257, floats as [0, 1])."""
     if isinstance(image, (str, os.PathLike)):
-        return _read_path(Path(image), max_pixels)
+        return _read_path(Path(image), max_pixels, depth_scaling)
     if isinstance(image, Image.Image):
         _check_pixels(image.width, image.height, max_pixels, "<PIL image>")
         return _from_pil(image, "<PIL image>")
     if isinstance(image, np.ndarray):
         if image.ndim >= 2:
             _check_pixels(image.shape[1], image.shape[0], max_pixels, "<array>")
-        return to_bgr8(image, color)
+        return to_bgr8(image, color, "<array>", depth_scaling)
     raise ImageError(f"unsupported image type {type(image).__name__}: pass a path, a NumPy array or a PIL image")
 
 

@@ -116,7 +116,7 @@ class ModelConfig:
 
     @classmethod
     def sized(cls, size: str, num_landmarks: int, num_edges: int) -> "ModelConfig":
-        """A named size: `official` (63M parameters), `small` (12M) or `tiny` (1.5M, 128 px input)."""
+        """A named size: `official` (63M parameters), `small` (12M) or `tiny` (1.7M, 128 px input)."""
         try:
             overrides = MODEL_SIZES[size]
         except KeyError:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..errors import BoxError, BoxOutsideImage, ImageError, InputError, ModelNotFound, PixelLimitError, SpigaError
 
-#: code -> (HTTP status, what it means). The README's table is written from this.
+#: code -> (HTTP status, what it means). The documentation's table (docs/serving.md) lists them.
 CODES: dict[str, tuple[int, str]] = {
     "bad_request": (400, "malformed request: missing or unparsable field, wrong type"),
     "not_an_image": (400, "the upload is not a readable image (unknown format, truncated, corrupt)"),

@@ -209,7 +209,7 @@ def _step(tracker: Tracker, data: bytes, frame: int, t: float, max_pixels: int, 
     """Decode a frame and track it (blocking: on a stream thread)."""
     start = time.perf_counter()
     try:
-        bgr = read_image_bytes(data, f"frame {frame}", max_pixels)
+        bgr = read_image_bytes(data, f"frame {frame}", max_pixels)  # camera frames: 8-bit
     except SpigaError as exc:
         raise from_spiga_error(exc) from None
     costs.observe_decode(bgr.shape[0] * bgr.shape[1] / 1e6, time.perf_counter() - start)

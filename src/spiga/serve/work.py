@@ -128,7 +128,7 @@ def prepare_image(aligner: Aligner, data: bytes, name: str, boxes: np.ndarray | 
     """
     start = time.perf_counter()
     try:
-        bgr = read_image_bytes(data, name, max_pixels)
+        bgr = read_image_bytes(data, name, max_pixels, aligner.depth_scaling)
     except SpigaError as exc:
         raise from_spiga_error(exc) from None
     height, width = bgr.shape[:2]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..about import install_hint
+from ..io.images import DepthScaling
 from ..errors import SpigaError
 
 
@@ -48,6 +49,7 @@ class TrainConfig:
     skip_bad: bool = False
     allow_outside_root: bool = False  # image paths in annotations may leave the image folder
     precision: str = "float32"
+    depth_scaling: str = "percentile"  # images deeper than 8 bits (see spiga.io.images.DepthScaling)
     augment: bool = True
     loss_weights: dict[str, float] = field(default_factory=dict)
     val_every: int = 1
@@ -68,6 +70,10 @@ class TrainConfig:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if self.precision not in TRAIN_PRECISIONS:
             problems.append(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, not {self.precision!r}")
+        try:
+            DepthScaling.parse(self.depth_scaling)
+        except SpigaError as exc:
+            problems.append(str(exc))
         unknown = set(self.loss_weights) - {"heatmaps", "coordinates", "pose", "cascade"}
         if unknown:
             problems.append(f"unknown loss weights {sorted(unknown)}")

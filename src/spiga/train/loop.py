@@ -37,6 +37,7 @@ from tqdm import tqdm
 from ..checkpoint import build_model, load_checkpoint, save_checkpoint
 from ..errors import ModelNotFound, SpigaError
 from ..io import write_atomic
+from ..io.images import DepthScaling
 from ..landmarks import LandmarkSet, read_mean_face
 from ..model import SPIGA, ModelConfig
 from .config import TrainConfig
@@ -77,7 +78,7 @@ def _read_datasets(specs: list[str], landmark_set: LandmarkSet | str | None, ski
 
 
 def _face_dataset(datasets, mean_face: np.ndarray, model_config: ModelConfig, augment: bool, seed: int,
-                  skip_bad: bool):
+                  skip_bad: bool, scaling: DepthScaling):
     from torch.utils.data import ConcatDataset
 
     from ..data.augment import AugmentConfig
@@ -86,7 +87,7 @@ def _face_dataset(datasets, mean_face: np.ndarray, model_config: ModelConfig, au
     targets = TargetConfig(image_size=model_config.image_size, map_size=model_config.feature_size,
                            enlarge=model_config.crop_enlarge, focal_ratio=model_config.focal_ratio)
     parts = [FaceDataset(d, mean_face, AugmentConfig() if augment else None, targets=targets, skip_bad=skip_bad,
-                         seed=seed) for d in datasets]
+                         seed=seed, scaling=scaling) for d in datasets]
     return parts[0] if len(parts) == 1 else _EpochConcat(ConcatDataset(parts), parts)
 
 
@@ -327,10 +328,11 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
     if state is not None:
         model.load_state_dict(state["model"])
 
-    train_set = _face_dataset(datasets, mean_face, model.config, config.augment, config.seed, config.skip_bad)
+    scaling = DepthScaling.parse(config.depth_scaling)
+    train_set = _face_dataset(datasets, mean_face, model.config, config.augment, config.seed, config.skip_bad, scaling)
     val_sets = (_read_datasets(config.val, landmarks, config.skip_bad, config.allow_outside_root)
                 if config.val else [])
-    val_set = (_face_dataset(val_sets, mean_face, model.config, False, config.seed, config.skip_bad)
+    val_set = (_face_dataset(val_sets, mean_face, model.config, False, config.seed, config.skip_bad, scaling)
                if val_sets else None)
 
     if config.batch_size % dist_info.world_size:
@@ -388,8 +390,10 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
                 "batch_in_epoch": batch_in_epoch, "best_nme": best, "history": history,
                 "config": config.to_dict(), "torch_rng": torch.get_rng_state()}
 
+    # the depth rule travels with the weights: inference scales deep images as training did
     extra = {"training": {"mean_face": mean_face_source, "stage": config.stage, "frozen": list(frozen),
-                          "datasets": config.train}}
+                          "datasets": config.train},
+             "depth_scaling": scaling.text()}
     if state is None and val_loader is not None:
         # the starting point, for comparison (epoch 0)
         last_nme = validate(model, val_loader, device, landmarks, autocast)

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import cv2
 import numpy as np
@@ -26,6 +26,9 @@ import numpy as np
 from ..errors import InputError
 from ..io import JsonlWriter
 from .tracker import Tracker, TrackerConfig
+
+if TYPE_CHECKING:  # the video loop needs an aligner, not the inference package at import
+    from ..inference import Aligner
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +143,7 @@ class VideoSummary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_video(aligner, source: str | int, out: str | os.PathLike | None = None,
+def run_video(aligner: Aligner, source: str | int, out: str | os.PathLike | None = None,
               jsonl: str | os.PathLike | None = None, config: TrackerConfig = TrackerConfig(),
               draw: bool = True, mesh: bool = False, progress: bool = True, max_frames: int | None = None,
               stdout_jsonl: bool = False) -> VideoSummary:

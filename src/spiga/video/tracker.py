@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -33,6 +34,9 @@ from scipy.optimize import linear_sum_assignment
 from ..face import Face
 from ..geometry.boxes import box_iou
 from .smoothing import FaceSmoother, SmoothingConfig
+
+if TYPE_CHECKING:
+    from ..inference import Aligner
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +131,7 @@ class Tracker:
         config: `TrackerConfig`; `config.smoothing=None` turns smoothing off.
     """
 
-    def __init__(self, aligner, config: TrackerConfig = TrackerConfig()) -> None:
+    def __init__(self, aligner: Aligner, config: TrackerConfig = TrackerConfig()) -> None:
         if config.redetect_every < 0 or config.empty_redetect_every < 1:
             raise ValueError("redetect_every must be >= 0 (0: only when lost) and empty_redetect_every >= 1")
         self.aligner = aligner
