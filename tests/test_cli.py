@@ -114,3 +114,16 @@ def test_many_images_pts_and_csv_survive_resume(tiny_checkpoint, tmp_path, face_
     assert cli(base + ["--resume"]) == 0  # nothing left to do: the CSV still lists every face
     rows = list(csv_module.DictReader((tmp_path / "f.csv").open()))
     assert sorted(Path(r["image"]).name for r in rows) == ["a.png", "b.png"]
+
+
+def test_earlier_spellings_still_work():
+    """Options renamed for one meaning per name keep their earlier spelling (hidden)."""
+    from spiga.cli import build_parser
+
+    parser = build_parser()
+    align = parser.parse_args(["align", "x.jpg", "--workers", "3", "--batch-size", "5"])
+    assert align.decode_threads == 3 and align.max_batch == 5
+    assert parser.parse_args(["export", "--out", "m.onnx", "--batch-size", "4"]).fixed_batch == 4
+    serve = parser.parse_args(["serve", "--workers", "2", "--decode-workers", "3"])
+    assert serve.model_threads == 2 and serve.decode_threads == 3
+    assert "--workers" not in parser._subparsers._group_actions[0].choices["align"].format_help()

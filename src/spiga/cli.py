@@ -144,7 +144,15 @@ def _add_align(sub) -> None:
     p.add_argument("--decode-threads", type=int, default=2, metavar="N",
                    help="threads that decode images ahead of the model (default 2)")
     p.add_argument("--mesh", action="store_true", help="drawings: add the 3D mean face projected with the pose")
+    _old_spellings(p, {"--workers": "decode_threads", "--batch-size": "max_batch"})
     p.set_defaults(run=_run_align)
+
+
+def _old_spellings(p, names: dict[str, str]) -> None:
+    """Options renamed for one meaning per name, still accepted under their earlier spelling
+    (hidden from the help)."""
+    for flag, dest in names.items():
+        p.add_argument(flag, dest=dest, type=int, help=argparse.SUPPRESS)
 
 
 def _run_align(args) -> int:
@@ -470,6 +478,7 @@ def _add_export(sub) -> None:
     p.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (default: fixed)")
     p.add_argument("--fixed-batch", type=int, default=1, metavar="B",
                    help="the batch size of a graph without --dynamic-batch (default 1)")
+    _old_spellings(p, {"--batch-size": "fixed_batch"})
     p.set_defaults(run=_run_export)
 
 
@@ -569,6 +578,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--api-key", metavar="KEY",
                    help="require `Authorization: Bearer KEY` on /v1, /metrics, /openapi.json and /docs "
                         "(default: $SPIGA_API_KEY, else none)")
+    _old_spellings(p, {"--workers": "model_threads", "--decode-workers": "decode_threads"})
     p.set_defaults(run=_run_serve)
 
 

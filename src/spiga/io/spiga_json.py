@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..landmarks import IBUG_68, WFLW_98, LandmarkSet
+if TYPE_CHECKING:  # files know nothing of landmark layouts beyond what a LandmarkSet holds
+    from ..landmarks import LandmarkSet
 
 
 @dataclass
@@ -75,7 +76,8 @@ def check_finite(values: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} has a NaN, infinite or missing value")
 
 
-def _integral(value: Any) -> bool:
+def integral(value: Any) -> bool:
+    """An int, or a float with an integer value (JSON writers differ); never a bool."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return isinstance(value, int) or (math.isfinite(value) and value == int(value))
@@ -132,7 +134,7 @@ def _rows(ids: Any, count: int, landmark_set: LandmarkSet) -> list[int]:
     position = {point_id: row for row, point_id in enumerate(landmark_set.ids)}
     rows = []
     for point_id in ids:
-        if not _integral(point_id):
+        if not integral(point_id):
             raise ValueError(f"landmark id {point_id!r} is not an integer")
         if int(point_id) not in position:
             raise ValueError(f"unknown landmark id {int(point_id)}: landmark set {landmark_set.name!r} "
@@ -149,22 +151,6 @@ def entry_label(index: int, entry: Any) -> str:
     """`entry 3 (images/x.jpg)`: how messages name an entry."""
     path = entry.get("imgpath") if isinstance(entry, dict) else None
     return f"entry {index}" + (f" ({path})" if isinstance(path, str) and path else "")
-
-
-def guess_landmark_set(entries: list) -> LandmarkSet | None:
-    """WFLW's 98 points or 300W's 68, from the first entry with integer ids; None if unclear."""
-    for entry in entries:
-        ids = entry.get("ids") if isinstance(entry, dict) else None
-        if isinstance(ids, list) and ids and all(_integral(i) for i in ids):
-            ids = [int(i) for i in ids]
-            if len(ids) == WFLW_98.num_landmarks:
-                return WFLW_98
-            if set(ids) <= set(IBUG_68.ids):
-                return IBUG_68
-            if set(ids) <= set(WFLW_98.ids):
-                return WFLW_98
-            return None
-    return None
 
 
 def entry_record(landmark_set: LandmarkSet, imgpath: str, landmarks: np.ndarray, annotated: np.ndarray,

@@ -16,12 +16,28 @@ import numpy as np
 
 from ...errors import DatasetError
 from ...io import parse_json
-from ...io.spiga_json import guess_landmark_set, parse_entry
-from ...landmarks import LandmarkSet
+from ...io.spiga_json import integral, parse_entry
+from ...landmarks import IBUG_68, WFLW_98, LandmarkSet
 from ..sample import BadEntries, EntryError, Sample, make_sample
 from .common import image_inside
 
 NAME = "spiga-json"
+
+
+def guess_landmark_set(entries: list) -> LandmarkSet | None:
+    """WFLW's 98 points or 300W's 68, from the first entry with integer ids; None if unclear."""
+    for entry in entries:
+        ids = entry.get("ids") if isinstance(entry, dict) else None
+        if isinstance(ids, list) and ids and all(integral(i) for i in ids):
+            ids = [int(i) for i in ids]
+            if len(ids) == WFLW_98.num_landmarks:
+                return WFLW_98
+            if set(ids) <= set(IBUG_68.ids):
+                return IBUG_68
+            if set(ids) <= set(WFLW_98.ids):
+                return WFLW_98
+            return None
+    return None
 
 
 def parse_sample(raw: dict, landmark_set: LandmarkSet, image_root: Path, source: str,
