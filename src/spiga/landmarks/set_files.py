@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from ..errors import SpigaError
-from ..io import parse_json
+from ..io import read_json_file
 from .sets import DATASET_LANDMARKS, IBUG_68, WFLW_98, LandmarkSet
 
 #: Most points in a landmark set (a bound against files that declare billions).
@@ -108,13 +108,7 @@ def landmark_set_from_description(data: dict, source: str = "<landmark set>") ->
 def read_landmark_set(path: str | os.PathLike) -> LandmarkSet:
     """Read a landmark-set JSON file (see the module docstring)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpigaError(f"{path}: cannot read landmark set ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise SpigaError(f"{path}: not a text file (expected a JSON landmark set)") from None
-    return landmark_set_from_description(parse_json(text, str(path), SpigaError), str(path))
+    return landmark_set_from_description(read_json_file(path, SpigaError), str(path))
 
 
 def resolve_landmark_set(value: LandmarkSet | str | os.PathLike | None) -> LandmarkSet | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DatasetError
-from ...io import parse_json
+from ...io import read_json_file
 from ...io.spiga_json import integral, parse_entry
 from ...landmarks import IBUG_68, WFLW_98, LandmarkSet
 from ..sample import BadEntries, EntryError, Sample, make_sample
@@ -58,13 +58,7 @@ def parse_sample(raw: dict, landmark_set: LandmarkSet, image_root: Path, source:
 def read(path: Path, root: Path | None, landmark_set: LandmarkSet | None,
          bad: BadEntries) -> tuple[LandmarkSet, list[Sample]]:
     """Read a SPIGA annotation JSON; see the module docstring."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not a text JSON file") from None
-    entries = parse_json(text, str(path))
+    entries = read_json_file(path, DatasetError)
     if not isinstance(entries, list):
         raise DatasetError(f"{path}: expected a JSON list of annotation entries")
     landmark_set = landmark_set or guess_landmark_set(entries)
