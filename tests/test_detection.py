@@ -29,7 +29,7 @@ from spiga.geometry.boxes import corner_iou
 from spiga.errors import DatasetError, InputError, SpigaError
 
 ONNXRUNTIME = pytest.mark.skipif(not runtimes.onnxruntime_available(),
-                                 reason="onnxruntime is not installed (pip install 'spiga[onnx]')")
+                                 reason="onnxruntime is not installed (a dependency of spiga-landmarks: pip install spiga-landmarks)")
 BACKENDS = ["torch", pytest.param("onnxruntime", marks=ONNXRUNTIME)]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

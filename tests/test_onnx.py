@@ -15,8 +15,8 @@ from spiga.cli import main as cli
 from spiga.errors import SpigaError
 from spiga.inference.backends import TorchBackend
 
-onnx = pytest.importorskip("onnx", reason="needs the onnx extra (pip install 'spiga[onnx]')")
-ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra (pip install 'spiga[onnx]')")
+onnx = pytest.importorskip("onnx", reason="needs the onnx extra (pip install 'spiga-landmarks[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (a dependency of spiga-landmarks)")
 
 from spiga.inference.onnx_backend import OnnxBackend  # noqa: E402
 from spiga.inference.onnx_export import export_onnx, read_onnx_header  # noqa: E402

@@ -313,7 +313,7 @@ def test_video_cli_precision_and_backend(tiny_checkpoint, real_face_video, tmp_p
 
     model = tiny_checkpoint
     if "onnxruntime" in runtime:
-        pytest.importorskip("onnxruntime", reason="needs the onnx extra (pip install 'spiga[onnx]')")
+        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (a dependency of spiga-landmarks)")
         from spiga.inference.onnx_export import export_onnx
 
         model = export_onnx(tiny_checkpoint, tmp_path / "tiny.onnx", dynamic_batch=True)
