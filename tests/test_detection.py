@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from spiga.about import install_hint
 from spiga.detection import Detection, as_bgr, face_box_from_detection, make_detector
 from spiga.detection import runtime as runtimes
 from spiga.detection.blazeface import (
@@ -29,7 +30,7 @@ from spiga.geometry.boxes import corner_iou
 from spiga.errors import DatasetError, InputError, SpigaError
 
 ONNXRUNTIME = pytest.mark.skipif(not runtimes.onnxruntime_available(),
-                                 reason="onnxruntime is not installed (a dependency of spiga-landmarks: pip install spiga-landmarks)")
+                                 reason=f"onnxruntime is not installed ({install_hint()})")
 BACKENDS = ["torch", pytest.param("onnxruntime", marks=ONNXRUNTIME)]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 import spiga
+from spiga.about import install_hint
 from spiga.checkpoint import load_checkpoint
 from spiga.cli import main as cli
 from spiga.errors import SpigaError
 from spiga.inference.backends import TorchBackend
 
-onnx = pytest.importorskip("onnx", reason="needs the onnx extra (pip install 'spiga-landmarks[onnx]')")
-ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (a dependency of spiga-landmarks)")
+onnx = pytest.importorskip("onnx", reason=f"needs the onnx extra ({install_hint('onnx')})")
+ort = pytest.importorskip("onnxruntime", reason=f"onnxruntime is not installed ({install_hint()})")
 
 from spiga.inference.onnx_backend import OnnxBackend  # noqa: E402
 from spiga.inference.onnx_export import export_onnx, read_onnx_header  # noqa: E402

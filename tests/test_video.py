@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from spiga.about import install_hint
 from spiga.detection import Detection, Detector
 from spiga.errors import InputError
 from spiga.face import Face, HeadPose
@@ -313,7 +314,7 @@ def test_video_cli_precision_and_backend(tiny_checkpoint, real_face_video, tmp_p
 
     model = tiny_checkpoint
     if "onnxruntime" in runtime:
-        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (a dependency of spiga-landmarks)")
+        pytest.importorskip("onnxruntime", reason=f"onnxruntime is not installed ({install_hint()})")
         from spiga.inference.onnx_export import export_onnx
 
         model = export_onnx(tiny_checkpoint, tmp_path / "tiny.onnx", dynamic_batch=True)
