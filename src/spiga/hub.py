@@ -1,84 +1,66 @@
 """Named official models: where they come from, where they are cached, how they are fetched.
 
 `resolve_model("wflw")` returns the path of a spiga checkpoint for the official WFLW
-model, downloading and converting it on first use:
+model, fetching and converting it on first use:
 
-1. the official state_dict `spiga_<name>.pt` from the authors' Hugging Face repository;
-2. the 3D mean face from the original repository at a fixed commit (size and sha256
-   verified);
-3. `spiga.checkpoint.convert_official` into `$SPIGA_HOME/models/spiga_<name>.safetensors`.
+1. `$SPIGA_HOME/models/spiga_<name>.safetensors`, when it exists, is used as it is: no
+   download, no lock (a cache filled by hand may be read-only);
+2. else the official state_dict `spiga_<name>.pt`: from `$SPIGA_HOME/downloads/` when put
+   there by hand, else from the authors' Hugging Face repository `aprados/spiga` at
+   `REVISION`, through the Hub's own client (`huggingface_hub.hf_hub_download`), so its
+   cache (`HF_HOME`, `HF_HUB_CACHE`), mirror (`HF_ENDPOINT`), token (`HF_TOKEN`,
+   `hf auth login`) and offline switch (`HF_HUB_OFFLINE`) apply, and `hf download`
+   prefetches;
+3. the 3D mean face ships in the package (`spiga.landmarks.official_mean_face`);
+4. `spiga.checkpoint.convert_official` writes the checkpoint of step 1, under a file
+   lock, so that one process converts while the others (torchrun ranks, server workers)
+   wait and then use its result.
 
-`$SPIGA_HOME` defaults to `~/.cache/spiga`. Many processes may ask at once (every
-rank of a `torchrun`, every worker of a server): a file lock per model and per file
-lets one fetch and convert while the others wait and then use its result. A download
-goes to a `.part` file renamed when complete and verified; a broken transfer is
-retried, resuming where it stopped (HTTP Range). With `SPIGA_OFFLINE=1` (or
-`HF_HUB_OFFLINE=1`) nothing is downloaded and the error says which file to put where.
-
-Plain HTTP is used rather than `huggingface_hub`: the mean face is a plain file on
-GitHub, so one downloader is needed anyway; the URL templates can point at any static
-mirror (`SPIGA_WEIGHTS_URL`, `SPIGA_MEAN_FACE_URL`), which is also how the downloads are
-tested offline against a local server; and the cache stays one folder of plain files
-that can be filled by hand. From Hugging Face's redirect, the `X-Linked-Size` header
-still gives the file's size when the final server sends no `Content-Length`.
+`$SPIGA_HOME` defaults to `~/.cache/spiga`. With `SPIGA_OFFLINE=1` (or `HF_HUB_OFFLINE=1`)
+nothing is downloaded (files already in the Hub's cache are still used) and the error names
+the file, its URL, the command that fetches it and where to put it. Retries, resumed
+transfers, size checks and download locks are the Hub client's.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import logging
 import os
-import socket
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
-from tqdm import tqdm
 
 from .errors import CheckpointError, ModelNotFound
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_URL = "https://huggingface.co/aprados/spiga/resolve/main/{file}?download=true"
-MEAN_FACE_URL = ("https://raw.githubusercontent.com/andresprados/SPIGA/656f90a76a6800e6091bbce519550e86e04cf17f/"
-                 "spiga/data/models3D/{file}")
-MEAN_FACE_SHA256 = {
-    "mean_face_3D_98.txt": "606fa1d178a9e41541b2a0f604953af66c7b79ad740665c8c72578e9a7567c53",
-    "mean_face_3D_68.txt": "59ee862825ed5444f50265b535b9c2cd4af017dc45c10fe70c73d0786feaccf1",
-}
-MEAN_FACE_SIZE = {"mean_face_3D_98.txt": 4939, "mean_face_3D_68.txt": 3420}
-
-#: Seconds to wait before the second, third, ... attempt of a broken download.
-RETRY_DELAYS: tuple[float, ...] = (1.0, 4.0, 15.0)
-#: Seconds without a byte from the server before an attempt counts as broken.
-TIMEOUT = 60.0
-_CHUNK = 1 << 20
+REPO_ID = "aprados/spiga"
+#: The revision of `REPO_ID` the weights are fetched at: the branch the original release
+#: downloads from (its URLs name `resolve/main`). `SPIGA_HUB_REVISION` overrides it (a commit
+#: hash pins the files for good).
+REVISION = "main"
 _TRUE = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
 class OfficialModel:
-    """An official configuration: its weights file and mean-face file."""
+    """An official configuration: its weights file, and the model size it converts to."""
 
     config: str
     weights_file: str
-    mean_face_file: str
     model_size: str = "official"
 
 
 OFFICIAL_MODELS: dict[str, OfficialModel] = {
-    "wflw": OfficialModel("wflw", "spiga_wflw.pt", "mean_face_3D_98.txt"),
-    "300wpublic": OfficialModel("300wpublic", "spiga_300wpublic.pt", "mean_face_3D_68.txt"),
-    "300wprivate": OfficialModel("300wprivate", "spiga_300wprivate.pt", "mean_face_3D_68.txt"),
-    "merlrav": OfficialModel("merlrav", "spiga_merlrav.pt", "mean_face_3D_68.txt"),
+    "wflw": OfficialModel("wflw", "spiga_wflw.pt"),
+    "300wpublic": OfficialModel("300wpublic", "spiga_300wpublic.pt"),
+    "300wprivate": OfficialModel("300wprivate", "spiga_300wprivate.pt"),
+    "merlrav": OfficialModel("merlrav", "spiga_merlrav.pt"),
     # COFW68 is evaluated with the 300W private model, as in the original release.
-    "cofw68": OfficialModel("cofw68", "spiga_300wprivate.pt", "mean_face_3D_68.txt"),
+    "cofw68": OfficialModel("cofw68", "spiga_300wprivate.pt"),
 }
 
 
@@ -92,8 +74,33 @@ def offline() -> bool:
     return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("SPIGA_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def _url(template_env: str, template: str, file: str) -> str:
-    return os.environ.get(template_env, template).format(file=file)
+def revision() -> str:
+    """The revision of `REPO_ID` in effect (`SPIGA_HUB_REVISION`, else `REVISION`)."""
+    return os.environ.get("SPIGA_HUB_REVISION") or REVISION
+
+
+def hub_endpoint() -> str:
+    """The Hub endpoint in effect (`HF_ENDPOINT`, else huggingface.co), read at each call."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def hub_cache() -> Path:
+    """The Hub client's cache folder, from the environment at each call (`HF_HUB_CACHE`, else
+    `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else ~/.cache/huggingface/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def weights_url(file: str) -> str:
+    """Where `file` is downloaded from (the endpoint and revision in effect)."""
+    return f"{hub_endpoint()}/{REPO_ID}/resolve/{revision()}/{file}"
+
+
+def fetch_command(file: str) -> str:
+    """The Hugging Face command that puts `file` into the Hub's cache, where spiga finds it."""
+    return f"hf download {REPO_ID} {file} --revision {revision()}"
 
 
 @contextmanager
@@ -106,7 +113,7 @@ def _locked(name: str) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        log.info("waiting for another process fetching %s (lock %s)", name, lock.lock_file)
+        log.info("waiting for another process converting %s (lock %s)", name, lock.lock_file)
         lock.acquire()
     try:
         yield
@@ -114,182 +121,73 @@ def _locked(name: str) -> Iterator[None]:
         lock.release()
 
 
-class _Broken(Exception):
-    """A transfer that stopped early or a server error worth another attempt."""
+def _where_to_get_it(name: str, file: str) -> str:
+    """The ways to provide `file` by hand, for an error message."""
+    converted = spiga_home() / "models" / f"spiga_{name}.safetensors"
+    return (f"it is the only file model {name!r} needs (the mean face ships with spiga). Fetch it with "
+            f"`{fetch_command(file)}` (the Hub's cache, {hub_cache()}), or download {weights_url(file)} and put it "
+            f"at {spiga_home() / 'downloads' / file}; a converted checkpoint at {converted} is used as it is")
 
 
-class _Unreachable(_Broken):
-    """No connection at all (no name resolution, connection refused): offline, most likely;
-    not worth waiting for another attempt."""
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (the Hub client's run to several)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
-class _Refused(Exception):
-    """An answer that another attempt will not change (404, 403, a wrong size)."""
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a Hub client error, looking through its causes."""
+    while exc is not None:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
-class _RedirectSizes(urllib.request.HTTPRedirectHandler):
-    """Follows redirects (keeping the Range header), noting Hugging Face's `X-Linked-Size`
-    (the size of the file behind the redirect)."""
+def _download_error(name: str, file: str, exc: Exception) -> ModelNotFound:
+    """One line for a failed `hf_hub_download`: what the server said, or why it was not asked."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.linked_size: int | None = None
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
-        size = (headers.get("X-Linked-Size") or "").strip()
-        if size.isdigit():
-            self.linked_size = int(size)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _total_size(response: http.client.HTTPResponse, offset: int) -> int | None:
-    """The file's whole size as the response states it (Content-Range, else Content-Length)."""
-    content_range = response.headers.get("Content-Range") or ""
-    if response.status == 206 and "/" in content_range:
-        total = content_range.rsplit("/", 1)[1].strip()
-        if total.isdigit():
-            return int(total)
-    length = (response.headers.get("Content-Length") or "").strip()
-    return offset + int(length) if length.isdigit() else None
+    url = weights_url(file)
+    status = _http_status(exc)
+    if status in (401, 403):
+        return ModelNotFound(f"model {name!r}: {url} answered HTTP {status}: the Hub refused the token sent (HF_TOKEN "
+                             "or the one `hf auth login` saved); check it, or unset it for this public repository")
+    if status == 404:
+        return ModelNotFound(f"model {name!r}: {file} not found at {url} (HTTP 404): check HF_ENDPOINT and "
+                             f"SPIGA_HUB_REVISION")
+    if isinstance(exc, LocalEntryNotFoundError):
+        cause = exc.__cause__
+        reason = (f"{hub_endpoint()} cannot be reached ({_one_line(cause)})" if cause is not None
+                  else "the Hub client is offline (HF_HUB_OFFLINE)")
+        return ModelNotFound(f"{file} is not in the cache and {reason}: {_where_to_get_it(name, file)}")
+    return ModelNotFound(f"model {name!r}: cannot download {url} ({_one_line(exc)}): {_where_to_get_it(name, file)}")
 
 
-def _attempt(url: str, part: Path, expected: int | None, progress: bool) -> int | None:
-    """One attempt: append to `part` from its current size (a Range request when it is not
-    empty). Returns the file's size where known; raises `_Broken` or `_Refused`."""
-    offset = part.stat().st_size if part.exists() else 0
-    if expected is not None and offset == expected:
-        return expected
-    headers = {"User-Agent": "spiga", "Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    redirects = _RedirectSizes()
+def fetch_official_weights(name: str, progress: bool = True) -> Path:
+    """The official state_dict of model `name`: put by hand in `$SPIGA_HOME/downloads`, or from
+    the Hub (its cache first; offline, only its cache). Raises `ModelNotFound` in one line
+    saying what to fetch and where to put it."""
+    file = OFFICIAL_MODELS[name].weights_file
+    by_hand = spiga_home() / "downloads" / file
+    if by_hand.is_file():
+        return by_hand
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.utils import silent_tqdm
+
+    if offline():  # the Hub's cache only, read without the client's network calls (its user-agent probe too)
+        cached = try_to_load_from_cache(REPO_ID, file, cache_dir=hub_cache(), revision=revision())
+        if isinstance(cached, str):
+            return Path(cached)
+        raise ModelNotFound(f"{file} is not in the cache and SPIGA_OFFLINE / HF_HUB_OFFLINE forbids downloading it: "
+                            f"{_where_to_get_it(name, file)}")
     try:
-        response = urllib.request.build_opener(redirects).open(urllib.request.Request(url, headers=headers),
-                                                               timeout=TIMEOUT)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        if exc.code in (408, 425, 429) or exc.code >= 500:
-            raise _Broken(f"HTTP {exc.code} {exc.reason}") from None
-        raise _Refused(f"HTTP {exc.code} {exc.reason} for {url}") from None
-    except ValueError as exc:  # not a URL urllib can open: check the SPIGA_*_URL templates
-        raise _Refused(f"{url}: not a URL spiga can download ({exc})") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        unreachable = isinstance(reason, (socket.gaierror, ConnectionRefusedError))
-        raise (_Unreachable if unreachable else _Broken)(str(reason)) from None
-    with response:
-        if offset and (response.status != 206 or _range_start(response) != offset):
-            offset = 0  # the server ignored the Range (or answered another one): start again
-        total = _total_size(response, offset)
-        known = [size for size in (expected, redirects.linked_size, total) if size is not None]
-        if len(set(known)) > 1:
-            other = next(size for size in known if size != known[0])
-            raise _Refused(f"{url}: the server offers {other} bytes, expected {known[0]}")
-        total = known[0] if known else None
-        received = offset
-        with part.open("ab" if offset else "wb") as handle, \
-                tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=part.name[1:-len(".part")],
-                     disable=not progress, leave=False) as bar:
-            while True:
-                try:
-                    chunk = response.read(_CHUNK)
-                except (OSError, http.client.HTTPException) as exc:  # the network's; the disk's pass through
-                    raise _Broken(f"connection lost after {received} bytes ({exc})") from None
-                if not chunk:
-                    break
-                handle.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-                if total is not None and received > total:
-                    raise _Refused(f"{url}: the server sent more than the {total} bytes expected")
-    if total is not None and received < total:
-        raise _Broken(f"connection closed after {received} of {total} bytes")
-    return total
-
-
-def _range_start(response: http.client.HTTPResponse) -> int | None:
-    """N of a `Content-Range: bytes N-M/T` answer."""
-    value = (response.headers.get("Content-Range") or "").strip()
-    start = value.removeprefix("bytes ").split("-", 1)[0]
-    return int(start) if value.startswith("bytes ") and start.isdigit() else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _put_it_there(url: str, destination: Path) -> str:
-    return f"fetch {url} by other means and put it at {destination}"
-
-
-def download(url: str, destination: Path, sha256: str | None = None, progress: bool = True,
-             size: int | None = None) -> Path:
-    """Fetch `url` to `destination` atomically: retried and resumed (HTTP Range) when the
-    transfer breaks, the size checked against `size`, the server's Content-Length /
-    Content-Range or Hugging Face's X-Linked-Size (whichever are known), and `sha256`
-    when given. Call it under the destination's lock (`_locked`): the `.part` file is
-    shared by name. Raises `ModelNotFound` saying what failed and where to put the file.
-    """
-    if offline():
-        raise ModelNotFound(f"{destination.name} is not in the cache and SPIGA_OFFLINE / HF_HUB_OFFLINE forbids "
-                            f"downloading it: {_put_it_there(url, destination)}")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    part = destination.with_name(f".{destination.name}.part")
-    part.unlink(missing_ok=True)  # left by a process killed mid-download: its origin is unknown
-    expected = size
-    try:
-        for attempt in range(len(RETRY_DELAYS) + 1):
-            try:
-                expected = _attempt(url, part, expected, progress)
-                break
-            except _Broken as exc:
-                if isinstance(exc, _Unreachable) or attempt == len(RETRY_DELAYS):
-                    tries = f"; {attempt + 1} attempts" if attempt else ""
-                    raise ModelNotFound(f"cannot download {url} ({exc}{tries}). Offline? Then "
-                                        f"{_put_it_there(url, destination)} (SPIGA_OFFLINE=1 stops spiga from "
-                                        "trying)") from None
-                have = part.stat().st_size if part.exists() else 0
-                log.warning("download of %s: %s; attempt %d of %d in %.0f s, resuming at byte %d", url, exc,
-                            attempt + 2, len(RETRY_DELAYS) + 1, RETRY_DELAYS[attempt], have)
-                time.sleep(RETRY_DELAYS[attempt])
-            except _Refused as exc:
-                raise ModelNotFound(f"cannot download: {exc}; {_put_it_there(url, destination)}") from None
-        if sha256 is not None and (digest := _sha256(part)) != sha256:
-            raise ModelNotFound(f"download of {url} has sha256 {digest}, expected {sha256}; "
-                                f"{_put_it_there(url, destination)}")
-        os.replace(part, destination)
-        return destination
-    finally:
-        part.unlink(missing_ok=True)
-
-
-def fetch_mean_face(file: str, progress: bool = True) -> Path:
-    """The official mean-face text file, from the cache or downloaded (size and sha256 verified)."""
-    path = spiga_home() / "models3D" / file
-    expected = MEAN_FACE_SHA256.get(file)
-    if not path.is_file():
-        with _locked(f"models3D-{file}"):
-            if not path.is_file():  # else fetched by another process while this one waited
-                return download(_url("SPIGA_MEAN_FACE_URL", MEAN_FACE_URL, file), path, expected, progress,
-                                MEAN_FACE_SIZE.get(file))
-    if expected is None or _sha256(path) == expected:
-        return path
-    raise ModelNotFound(f"{path}: sha256 does not match the official {file}; delete it to download it again")
-
-
-def fetch_official_weights(file: str, progress: bool = True) -> Path:
-    """The official state_dict, from the cache or downloaded."""
-    path = spiga_home() / "downloads" / file
-    if path.is_file():
-        return path
-    with _locked(f"downloads-{file}"):
-        if path.is_file():  # fetched by another process while this one waited
-            return path
-        return download(_url("SPIGA_WEIGHTS_URL", WEIGHTS_URL, file), path, None, progress)
+        path = hf_hub_download(REPO_ID, file, revision=revision(), cache_dir=hub_cache(), endpoint=hub_endpoint(),
+                               tqdm_class=None if progress else silent_tqdm)
+    except Exception as exc:  # the client's errors (HTTP, network, offline, a broken transfer): one line
+        raise _download_error(name, file, exc) from None
+    return Path(path)
 
 
 def resolve_model(model: str | os.PathLike, progress: bool = True) -> Path:
@@ -307,24 +205,32 @@ def resolve_model(model: str | os.PathLike, progress: bool = True) -> Path:
     target = spiga_home() / "models" / f"spiga_{name}.safetensors"
     if target.is_file():  # no lock: a cache filled by hand may be read-only
         return target
+    weights = fetch_official_weights(name, progress)
     with _locked(f"model-{name}"):
         if target.is_file():  # converted by another process while this one waited
             return target
-        return _fetch_and_convert(name, target, progress)
+        return _convert(name, weights, target)
 
 
-def _fetch_and_convert(name: str, target: Path, progress: bool) -> Path:
+def _convert(name: str, weights: Path, target: Path) -> Path:
     from .checkpoint import convert_official
-    from .landmarks import landmark_set_for
+    from .landmarks import landmark_set_for, official_mean_face
     from .model import ModelConfig
 
     official = OFFICIAL_MODELS[name]
-    weights = fetch_official_weights(official.weights_file, progress)
-    mean_face = fetch_mean_face(official.mean_face_file, progress)
+    landmarks = landmark_set_for(official.config)
     log.info("converting %s to %s", weights, target)
     try:
-        landmarks = landmark_set_for(official.config)
         config = ModelConfig.sized(official.model_size, landmarks.num_landmarks, landmarks.num_edges)
-        return convert_official(weights, official.config, mean_face, target, config)
+        return convert_official(weights, official.config, official_mean_face(landmarks.num_landmarks), target, config)
     except CheckpointError as exc:
-        raise ModelNotFound(f"{exc}. Delete {weights} to download it again") from None
+        again = (f"delete {weights}" if weights.parent == spiga_home() / "downloads"
+                 else f"run `{fetch_command(weights.name)} --force-download`")
+        raise ModelNotFound(f"{exc}. To download it again, {again}") from None
+
+
+def cached_models() -> dict[str, Path]:
+    """The converted official models present in `$SPIGA_HOME/models` (name -> path)."""
+    folder = spiga_home() / "models"
+    return {name: folder / f"spiga_{name}.safetensors" for name in OFFICIAL_MODELS
+            if (folder / f"spiga_{name}.safetensors").is_file()}

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..checkpoint import build_model, load_checkpoint, save_checkpoint
-from ..errors import ModelNotFound, SpigaError
+from ..errors import SpigaError
 from ..io import write_atomic
 from ..io.images import DepthScaling
 from ..landmarks import LandmarkSet, read_mean_face
@@ -119,14 +119,11 @@ def _resolve_mean_face(config: TrainConfig, landmarks: LandmarkSet, init_model: 
         return read_mean_face(path, landmarks), str(path)
     if init_model is not None and init_model.config.num_landmarks == landmarks.num_landmarks:
         return init_model.mean_face_3d.double().numpy(), "the --init model"
-    official = {98: "mean_face_3D_98.txt", 68: "mean_face_3D_68.txt"}.get(landmarks.num_landmarks)
-    if official and landmarks.name in ("wflw98", "ibug68"):
-        from ..hub import fetch_mean_face
+    if landmarks.name in ("wflw98", "ibug68"):  # the official mean faces ship with the package
+        from ..landmarks import official_mean_face
 
-        try:
-            return read_mean_face(fetch_mean_face(official), landmarks), official
-        except (ModelNotFound, SpigaError) as exc:
-            log.warning("official mean face unavailable (%s); estimating one from the data", exc)
+        path = official_mean_face(landmarks.num_landmarks)
+        return read_mean_face(path, landmarks), path.name
     from ..data.mean_face import estimate_from_dataset
 
     fit = estimate_from_dataset(datasets[0])
