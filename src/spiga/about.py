@@ -20,8 +20,10 @@ _ORIGINAL_FILES = ("models/spiga.py", "inference/framework.py", "demo/app.py")
 
 
 def install_hint(extra: str | None = None) -> str:
-    """The pip command that installs this package (with an optional extra)."""
-    return f"pip install '{DISTRIBUTION}[{extra}]'" if extra else f"pip install {DISTRIBUTION}"
+    """The pip command that installs this package (with an optional extra): from a clone, as the
+    package is not on PyPI yet, and the PyPI form it will take once released."""
+    local, released = (f"'.[{extra}]'", f"'{DISTRIBUTION}[{extra}]'") if extra else (".", DISTRIBUTION)
+    return f"pip install {local} in a clone of {DISTRIBUTION} (once released on PyPI: pip install {released})"
 
 
 def mixed_installation() -> str | None:

@@ -536,6 +536,30 @@ def _run_estimate_mean_face(args) -> int:
     return 0
 
 
+# --- info ----------------------------------------------------------------------------
+
+
+@_command
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="versions, CPU, devices, caches and settings: what a bug report needs",
+                       description="Print the versions of spiga, Python, the platform and the libraries, the CPU "
+                                   "probe, the devices PyTorch sees, the cache folders and the models in them, and "
+                                   "the settings in effect (offline, the Hub endpoint and revision, SPIGA_HOME, "
+                                   "HF_HOME). Tokens are reported as set or not set, never by value. No network.")
+    p.add_argument("--json", action="store_true", help="print the same as one JSON object")
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args) -> int:
+    import json
+
+    from .sysinfo import collect_info, format_info
+
+    info = collect_info()
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
 # --- serve ---------------------------------------------------------------------------
 
 

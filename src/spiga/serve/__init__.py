@@ -4,7 +4,7 @@ control with per-request deadlines, the web page and its live webcam stream.
     from spiga.serve import create_app, ServeSettings
     app = create_app("wflw", ServeSettings(max_batch=16, max_wait_ms=10))
 
-Needs the `serve` extra (`pip install "spiga-landmarks[serve]"`).
+Needs the `serve` extra (`pip install ".[serve]"` in a clone; see docs/install.md).
 """
 
 from __future__ import annotations
