@@ -426,7 +426,16 @@ def _add_train(sub) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--optimizer", choices=list(OPTIMIZERS), help="default adamw (sgd: momentum 0.9)")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                   help="default adamw; adam: Adam (with --weight-decay 0, plain Adam); sgd: momentum 0.9")
+    p.add_argument("--weight-decay", type=float, metavar="W", help="weight decay (default 1e-4)")
+    p.add_argument("--milestones", type=int, nargs="+", metavar="N",
+                   help="drop the rate by --lr-factor at each N: epochs, or optimiser steps when --max-steps counts "
+                        "the run (e.g. --milestones 100 --lr-factor 0.1); replaces the cosine schedule")
+    p.add_argument("--lr-factor", type=float, metavar="F", help="the rate's factor at each milestone (default 0.1)")
+    p.add_argument("--smooth-l1-beta", type=float, metavar="BETA",
+                   help="Smooth L1 beta of the coordinate and cascade losses, in crop units (crop width 1; default "
+                        "0.01 = 2.56 px of a 256-px crop; 1/64 of a 64-px feature-map pixel is 0.000244)")
     p.add_argument("--model-size", choices=list(MODEL_SIZES))
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--workers", type=int, help="data-loading worker processes")

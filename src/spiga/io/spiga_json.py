@@ -10,8 +10,8 @@ A file is a list of entries, one per face:
       "visible": [1.0, 0.0, ...]}, ...]              # optional, one per id
 
 Points are placed by id, so an entry may list fewer points than its landmark set
-(MERL-RAV leaves out self-occluded ones): the others are not annotated. Without `ids`, an
-entry lists every point of the set in its order.
+(MERL-RAV leaves out self-occluded ones): the others are not annotated, and so is a point
+given as `[null, null]`. Without `ids`, an entry lists every point of the set in its order.
 
 `parse_entry` checks the structure every reader needs (types, ids, one value per point)
 and returns an `Entry` on the landmark set's rows; what each reader further requires
@@ -108,7 +108,8 @@ def parse_entry(entry: Any, landmark_set: LandmarkSet) -> Entry:
     annotated = np.zeros(count, bool)
     visible = np.ones(count, bool)
     landmarks[rows] = listed
-    annotated[rows] = True
+    # a point given as [null, null] is one the annotator left out (the thermal fork's files)
+    annotated[rows] = ~np.isnan(listed).all(axis=1)
     if entry.get("visible") is not None:
         flags = _vector(entry["visible"], f"'visible' (one flag per landmark, {len(listed)})",
                         range(len(listed), len(listed) + 1))

@@ -39,6 +39,13 @@ class TrainConfig:
     optimizer: str = "adamw"
     warmup_steps: int = 100
     schedule: str = "cosine"
+    # the rate drops by lr_factor at each milestone: epochs, or steps when max_steps counts the run;
+    # given, they replace the schedule's shape (warmup, then constant between the drops)
+    milestones: list[int] = field(default_factory=list)
+    lr_factor: float = 0.1
+    # Smooth L1's beta for the coordinate and cascade losses, in crop units (the crop is 1 wide:
+    # 0.01 = 2.56 px of a 256-px crop); the fork's 1/64 of a 64-px feature map's pixel is 1/4096
+    smooth_l1_beta: float = 0.01
     grad_clip: float = 5.0
     model_size: str = "official"
     device: str | None = None
@@ -66,6 +73,7 @@ class TrainConfig:
             problems.append("max_steps must be >= 1")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
+        problems += _schedule_problems(self.milestones, self.lr_factor, self.smooth_l1_beta)
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if self.precision not in TRAIN_PRECISIONS:
@@ -94,6 +102,21 @@ class TrainConfig:
             if isinstance(values.get(key), str):
                 values[key] = [values[key]]
         return cls(**values)
+
+
+def _schedule_problems(milestones: list[int], lr_factor: float, smooth_l1_beta: float) -> list[str]:
+    """What is wrong with the milestone schedule and the loss's beta, if anything."""
+    problems = []
+    if not isinstance(milestones, list) or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1
+                                                   for m in milestones):
+        problems.append(f"milestones must be a list of whole numbers >= 1, not {milestones!r}")
+    elif milestones != sorted(set(milestones)):
+        problems.append(f"milestones must increase, got {milestones}")
+    if not 0 < lr_factor <= 1:
+        problems.append(f"lr_factor must be in (0, 1], got {lr_factor}")
+    if not smooth_l1_beta >= 0:
+        problems.append(f"smooth_l1_beta must be >= 0 (crop units), got {smooth_l1_beta}")
+    return problems
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -155,8 +155,10 @@ def _build(config: TrainConfig, landmarks: LandmarkSet, datasets) -> tuple[SPIGA
     return model, source
 
 
-def loss_terms(out: dict, batch: dict[str, torch.Tensor], weights: LossWeights) -> dict[str, torch.Tensor]:
-    """The weighted loss terms of one batch (see `spiga.train.losses`)."""
+def loss_terms(out: dict, batch: dict[str, torch.Tensor], weights: LossWeights,
+               smooth_l1_beta: float = 0.01) -> dict[str, torch.Tensor]:
+    """The weighted loss terms of one batch (see `spiga.train.losses`); `smooth_l1_beta` (crop
+    units) is the coordinate and cascade losses'."""
     terms: dict[str, torch.Tensor] = {}
     backbone = out["backbone"]
     annotated = batch["annotated"]
@@ -170,7 +172,7 @@ def loss_terms(out: dict, batch: dict[str, torch.Tensor], weights: LossWeights) 
                                    + adaptive_wing_loss(edges.float(), batch["boundaries"]))
             if weights.coordinates:
                 coords = coords + w * masked_smooth_l1(soft_argmax(points), batch["landmarks"],
-                                                       batch["visible"] & batch["inside"])
+                                                       batch["visible"] & batch["inside"], smooth_l1_beta)
         if weights.heatmaps:
             terms["heatmaps"] = weights.heatmaps * heat
         if weights.coordinates:
@@ -178,7 +180,8 @@ def loss_terms(out: dict, batch: dict[str, torch.Tensor], weights: LossWeights) 
     if weights.pose:
         terms["pose"] = weights.pose * pose_loss(out["pose"], batch["pose"], batch["pose_valid"])
     if weights.cascade:
-        cascade = sum(masked_smooth_l1(step, batch["landmarks"], annotated) for step in out["landmarks"])
+        cascade = sum(masked_smooth_l1(step, batch["landmarks"], annotated, smooth_l1_beta)
+                      for step in out["landmarks"])
         terms["cascade"] = weights.cascade * cascade / len(out["landmarks"])
     return terms
 
@@ -219,12 +222,18 @@ def validate(model: SPIGA, loader, device: torch.device, landmarks: LandmarkSet,
 # --------------------------------------------------------------------------- schedule and state
 
 
-def _schedule(config: TrainConfig, total_steps: int):
+def _schedule(config: TrainConfig, total_steps: int, steps_per_epoch: int):
+    """The learning-rate factor of each step: warmup, then `schedule`'s shape, or with
+    `milestones` a drop by `lr_factor` at each (epochs, or steps when max_steps counts the run)."""
     warmup = min(config.warmup_steps, max(1, total_steps // 10))
+    unit = 1 if config.max_steps else steps_per_epoch
+    drops = [milestone * unit for milestone in config.milestones]
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if drops:
+            return config.lr_factor ** sum(step >= drop for drop in drops)
         if config.schedule == "constant":
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
@@ -356,7 +365,7 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
     else:
         optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         optimizer = optimizer_class(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps, steps_per_epoch))
 
     trained: torch.nn.Module = model
     if dist_info.distributed:
@@ -417,7 +426,7 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with autocast():
                     outputs = trained(batch["image"])
-                terms = loss_terms(outputs, batch, weights)
+                terms = loss_terms(outputs, batch, weights, config.smooth_l1_beta)
                 loss = sum(terms.values())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
