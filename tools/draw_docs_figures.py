@@ -5,7 +5,9 @@ facial part) and the head-pose sign convention.
 The points are the official 3D mean faces seen through SPIGA's own camera and pose
 convention, so the figures show exactly what the code does.
 
-    python tools/draw_docs_figures.py --mean-face-98 mean_face_3D_98.txt --mean-face-68 mean_face_3D_68.txt --out docs
+    python tools/draw_docs_figures.py --out docs
+
+(the official mean faces ship with the package; `--mean-face-98` / `--mean-face-68` draw others)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from spiga.draw import part_colours  # noqa: E402
 from spiga.geometry import euler_to_rotation, intrinsics, project_points  # noqa: E402
 from spiga.io import write_image  # noqa: E402
-from spiga.landmarks import IBUG_68, WFLW_98, read_mean_face  # noqa: E402
+from spiga.landmarks import IBUG_68, WFLW_98, official_mean_face, read_mean_face  # noqa: E402
 
 
 def draw_layout(mean_face_path: str, landmarks, size: int = 900) -> np.ndarray:
@@ -72,8 +74,8 @@ def draw_pose_signs(mean_face_path: str, size: int = 300) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mean-face-98", required=True)
-    parser.add_argument("--mean-face-68", required=True)
+    parser.add_argument("--mean-face-98", default=str(official_mean_face(98)))
+    parser.add_argument("--mean-face-68", default=str(official_mean_face(68)))
     parser.add_argument("--out", default="docs")
     args = parser.parse_args()
     write_image(Path(args.out) / "landmarks_98.png", draw_layout(args.mean_face_98, WFLW_98))
