@@ -147,7 +147,7 @@ def _http_status(exc: BaseException) -> int | None:
 
 def _download_error(name: str, file: str, exc: Exception) -> ModelNotFound:
     """One line for a failed `hf_hub_download`: what the server said, or why it was not asked."""
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import LocalEntryNotFoundError
 
     url = weights_url(file)
     status = _http_status(exc)
