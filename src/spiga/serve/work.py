@@ -85,7 +85,10 @@ def parse_boxes(value: Any, what: str, max_faces: int) -> np.ndarray | None:
         if (not isinstance(box, list) or len(box) != 4
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
             raise ApiError("bad_box", f"{what}: box {i} must be 4 numbers x, y, w, h, got {json.dumps(box)[:80]}")
-        boxes[i] = box
+        try:
+            boxes[i] = [float(v) for v in box]
+        except OverflowError:  # a JSON integer such as 10**400: no float holds it
+            raise ApiError("bad_box", f"{what}: box {i} has a value too large for a number") from None
         x, y, w, h = boxes[i]
         if not np.all(np.isfinite(boxes[i])):
             raise ApiError("bad_box", f"{what}: box {i} has a non-finite value")
