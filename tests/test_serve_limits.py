@@ -63,10 +63,20 @@ def test_admission_refuses_what_cannot_meet_its_deadline():
     assert gate.expected_faces == 0 and gate.decode_backlog == 0
 
 
-def test_an_idle_server_admits_even_a_request_estimated_too_slow():
-    gate = admission()
-    ticket = gate.admit([ImageWork(50.0, faces=None)], deadline=1.0, now=0.0)  # 55 s estimated, nothing ahead
+def test_an_idle_server_refuses_a_request_whose_own_work_exceeds_its_deadline():
+    gate = admission()  # 1 s per face, 0.1 s per megapixel decoded, 1 s per megapixel searched
+    with pytest.raises(ApiError) as never:  # 55 s of decoding and detection + 1 s for its face: never fits in 10 s
+        gate.admit([ImageWork(50.0, faces=None)], deadline=10.0, now=0.0, budget=10.0)
+    assert never.value.code == "too_much_work" and never.value.status == 413
+    assert "56.0 s of work" in never.value.message and "10 s deadline" in never.value.message
+    with pytest.raises(ApiError) as late:  # 3 s of work would fit in the 10 s budget, but only 2 s are left
+        gate.admit([ImageWork(1.0, faces=2)], deadline=10.0, now=8.0, budget=10.0)
+    assert late.value.code == "overloaded" and late.value.status == 503 and "Retry-After" in late.value.headers
+    assert not gate.busy() and gate.refused == 2  # nothing was reserved for either
+    ticket = gate.admit([ImageWork(1.0, faces=2)], deadline=10.0, now=0.0, budget=10.0)
     assert gate.busy()
+    ticket.resize(0, 4.0)  # its header was read: a larger image than first costed
+    assert gate.decode_backlog == pytest.approx(4.0)
     ticket.release()
     assert not gate.busy()
 
