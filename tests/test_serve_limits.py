@@ -10,6 +10,7 @@ model slow or blocking where they need a busy server. Nothing asserts a duration
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -357,3 +358,80 @@ def test_cli_reads_precision_and_backend_choices_from_the_library(monkeypatch):
     assert seen["precision"] == "bfloat16" and seen["backend"] == "onnxruntime"
     with pytest.raises(SystemExit):
         cli.main(["serve", "--precision", "float8"])
+
+
+# --------------------------------------------------------------------------- one request cannot stall it
+
+
+def _healthz_waits(client: httpx.Client, count: int, while_=lambda: True) -> list[float]:
+    """Seconds each of up to `count` /healthz calls took, 50 ms apart, while `while_()`."""
+    waits = []
+    while len(waits) < count and while_():
+        start = time.monotonic()
+        assert client.get("/healthz").status_code == 200
+        waits.append(time.monotonic() - start)
+        time.sleep(0.05)
+    return waits
+
+
+def test_spiga_serve_is_not_stalled_by_one_request(tiny, face_image):
+    """The exact forms of the hardening issue, against `spiga serve` in its own process."""
+    from websockets.sync.client import connect
+
+    from serve_util import ServeProcess, free_port, many_chunk_png, moving_face_frames
+    from spiga.serve.stream import FRAME_HEADER
+
+    port, key = free_port(), "k3y"
+    auth = {"Authorization": f"Bearer {key}"}
+    args = ["--model", str(tiny), "--host", "127.0.0.1", "--port", str(port), "--timeout", "10", "--api-key", key]
+    with ServeProcess(args, port) as server:
+        # a boxes field with 64 boxes: answered or refused within 11 s; one box right after: 200
+        start = time.monotonic()
+        many = httpx.post(server.url + "/v1/align", files={"image": ("face.png", encode(face_image))},
+                          data={"boxes": json.dumps([FACE_BOX] * 64)}, headers=auth, timeout=60)
+        many_seconds = time.monotonic() - start
+        one = _post(server.url, encode(face_image), boxes=[FACE_BOX], headers=auth)
+        # a box of 10**400: a 4xx (one line, no trace)
+        huge = httpx.post(server.url + "/v1/align", files={"image": ("face.png", encode(face_image))},
+                          data={"boxes": "[10, 10, %d, 20]" % 10**400}, headers=auth, timeout=60)
+        # six idle unauthenticated sockets do not keep a client with the key from streaming
+        idle = contextlib.ExitStack()
+        for _ in range(6):
+            idle.enter_context(connect(server.url.replace("http", "ws") + "/v1/stream"))
+        frame = FRAME_HEADER.pack(0.0) + encode(moving_face_frames(1)[0], ".jpg")
+        replies = []
+        for form in ({"additional_headers": auth}, {}):
+            with connect(server.url.replace("http", "ws") + "/v1/stream", **form) as ws:
+                ws.send(json.dumps({"type": "start"} if form else {"type": "start", "api_key": key}))
+                replies.append(json.loads(ws.recv(timeout=30))["type"])
+                ws.send(frame)
+                replies.append(json.loads(ws.recv(timeout=30))["type"])
+        idle.close()
+        # /healthz answers within 0.5 s while a many-chunk PNG is posted (its header takes seconds to read;
+        # read on the event loop, it held every other request for that long)
+        chunks = many_chunk_png()
+
+        def post_chunks() -> None:
+            try:
+                httpx.post(server.url + "/v1/align", files={"image": ("chunks.png", chunks)}, headers=auth, timeout=60)
+            except httpx.HTTPError:
+                pass  # the server is stopped before it answers
+
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            idle_waits = _healthz_waits(client, 5)
+            upload = threading.Thread(target=post_chunks)
+            upload.start()
+            time.sleep(0.5)  # the upload has arrived; its header is being read
+            busy_waits = _healthz_waits(client, 10, while_=upload.is_alive)
+            busy = upload.is_alive()
+    upload.join(30)
+    assert many.status_code == 200 or _code(many) in ("too_much_work", "overloaded"), many.text
+    assert many_seconds < 11
+    assert one.status_code == 200, one.text
+    assert 400 <= huge.status_code < 500 and _code(huge) == "bad_box"
+    assert replies == ["ready", "faces", "ready", "faces"]
+    # within 0.5 s, or (on a machine too loaded to answer even an idle /healthz that fast) within a
+    # few times what it takes there; a header read on the event loop holds it for seconds
+    assert busy and len(busy_waits) >= 3, busy_waits
+    assert max(busy_waits) < max(0.5, 4 * max(idle_waits)), (busy_waits, idle_waits)
+    assert "Traceback" not in server.stderr and "never retrieved" not in server.stderr, server.stderr
