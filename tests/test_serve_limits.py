@@ -457,7 +457,7 @@ def test_own_work_beyond_the_deadline_is_refused_at_once_even_when_idle(tiny, fa
     from spiga.serve import work
 
     aligner = _aligner(tiny)
-    model = aligner.predict_crops = PerFaceModel(aligner, 0.03)
+    model = aligner.predict_crops = PerFaceModel(aligner, 0.05)
     probed = []
 
     def probe(*args, **kwargs):
@@ -466,16 +466,15 @@ def test_own_work_beyond_the_deadline_is_refused_at_once_even_when_idle(tiny, fa
 
     open_image_header = work.open_image_header
     monkeypatch.setattr(work, "open_image_header", probe)
-    settings = ServeSettings(model_id="tiny", timeout=1.5, max_batch=16, max_wait_ms=0)
+    settings = ServeSettings(model_id="tiny", timeout=2.5, max_batch=16, max_wait_ms=0)
     with LiveServer(create_app(aligner, settings)) as live:
         model.passes.clear()  # the calibration's
-        many = _post(live.url, encode(face_image), boxes=[FACE_BOX] * 64)  # about 2 s of passes > 1.5 s
+        many = _post(live.url, encode(face_image), boxes=[FACE_BOX] * 64)  # over 3.2 s of passes > 2.5 s
         passes_for_many = list(model.passes)
         one = _post(live.url, encode(face_image), boxes=[FACE_BOX])
-        detected = _post(live.url, encode(face_image))
-    assert _code(many) == "too_much_work" and "1.5 s deadline" in many.json()["error"]["message"]
+    assert _code(many) == "too_much_work" and "2.5 s deadline" in many.json()["error"]["message"]
     assert passes_for_many == []  # refused before any work
-    assert one.status_code == 200 and detected.status_code in (200, 422)  # 422: the detector found no face
+    assert one.status_code == 200, one.text
     assert probed and all(name.startswith("spiga-decode") for name in probed)  # never on the event loop
 
 
