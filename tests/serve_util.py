@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -52,13 +55,74 @@ def encode(image_bgr: np.ndarray, ext: str = ".png") -> bytes:
     return data.tobytes()
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG file that declares width x height pixels (a decompression bomb's header)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b""))
+            + _png_chunk(b"IEND", b""))
+
+
+def many_chunk_png(chunks: int = 850_000) -> bytes:
+    """A valid 64x64 PNG with `chunks` empty private ancillary chunks between its header and
+    its pixels (850,000: about 9.7 MiB): a header that takes seconds to walk, in Python,
+    for Pillow (which reads every chunk before the image data)."""
+    png = encode(np.full((64, 64, 3), 90, np.uint8))
+    signature_and_header = 8 + 25  # the signature, then IHDR (length, type, 13 bytes, CRC)
+    return png[:signature_and_header] + _png_chunk(b"sPaM", b"") * chunks + png[signature_and_header:]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServeProcess:
+    """`spiga serve ARGS` as a separate process (its standard error kept), ready when
+    /healthz answers; killed on exit.
+
+        with ServeProcess(["--model", m, "--port", str(port), ...], port) as server:
+            httpx.get(server.url + "/healthz")
+        server.stderr  # everything it wrote
+    """
+
+    def __init__(self, args: list[str], port: int) -> None:
+        self.args = args
+        self.url = f"http://127.0.0.1:{port}"
+        self.stderr = ""
+
+    def __enter__(self) -> "ServeProcess":
+        import httpx
+
+        self.process = subprocess.Popen([sys.executable, "-m", "spiga", "serve", *self.args],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, env=dict(os.environ))
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"spiga serve exited: {self.stderr}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("spiga serve did not start")
+
+    def _read(self) -> None:
+        for line in self.process.stdout:  # standard error, merged into it
+            self.stderr += line
+
+    def __exit__(self, *exc) -> None:
+        self.process.kill()
+        self.process.wait(30)
+        self._reader.join(10)
 
 
 def parse_metrics(text: str) -> dict[tuple[str, tuple], float]:

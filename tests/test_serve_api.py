@@ -125,6 +125,17 @@ def test_batch_endpoint_answers_per_image(server, face_png):
     assert error_of(mismatch)["code"] == "bad_request"
 
 
+def test_batch_answers_the_other_images_beside_a_box_that_cannot_be_cropped(server, face_png):
+    files = [("images", (f"{i}.png", face_png)) for i in range(4)]
+    boxes = "[[%s], [[10, 10, %d, 20]], [[10, 10, 1.79e308, 1.79e308]], [%s]]" % (FACE_BOX, 10**400, FACE_BOX)
+    response = httpx.post(server.url + "/v1/align/batch", files=files, data={"boxes": boxes}, timeout=60)
+    assert response.status_code == 200, response.text
+    images = response.json()["images"]
+    assert [len(image["faces"]) for image in images] == [1, 0, 0, 1]
+    assert [image.get("error", {}).get("code") for image in images] == [None, "bad_box", "bad_box", None]
+    assert "boxes[1]" in images[1]["error"]["message"] and "cannot be cropped" in images[2]["error"]["message"]
+
+
 # --------------------------------------------------------------------------- every error code
 
 
@@ -197,6 +208,9 @@ def test_image_too_large_without_content_length(server):
     ("[" * 100_000, "bad_request"),
     ([[5000, 10, 50, 50]], "box_outside_image"),
     ([[-100, 10, 50, 50]], "box_outside_image"),
+    ("[10, 10, %d, 20]" % 10**400, "bad_box"),  # a JSON integer no float holds
+    ("[10, 10, 1.79e308, 1.79e308]", "bad_box"),  # finite, but its crop overflows
+    ("[10, 10, 1e-320, 1e-320]", "bad_box"),  # positive, but its crop's scale overflows
 ])
 def test_bad_boxes(server, face_png, boxes, code):
     assert error_of(post_align(server.url, face_png, boxes=boxes))["code"] == code

@@ -65,21 +65,42 @@ def test_concurrent_requests_share_one_pass_and_get_their_own_rows():
         assert landmarks[:, 0, 0].tolist() == [i, i + 100]
 
 
-def test_max_batch_caps_a_pass_without_splitting_requests():
+def test_max_batch_caps_a_pass_without_splitting_requests_that_fit():
     model = FakeModel()
 
     async def main():
         batcher = Batcher(model.predict, max_batch=5, max_wait_ms=200, max_queue=100)
         results = await asyncio.gather(*(batcher.submit(crops_marked(i, i)) for i in range(6)))
-        big = await batcher.submit(crops_marked(*range(9)))  # larger than max_batch: runs alone
+        big = await batcher.submit(crops_marked(*range(9)))  # larger than max_batch: alone, 5 faces a pass
         await batcher.stop()
         return results, big
 
     results, big = run(main())
     assert model.batches[:3] == [4, 4, 4]  # 2 + 2 fit in 5, a third request would not
-    assert model.batches[3] == 9
+    assert model.batches[3:] == [5, 4]
     assert [r[0][0, 0, 0] for r in results] == list(range(6))
-    assert big[0][:, 0, 0].tolist() == list(range(9))
+    assert big[0][:, 0, 0].tolist() == list(range(9)) and big[1][:, 0].tolist() == list(range(9))
+
+
+def test_a_large_request_answered_504_is_dropped_at_the_next_pass():
+    model = FakeModel()
+    model.release.clear()
+
+    async def main():
+        batcher = Batcher(model.predict, max_batch=2, max_wait_ms=0, max_queue=100)
+        with pytest.raises(ApiError) as late:  # 10 faces in 5 passes; the first is held past the deadline
+            await batcher.submit(crops_marked(*range(10)), deadline=asyncio.get_running_loop().time() + 0.2)
+        queued_after = batcher.queued_faces
+        model.release.set()
+        after = await batcher.submit(crops_marked(42))
+        await batcher.stop()
+        return late.value, queued_after, after
+
+    late, queued_after, after = run(main())
+    assert late.code == "timeout"
+    assert queued_after == 0  # the faces not yet in a pass left the queue at the answer
+    assert model.seen == [0, 1, 42]  # the pass under way finished; the other four never ran
+    assert after[0][0, 0, 0] == 42
 
 
 def test_a_lone_request_waits_at_most_max_wait():

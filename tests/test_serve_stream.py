@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra is not installed")
 ws_client = pytest.importorskip("websockets.sync.client", reason="the serve extra (websockets) is not installed")
+httpx = pytest.importorskip("httpx", reason="httpx is needed to call the server")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 import spiga  # noqa: E402
@@ -147,3 +148,26 @@ def test_stream_needs_the_key(aligner):
             assert start(ws, api_key="s3cret")["type"] == "ready"
         with ws_client.connect(ws_url(live), additional_headers={"Authorization": "Bearer s3cret"}) as ws:
             assert start(ws)["type"] == "ready"
+
+
+def test_idle_unauthenticated_sockets_do_not_keep_the_key_holder_out(aligner, frames):
+    import contextlib
+
+    # two authenticated streams may run; four sockets may wait for their start message
+    settings = ServeSettings(model_id="tiny", api_key="s3cret", max_wait_ms=0, max_streams=2, max_pending_streams=4,
+                             body_timeout=60)  # the start-message deadline: longer than this test
+    with LiveServer(create_app(aligner, settings)) as live, contextlib.ExitStack() as idle:
+        sockets = [idle.enter_context(ws_client.connect(ws_url(live))) for _ in range(6)]
+        # the budget of 4 waiting sockets is full: each newcomer closes the oldest waiting one (1013)
+        assert [closed_code(ws) for ws in sockets[:2]] == [1013, 1013]
+        replies = []
+        for form in ({"api_key": "s3cret"}, {}):
+            headers = {} if form else {"Authorization": "Bearer s3cret"}
+            with ws_client.connect(ws_url(live), additional_headers=headers) as ws:
+                replies.append(start(ws, **form)["type"])
+                ws.send(frame_message(0, frames[0]))
+                replies.append(json.loads(ws.recv(timeout=60))["type"])
+        assert closed_code(sockets[2]) == 1013  # gave way to the first (the second found room)
+        health = httpx.get(live.url + "/healthz").json()
+    assert replies == ["ready", "faces", "ready", "faces"]
+    assert health["streams"] == 0  # waiting sockets never held a stream slot

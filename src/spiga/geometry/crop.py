@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import BoxError
+
 
 def crop_boxes(boxes: np.ndarray, enlarge: float = 1.6) -> np.ndarray:
     """(B, 4) face boxes (x, y, w, h) -> (B, 4) square crop regions (x, y, side, side)."""
@@ -23,16 +25,29 @@ def crop_boxes(boxes: np.ndarray, enlarge: float = 1.6) -> np.ndarray:
 
 
 def crop_matrices(boxes: np.ndarray, size: int = 256, enlarge: float = 1.6) -> np.ndarray:
-    """(B, 4) face boxes -> (B, 2, 3) affines from image pixels to crop pixels."""
-    regions = crop_boxes(boxes, enlarge)
-    scale = size / regions[:, 2]
-    centre_x = regions[:, 0] + regions[:, 2] / 2
-    centre_y = regions[:, 1] + regions[:, 3] / 2
-    matrices = np.zeros((len(regions), 2, 3))
-    matrices[:, 0, 0] = scale
-    matrices[:, 1, 1] = scale
-    matrices[:, 0, 2] = size / 2 - scale * centre_x
-    matrices[:, 1, 2] = size / 2 - scale * centre_y
+    """(B, 4) face boxes -> (B, 2, 3) affines from image pixels to crop pixels.
+
+    Raises:
+        BoxError: a finite box whose crop float64 cannot represent (its enlarged side
+            overflows to infinity, or is so small that the scale does): the affine would
+            be singular or not finite.
+    """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # judged below, box by box
+        regions = crop_boxes(boxes, enlarge)
+        scale = size / regions[:, 2]
+        centre_x = regions[:, 0] + regions[:, 2] / 2
+        centre_y = regions[:, 1] + regions[:, 3] / 2
+        matrices = np.zeros((len(regions), 2, 3))
+        matrices[:, 0, 0] = scale
+        matrices[:, 1, 1] = scale
+        matrices[:, 0, 2] = size / 2 - scale * centre_x
+        matrices[:, 1, 2] = size / 2 - scale * centre_y
+        invertible = np.isfinite(matrices).all(axis=(1, 2)) & (scale > 0) & np.isfinite(1.0 / scale)
+    if not invertible.all():
+        i = int(np.flatnonzero(~invertible)[0])
+        x, y, w, h = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[i]
+        raise BoxError(f"box {i} ({x:g}, {y:g}, {w:g}, {h:g}) cannot be cropped: its {enlarge:g}x crop square "
+                       "overflows (or vanishes) in floating point")
     return matrices
 
 
@@ -58,7 +73,9 @@ def _source_indices(start: np.ndarray, step: np.ndarray, count: int, limit: int)
     steps = np.repeat(np.asarray(step, np.float64)[:, None], count, axis=1)
     steps[:, 0] = start
     positions = np.cumsum(steps, axis=1)
-    index = np.where(positions < 0, -1, np.trunc(positions)).astype(np.int64)
+    # positions beyond the image (a huge box's crop) are clipped before the integer cast, which
+    # would otherwise overflow; they are outside either way
+    index = np.where(positions < 0, -1, np.trunc(np.minimum(positions, limit))).astype(np.int64)
     index[index >= limit] = -1
     return index
 

@@ -185,12 +185,31 @@ def _check_jpeg_complete(image: Image.Image, source: str) -> None:
         raise ImageError(f"{source}: image file is truncated or corrupt ({_first_line(exc)})") from None
 
 
-def _decode(data: bytes, source: str, max_pixels: int, depth_scaling: "DepthScaling | None" = None) -> np.ndarray:
-    """Encoded bytes -> BGR uint8 (H, W, 3), the pixel limit checked on the header first."""
+def open_image_header(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The decoder's probe: a lazily loaded PIL image of encoded bytes, its header read
+    (format and size) and the pixel limit checked on it, no pixel data decoded.
+
+    Every decode starts here (`read_image_bytes`, `read_image` on a path); the server
+    calls it on its worker threads to learn an upload's size before decoding it, and may
+    hand the result to `read_image_bytes(..., header=...)` so that the header is read
+    once. Close it (a `with` block) when done. Raises `ImageError` / `PixelLimitError`.
+    """
     if not data:
         raise ImageError(f"{source}: empty file")
-    with _open_header(data, source) as image:
+    image = _open_header(data, source)
+    try:
         _check_pixels(image.width, image.height, max_pixels, source)
+    except SpigaError:
+        image.close()
+        raise
+    return image
+
+
+def _decode(data: bytes, source: str, max_pixels: int, depth_scaling: "DepthScaling | None" = None,
+            header: Image.Image | None = None) -> np.ndarray:
+    """Encoded bytes -> BGR uint8 (H, W, 3), the pixel limit checked on the header first
+    (`header`: what `open_image_header` returned for these bytes, if it was called)."""
+    with header if header is not None else open_image_header(data, source, max_pixels) as image:
         fmt = image.format
         if fmt in OPENCV_FORMATS:
             array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
@@ -212,14 +231,16 @@ def _decode(data: bytes, source: str, max_pixels: int, depth_scaling: "DepthScal
 
 
 def read_image_bytes(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS,
-                     depth_scaling: "DepthScaling | None" = None) -> np.ndarray:
+                     depth_scaling: "DepthScaling | None" = None, header: Image.Image | None = None) -> np.ndarray:
     """Encoded image bytes (an upload) -> BGR uint8 (H, W, 3), EXIF orientation applied.
 
     The format is found from the header (the file name or extension plays no part) and
     the pixel limit is checked on it before any decoding. Raises `ImageError`
-    (`PixelLimitError` over the limit) naming `source`.
+    (`PixelLimitError` over the limit) naming `source`. `header`: the result of
+    `open_image_header(data, ...)` when the caller probed the bytes first (it is then
+    not read again; it is closed here).
     """
-    return _decode(bytes(data), source, max_pixels, depth_scaling)
+    return _decode(bytes(data), source, max_pixels, depth_scaling, header)
 
 
 def to_bgr8(array: np.ndarray, color: str = "bgr", source: str = "<array>",

@@ -23,6 +23,8 @@ __all__ = ["ApiError", "Batcher", "CODES", "ServeSettings", "create_app", "limit
 log = logging.getLogger(__name__)
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
+#: Seconds a thread may hold the GIL while another waits for it, in the server (default 0.005).
+SWITCH_INTERVAL = 0.0005
 
 
 def limit_malloc_arenas(count: int = 2) -> bool:
@@ -51,6 +53,11 @@ def run(model, settings: ServeSettings, host: str = "127.0.0.1", port: int = 800
     import uvicorn
 
     limit_malloc_arenas()
+    # The event loop shares the GIL with the decode threads, and pure-Python work there (Pillow
+    # walking a header of many chunks or markers) would make it wait the default 5 ms for the
+    # GIL after every system call: /healthz took 0.2-0.6 s while such a header was read. A
+    # shorter switch interval keeps the loop answering (this process only: it is the server's).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     app = create_app(model, settings)
     # ws_max_size: a webcam frame is at most one upload (plus its 8-byte header)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,

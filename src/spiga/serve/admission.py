@@ -18,8 +18,16 @@ A new request's answer is estimated to come after
 batches, whose time per face is lower than a lone face's: `Costs.pass_seconds(b)`).
 When that is later than its deadline, or its faces would take the faces waiting past
 `max_queue`, the request is refused at once: `ApiError("overloaded")`, HTTP 503, with
-`Retry-After` the estimated time for the accepted work to drain. A request that arrives while nothing is ahead of it
-is always admitted (the estimate could be wrong; its deadline still holds).
+`Retry-After` the estimated time for the accepted work to drain. A request's own work
+is judged first, on an idle server as much as on a busy one (`check_own`): more than
+its whole deadline (`budget`, the server's timeout) can never be done in time and is
+refused with `ApiError("too_much_work")`, HTTP 413 (send less per request); more than
+the time it has left (its body took long to arrive) is a 503.
+
+An upload's size is not known when it is admitted (reading its header is work for the
+decode threads, never the event loop): it is costed at `MIN_MEGAPIXELS` and, once a
+decode thread has read its header, re-judged with its real size (`check_own`, which
+reads only the thread-safe `Costs`) and its reservation corrected (`Ticket.resize`).
 
 Costs can rise after a request was admitted (another process starts using the CPU):
 `overdue` re-runs the estimate, with the new costs, for admitted requests whose decode
@@ -27,8 +35,8 @@ has not started, in the order they wait, and names those that clearly can no lon
 answered in time (estimate beyond the time left by `OVERDUE_MARGIN`), so that they are
 refused then (503) rather than answered 504 at their deadline.
 
-Everything here runs on the event loop, except `Costs.observe_*`, which the worker
-threads call (hence its lock).
+Everything here runs on the event loop, except `Costs.observe_*` and `check_own`, which
+the worker threads call (hence the lock of `Costs`).
 """
 
 from __future__ import annotations
@@ -215,6 +223,33 @@ class Admission:
             return work.faces
         return min(self.max_faces, max(1, round(self.costs.faces_per_detection)))
 
+    def own_seconds(self, works: list[ImageWork]) -> float:
+        """Seconds a request with these images takes on an idle server (reads only `costs`)."""
+        own_decode = [self.costs.prepare_seconds(w.megapixels, w.faces is None) for w in works]
+        return self._finish(0.0, own_decode, 0, sum(self.faces_of(w) for w in works))
+
+    def check_own(self, works: list[ImageWork], deadline: float, budget: float, now: float | None = None,
+                  what: str = "the request") -> None:
+        """Refuse work that cannot be done by `deadline` even with nothing ahead of it.
+
+        Thread-safe (reads only `costs` and settings): the decode threads call it once an
+        upload's header gave its real size.
+
+        Raises:
+            ApiError: `too_much_work` (413) when it takes longer than `budget` (the whole
+                deadline of a request) on an idle server; `overloaded` (503) when it takes
+                longer than the time left before `deadline`.
+        """
+        now = time.monotonic() if now is None else now
+        own = self.own_seconds(works)
+        if own > budget:
+            raise ApiError("too_much_work", f"{what}: about {own:.1f} s of work, more than the {budget:g} s "
+                                            "deadline even on an idle server; send fewer faces or smaller images")
+        if now + own > deadline:
+            raise ApiError("overloaded", f"{what}: about {own:.1f} s of work with {max(0.0, deadline - now):.1f} s "
+                                         "left before its deadline; retry later",
+                           {"Retry-After": str(self.retry_after())})
+
     def estimate(self, works: list[ImageWork]) -> float:
         """Seconds until a new request with these images would be answered."""
         own_decode = [self.costs.prepare_seconds(w.megapixels, w.faces is None) for w in works]
@@ -245,27 +280,36 @@ class Admission:
 
     # ------------------------------------------------------------------ admitting
 
-    def admit(self, works: list[ImageWork], deadline: float, now: float | None = None) -> "Ticket":
+    def admit(self, works: list[ImageWork], deadline: float, now: float | None = None,
+              budget: float | None = None) -> "Ticket":
         """Reserve the work of a request, or refuse it at once.
 
         Args:
             works: its images.
             deadline: `time.monotonic()` by which it must be answered.
+            budget: the whole time a request of its kind is given (the server's timeout);
+                the time left before `deadline` when None.
         Raises:
-            ApiError: `overloaded` (503 + Retry-After) when its faces do not fit in
-                `max_queue` or it would not be answered by `deadline`.
+            ApiError: `too_much_work` (413) when its own work is longer than `budget`;
+                `overloaded` (503 + Retry-After) when its faces do not fit in `max_queue`
+                or it would not be answered by `deadline`.
         """
         now = time.monotonic() if now is None else now
         faces = [self.faces_of(w) for w in works]
         if sum(faces) > self.max_queue:
             raise ApiError("bad_request", f"{sum(faces)} faces in one request, the limit is {self.max_queue}")
+        try:
+            self.check_own(works, deadline, deadline - now if budget is None else budget, now)
+        except ApiError:
+            self.refused += 1
+            raise
         waiting = self.faces_waiting()
         if waiting + sum(faces) > self.max_queue:
             self.refused += 1
             raise ApiError("overloaded", f"the queue is full ({waiting} faces waiting or expected, limit "
                                          f"{self.max_queue}); retry later", {"Retry-After": str(self.retry_after())})
         estimate = self.estimate(works)
-        if self.busy() and now + estimate > deadline:
+        if now + estimate > deadline:
             self.refused += 1
             raise ApiError("overloaded", f"cannot answer within the deadline: about {estimate:.1f} s of work "
                                          f"with {deadline - now:.1f} s left; retry later",
@@ -305,6 +349,14 @@ class Ticket:
     def decode_queued(self, index: int) -> None:
         """Image `index` went to the decode threads: `decoded` will be called for it."""
         self._in_pool.add(index)
+
+    def resize(self, index: int, decode_seconds: float) -> None:
+        """Image `index`'s decode is now estimated at `decode_seconds` (its header was
+        read); nothing changes once its decode has left the pool."""
+        if self.decode[index] > 0 or index in self._in_pool:
+            self.admission.decode_backlog = max(0.0, self.admission.decode_backlog + decode_seconds
+                                                - self.decode[index])
+            self.decode[index] = decode_seconds
 
     def decoded(self, index: int) -> None:
         """Image `index` left the decode threads."""

@@ -78,7 +78,10 @@ class ServeSettings:
             the model all run within it (504 after; 503 at once when the estimate of
             the queued work says it cannot be met).
         body_timeout: seconds a request's body may take to arrive (408 after).
-        max_streams: most webcam streams (WebSocket /v1/stream) at once.
+        max_streams: most webcam streams (WebSocket /v1/stream) at once, counted from
+            authentication (a valid start message).
+        max_pending_streams: most stream sockets waiting for their start message (at most
+            body_timeout seconds each); beyond it the oldest is closed (1013).
         frame_timeout: seconds a webcam frame may take; a later frame is skipped.
         api_key: when set, /v1 requests, /metrics, /openapi.json and the /docs pages
             need `Authorization: Bearer KEY` (the stream: the key in its first message).
@@ -100,6 +103,7 @@ class ServeSettings:
     decode_workers: int = 1
     body_timeout: float = 10.0
     max_streams: int = 4
+    max_pending_streams: int = 16
     frame_timeout: float = 5.0
     api_key: str | None = None
     device: str | None = None
@@ -110,7 +114,7 @@ class ServeSettings:
     def __post_init__(self) -> None:
         problems = [f"{name} must be >= 1" for name in ("max_batch", "max_queue", "max_inflight", "workers",
                                                          "decode_workers", "max_pixels", "max_images", "max_faces",
-                                                         "max_streams")
+                                                         "max_streams", "max_pending_streams")
                     if getattr(self, name) < 1]
         if self.max_wait_ms < 0:
             problems.append("max_wait_ms must be >= 0")
@@ -358,7 +362,8 @@ class _State:
         self.pipeline = Pipeline(aligner, settings, self.metrics)
         self.metrics.watch(self.pipeline.admission)
         self.inflight = 0
-        self.streams = 0
+        self.streams = 0  # authenticated streams
+        self.unauthenticated: list[asyncio.Event] = []  # sockets waiting for their start message, oldest first
 
     @property
     def batcher(self):
@@ -495,8 +500,8 @@ def create_app(aligner_or_model: Aligner | str | Path, settings: ServeSettings |
         data = await state.read_upload(image)
         [record] = await state.pipeline.align([Upload(data, image.filename or "upload", box_array)],
                                               deadline(request))
-        if isinstance(record, ApiError):
-            raise record
+        if isinstance(record, Exception):
+            raise record  # an unexpected one: the gatekeeper logs it and answers `internal`
         return JSONResponse({"model": state.model_id, "images": [record]})
 
     @app.post("/v1/align/batch", response_model=AlignResponse, responses=_ERRORS, tags=["align"],
@@ -515,7 +520,7 @@ def create_app(aligner_or_model: Aligner | str | Path, settings: ServeSettings |
         if not isinstance(per_image, list) or len(per_image) != len(images):
             raise ApiError("bad_request", f"boxes: expected a JSON list with one entry per image ({len(images)})")
         names = [upload.filename or f"upload{i}" for i, upload in enumerate(images)]
-        records: list[dict | ApiError | None] = [None] * len(images)
+        records: list[dict | Exception | None] = [None] * len(images)
         uploads, where = [], []
         for i, upload in enumerate(images):
             try:
@@ -529,6 +534,9 @@ def create_app(aligner_or_model: Aligner | str | Path, settings: ServeSettings |
                 records[i] = record
         out = []
         for i, record in enumerate(records):
+            if isinstance(record, Exception) and not isinstance(record, ApiError):  # this image only
+                log.error("request %s: image %d: unexpected error", request_id(request), i, exc_info=record)
+                record = ApiError("internal", f"{names[i]}: internal error (request id {request_id(request)})")
             if isinstance(record, ApiError):
                 rid = request_id(request)
                 state.metrics.errors.labels(record.code).inc()
@@ -564,6 +572,7 @@ def create_app(aligner_or_model: Aligner | str | Path, settings: ServeSettings |
                        "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                        "max_queue": settings.max_queue, "timeout_s": settings.timeout,
                        "body_timeout_s": settings.body_timeout, "max_streams": settings.max_streams,
+                       "max_pending_streams": settings.max_pending_streams,
                        "frame_timeout_s": settings.frame_timeout},
             "auth": settings.api_key is not None,
         }

@@ -3,10 +3,13 @@
 Requests put their crops (all the faces of one image) in a queue bounded in faces.
 One collector task takes the oldest request and waits until the queue holds
 `max_batch` faces or the oldest request has waited `max_wait_ms`, then sends the
-requests that fit in `max_batch` faces (never splitting one request; a request larger
-than `max_batch` goes alone) to ONE `predict` call on an inference thread, and hands
-each request its rows of the result. While all `workers` inference threads are busy
-the collector waits, so under load batches grow instead of queueing more passes.
+requests that fit in `max_batch` faces (never splitting one request that fits) to ONE
+`predict` call on an inference thread, and hands each request its rows of the result.
+A request larger than `max_batch` runs alone, in passes of `max_batch` faces: between
+them (the batch boundary) a request that is no longer waited for (answered 504, or
+cancelled) is dropped, so the model never runs on for an answer nobody reads. While all
+`workers` inference threads are busy the collector waits, so under load batches grow
+instead of queueing more passes.
 
 Overload is answered, not absorbed: a request that would take the queue past
 `max_queue` faces is refused at once, even when the queue is empty
@@ -41,13 +44,53 @@ Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 @dataclass(eq=False)
 class _Job:
+    """One request's crops; `taken` of them are in passes already (a request larger than
+    `max_batch` is sent a pass at a time), `parts` their results by first row."""
+
     crops: np.ndarray
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
+    taken: int = 0
+    parts: dict = field(default_factory=dict)
 
     @property
     def faces(self) -> int:
         return len(self.crops)
+
+    @property
+    def remaining(self) -> int:
+        """Faces not yet sent to a pass."""
+        return len(self.crops) - self.taken
+
+    def take(self, count: int) -> "_Part":
+        part = _Part(self, self.taken, min(count, self.remaining))
+        self.taken += part.faces
+        return part
+
+    def finish(self, part: "_Part", landmarks: np.ndarray, poses: np.ndarray) -> None:
+        """Record a part's rows; the future gets the whole result once every row is in."""
+        self.parts[part.start] = (landmarks, poses)
+        if self.future.done() or sum(len(rows[0]) for rows in self.parts.values()) < self.faces:
+            return
+        ordered = [self.parts[start] for start in sorted(self.parts)]
+        if len(ordered) == 1:
+            self.future.set_result(ordered[0])
+        else:
+            self.future.set_result((np.concatenate([rows[0] for rows in ordered]),
+                                    np.concatenate([rows[1] for rows in ordered])))
+
+
+@dataclass(eq=False)
+class _Part:
+    """Rows start .. start + faces of a job, in one pass."""
+
+    job: _Job
+    start: int
+    faces: int
+
+    @property
+    def crops(self) -> np.ndarray:
+        return self.job.crops[self.start:self.start + self.faces]
 
 
 class Batcher:
@@ -176,12 +219,13 @@ class Batcher:
             self._forget(job)
 
     def _forget(self, job: _Job) -> None:
-        """Take a finished, timed-out or cancelled job off the queue if it is still there."""
+        """Take a finished, timed-out or cancelled job off the queue if it is still there
+        (with the faces it had not sent to a pass yet)."""
         try:
             self._pending.remove(job)
         except ValueError:
             return
-        self._set_queue(self._pending_faces - job.faces)
+        self._set_queue(self._pending_faces - job.remaining)
 
     def _set_queue(self, faces: int) -> None:
         self._pending_faces = faces
@@ -222,38 +266,45 @@ class Batcher:
             except asyncio.TimeoutError:
                 return
 
-    def _take(self) -> list[_Job]:
-        """The oldest live jobs that fit in `max_batch` faces (at least one)."""
-        batch: list[_Job] = []
+    def _take(self) -> list[_Part]:
+        """The oldest live jobs that fit in `max_batch` faces (at least one), or the next
+        `max_batch` faces of a larger job, alone."""
+        batch: list[_Part] = []
         faces = 0
         while self._pending:
             job = self._pending[0]
-            if job.future.done():  # timed out or cancelled while queued
+            if job.future.done():  # timed out or cancelled while queued (or between its passes)
                 self._pending.popleft()
-                self._set_queue(self._pending_faces - job.faces)
+                self._set_queue(self._pending_faces - job.remaining)
                 continue
-            if batch and faces + job.faces > self.max_batch:
+            if job.remaining > self.max_batch:
+                if batch:
+                    break
+                part = job.take(self.max_batch)  # the job stays at the head for its next pass
+                self._set_queue(self._pending_faces - part.faces)
+                return [part]
+            if batch and faces + job.remaining > self.max_batch:
                 break
             self._pending.popleft()
-            self._set_queue(self._pending_faces - job.faces)
-            batch.append(job)
-            faces += job.faces
+            self._set_queue(self._pending_faces - job.remaining)
+            batch.append(job.take(job.remaining))
+            faces += batch[-1].faces
         return batch
 
-    async def _run(self, batch: list[_Job]) -> None:
+    async def _run(self, batch: list[_Part]) -> None:
         """One forward pass for `batch`; each job gets its rows (or the exception)."""
         loop = asyncio.get_running_loop()
-        faces = sum(job.faces for job in batch)
+        faces = sum(part.faces for part in batch)
         self._running_faces += faces
         try:
-            crops = batch[0].crops if len(batch) == 1 else np.concatenate([job.crops for job in batch])
+            crops = batch[0].crops if len(batch) == 1 else np.concatenate([part.crops for part in batch])
             start = time.perf_counter()
             try:
                 landmarks, poses = await loop.run_in_executor(self._executor, self.predict, crops)
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                for part in batch:
+                    if not part.job.future.done():
+                        part.job.future.set_exception(exc)
                 return
             elapsed = time.perf_counter() - start
             self.costs.observe_pass(len(crops), elapsed)
@@ -262,11 +313,10 @@ class Batcher:
                 self.metrics.batch_requests.observe(len(batch))
                 self.metrics.inference.observe(elapsed)
             offset = 0
-            for job in batch:
-                rows = slice(offset, offset + job.faces)
-                offset += job.faces
-                if not job.future.done():
-                    job.future.set_result((landmarks[rows], poses[rows]))
+            for part in batch:
+                rows = slice(offset, offset + part.faces)
+                offset += part.faces
+                part.job.finish(part, landmarks[rows], poses[rows])
         finally:
             self._running_faces -= faces
             self._slots.release()

@@ -27,6 +27,8 @@ CODES: dict[str, tuple[int, str]] = {
     "request_timeout": (408, "the request body did not arrive within the body-read deadline"),
     "image_too_large": (413, "the upload (or the request body) exceeds the size limit"),
     "too_many_pixels": (413, "the image's declared dimensions exceed the pixel limit"),
+    "too_much_work": (413, "the request's own work (faces, pixels) is estimated to take longer than the "
+                           "server's timeout even when idle: send fewer faces or images, or smaller images"),
     "overloaded": (503, "the request cannot be answered in time (queued work, queue full or too many in "
                         "flight); retry after the `Retry-After` seconds"),
     "timeout": (504, "the request was not done within its deadline; retry after the `Retry-After` seconds"),

@@ -25,6 +25,15 @@ Send the next frame after the answer to the last one: frames then never queue up
 the frame rate follows what the server can do. Close codes: 1008 for a missing or wrong
 key or no start message, 1013 when `max_streams` streams are open, 1001 after `timeout`
 seconds without a message.
+
+Stream slots (`max_streams`) are taken at authentication (a valid start message), not at
+connection: sockets that have not yet sent one have their own budget
+(`max_pending_streams`) and `body_timeout` seconds to send it; when that budget is full,
+the oldest of them gives way (closed 1013) to the newcomer. Idle connections therefore
+never keep a client with the key from streaming.
+
+A frame is costed at the size of the stream's last frame (the first at the smallest
+size): its header is read on a stream thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -43,9 +52,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..errors import SpigaError
 from ..io import read_image_bytes
 from ..video import Tracker, TrackerConfig
-from .admission import ImageWork, Ticket
+from .admission import MIN_MEGAPIXELS, ImageWork, Ticket
 from .errors import ApiError, from_spiga_error
-from .work import REQUEST_CODES, face_record, megapixels
+from .work import REQUEST_CODES, face_record
 
 log = logging.getLogger("spiga.serve")
 
@@ -68,6 +77,7 @@ class BatchedAligner:
         self.loop = loop
         self.ticket: Ticket | None = None
         self.deadline = 0.0
+        self.megapixels = MIN_MEGAPIXELS  # the last frame's size: the next frame's estimate
 
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, list[float]]:
         start = time.perf_counter()
@@ -103,13 +113,20 @@ async def run_stream(websocket: WebSocket, state) -> None:
     """Serve one WebSocket stream until the client stops or leaves (see the module docstring)."""
     settings = state.settings
     await websocket.accept()
-    if state.streams >= settings.max_streams:
-        await websocket.close(code=1013, reason=f"{state.streams} streams open (limit {settings.max_streams}); "
-                                                "retry later")
-        return
-    state.streams += 1
     try:
-        await _session(websocket, state)
+        _check_room(state)
+        evicted = _wait_in_line(state)
+        try:
+            await _start(websocket, settings, evicted)
+        finally:
+            if evicted in state.unauthenticated:
+                state.unauthenticated.remove(evicted)
+        _check_room(state)  # streams may have started while this one authenticated
+        state.streams += 1
+        try:
+            await _session(websocket, state)
+        finally:
+            state.streams -= 1
     except _Closed as closed:
         log.info("stream closed (%d): %s", closed.code, closed.reason)
         try:
@@ -120,16 +137,47 @@ async def run_stream(websocket: WebSocket, state) -> None:
         pass  # the client left
     except RuntimeError as exc:  # sending on a socket the client closed
         log.debug("stream ended: %s", exc)
-    finally:
-        state.streams -= 1
 
 
-async def _start(websocket: WebSocket, settings) -> None:
-    """Read the start message and check the key (raises `_Closed`)."""
+def _check_room(state) -> None:
+    """Close (1013) when `max_streams` authenticated streams are open."""
+    limit = state.settings.max_streams
+    if state.streams >= limit:
+        raise _Closed(1013, f"{state.streams} streams open (limit {limit}); retry later")
+
+
+def _wait_in_line(state) -> asyncio.Event:
+    """Take a place among the sockets waiting for their start message; when they are
+    `max_pending_streams` already, the oldest gives way (its event is set)."""
+    waiting: list[asyncio.Event] = state.unauthenticated
+    while len(waiting) >= state.settings.max_pending_streams:
+        waiting.pop(0).set()
+    evicted = asyncio.Event()
+    waiting.append(evicted)
+    return evicted
+
+
+async def _first_message(websocket: WebSocket, settings, evicted: asyncio.Event) -> dict:
+    """The first message, within `body_timeout` and unless this socket must give way."""
+    receive = asyncio.ensure_future(websocket.receive())
+    give_way = asyncio.ensure_future(evicted.wait())
     try:
-        message = await asyncio.wait_for(websocket.receive(), settings.body_timeout)
-    except asyncio.TimeoutError:
-        raise _Closed(1008, f"no start message within {settings.body_timeout:g} s") from None
+        done, _ = await asyncio.wait({receive, give_way}, timeout=settings.body_timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        give_way.cancel()
+        receive.cancel()  # no-op once done
+    if receive in done and not receive.cancelled():
+        return receive.result()
+    await asyncio.gather(receive, give_way, return_exceptions=True)
+    if evicted.is_set():
+        raise _Closed(1013, "too many connections waiting to send their start message; retry")
+    raise _Closed(1008, f"no start message within {settings.body_timeout:g} s")
+
+
+async def _start(websocket: WebSocket, settings, evicted: asyncio.Event) -> None:
+    """Read the start message and check the key (raises `_Closed`)."""
+    message = await _first_message(websocket, settings, evicted)
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
     try:
@@ -152,7 +200,6 @@ async def _start(websocket: WebSocket, settings) -> None:
 async def _session(websocket: WebSocket, state) -> None:
     settings = state.settings
     pipeline = state.pipeline
-    await _start(websocket, settings)
     loop = asyncio.get_running_loop()
     adapter = BatchedAligner(pipeline, loop)
     tracker = Tracker(adapter, TrackerConfig())
@@ -205,14 +252,17 @@ def _error(frame: int, error: ApiError) -> dict:
     return reply
 
 
-def _step(tracker: Tracker, data: bytes, frame: int, t: float, max_pixels: int, costs):
-    """Decode a frame and track it (blocking: on a stream thread)."""
+def _step(tracker: Tracker, adapter: BatchedAligner, data: bytes, frame: int, t: float, max_pixels: int, costs):
+    """Decode a frame and track it (blocking: on a stream thread); its size becomes the
+    next frame's estimate."""
     start = time.perf_counter()
     try:
         bgr = read_image_bytes(data, f"frame {frame}", max_pixels)  # camera frames: 8-bit
     except SpigaError as exc:
         raise from_spiga_error(exc) from None
-    costs.observe_decode(bgr.shape[0] * bgr.shape[1] / 1e6, time.perf_counter() - start)
+    size = bgr.shape[0] * bgr.shape[1] / 1e6
+    adapter.megapixels = max(MIN_MEGAPIXELS, size)
+    costs.observe_decode(size, time.perf_counter() - start)
     return tracker.step(bgr, t), bgr.shape[1], bgr.shape[0]
 
 
@@ -222,14 +272,14 @@ async def _frame(state, tracker: Tracker, adapter: BatchedAligner, frame: int, d
     settings = state.settings
     pipeline = state.pipeline
     deadline = time.monotonic() + settings.frame_timeout
-    work = ImageWork(megapixels(data), len(tracker.tracks) or None)  # None: the tracker will detect
+    work = ImageWork(adapter.megapixels, len(tracker.tracks) or None)  # None: the tracker will detect
     try:
         ticket = pipeline.admission.admit([work], deadline)
     except ApiError as exc:
         return _error(frame, exc)
     adapter.ticket, adapter.deadline = ticket, deadline
-    step = asyncio.ensure_future(pipeline.on_stream_threads(_step, tracker, data, frame, t, settings.max_pixels,
-                                                            pipeline.costs))
+    step = asyncio.ensure_future(pipeline.on_stream_threads(_step, tracker, adapter, data, frame, t,
+                                                            settings.max_pixels, pipeline.costs))
     try:
         try:
             result, width, height = await asyncio.wait_for(asyncio.shield(step), deadline - time.monotonic())

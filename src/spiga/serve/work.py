@@ -5,27 +5,30 @@ the batcher, all under the request's deadline and admission control.
     records = await pipeline.align([Upload(data, "a.jpg", None)], deadline)
 
 `Pipeline.align` admits the request (`spiga.serve.admission`; 503 at once when it cannot
-be answered in time), runs each image's decode and detection on a bounded thread pool
-(`decode_workers` threads), hands its crops to the batcher, and answers by the deadline:
-`ApiError("timeout")` (504 with `Retry-After`) if the work is not done by then. Work not
-started by then never runs. While a request waits for the decode threads, each finished
-decode and forward pass (new cost measurements) re-checks it: one that can no longer be
-answered in time is refused then (503 with `Retry-After`).
+be answered in time, 413 when its own work is longer than the deadline), runs each
+image's header probe, decode and detection on a bounded thread pool (`decode_workers`
+threads; nothing that reads image bytes runs on the event loop), hands its crops to the
+batcher, and answers by the deadline: `ApiError("timeout")` (504 with `Retry-After`) if
+the work is not done by then. Work not started by then never runs; work under way is
+dropped at its next stage (after the header, the decode, the detection; between the
+batcher's passes). Once a decode thread has read an upload's header, its real size
+re-judges it (413, or 503 when it no longer fits its deadline). While a request waits for
+the decode threads, each finished decode and forward pass (new cost measurements)
+re-checks it: one that can no longer be answered in time is refused then (503).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
 
 from ..draw import pose_axes
 from ..errors import SpigaError
@@ -33,6 +36,7 @@ from ..face import Face
 from ..inference import Aligner
 from ..inference.aligner import FaceCrops
 from ..io import read_image_bytes
+from ..io.images import open_image_header
 from .admission import MIN_MEGAPIXELS, Admission, Costs, ImageWork, Ticket
 from .batcher import Batcher
 from .errors import ApiError, from_spiga_error
@@ -85,7 +89,10 @@ def parse_boxes(value: Any, what: str, max_faces: int) -> np.ndarray | None:
         if (not isinstance(box, list) or len(box) != 4
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
             raise ApiError("bad_box", f"{what}: box {i} must be 4 numbers x, y, w, h, got {json.dumps(box)[:80]}")
-        boxes[i] = box
+        try:
+            boxes[i] = [float(v) for v in box]
+        except OverflowError:  # a JSON integer such as 10**400: no float holds it
+            raise ApiError("bad_box", f"{what}: box {i} has a value too large for a number") from None
         x, y, w, h = boxes[i]
         if not np.all(np.isfinite(boxes[i])):
             raise ApiError("bad_box", f"{what}: box {i} has a non-finite value")
@@ -105,30 +112,33 @@ def load_json_field(text: str | None, what: str) -> Any:
         raise ApiError("bad_request", f"{what}: not valid JSON") from None
 
 
-def megapixels(data: bytes) -> float:
-    """The image's size in megapixels from its header (no decoding), for the cost
-    estimate; the smallest costed size when the header is unreadable (the decoder then
-    says what is wrong)."""
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            return max(MIN_MEGAPIXELS, probe.width * probe.height / 1e6)
-    except Exception:  # noqa: BLE001 - any unreadable header: judged by read_image_bytes later
-        return MIN_MEGAPIXELS
+def image_work(width: int, height: int, faces: int | None) -> ImageWork:
+    """An image's work from its header's size (`faces`: its boxes, None to detect)."""
+    return ImageWork(max(MIN_MEGAPIXELS, width * height / 1e6), faces)
 
 
 # --------------------------------------------------------------------------- per image work
 
 
 def prepare_image(aligner: Aligner, data: bytes, name: str, boxes: np.ndarray | None, max_pixels: int,
-                  max_faces: int, costs: Costs | None = None) -> Prepared:
-    """Decode `data`, find (at most `max_faces`) or check the boxes, crop the faces: the
-    aligner's own path (`Aligner.face_boxes`, `Aligner.crop_faces`).
+                  max_faces: int, costs: Costs | None = None, sized: Callable[[int, int], None] | None = None,
+                  answered: threading.Event | None = None) -> Prepared:
+    """Read the header (`open_image_header`, the decoder's own probe), let `sized(width,
+    height)` judge the real size (it raises to refuse), decode, find (at most `max_faces`)
+    or check the boxes, crop the faces: the aligner's own path (`Aligner.face_boxes`,
+    `Aligner.crop_faces`). Stops between stages once `answered` is set (its request has
+    been answered: the work is dropped).
 
     Blocking: runs on a decode thread. Records its decode and detection times in `costs`.
     """
     start = time.perf_counter()
     try:
-        bgr = read_image_bytes(data, name, max_pixels, aligner.depth_scaling)
+        header = open_image_header(data, name, max_pixels)
+        with header:
+            if sized is not None:
+                sized(header.width, header.height)
+            _still_wanted(answered, name)
+            bgr = read_image_bytes(data, name, max_pixels, aligner.depth_scaling, header=header)
     except SpigaError as exc:
         raise from_spiga_error(exc) from None
     height, width = bgr.shape[:2]
@@ -138,6 +148,7 @@ def prepare_image(aligner: Aligner, data: bytes, name: str, boxes: np.ndarray | 
         if boxes is None:
             if aligner.detector is None:
                 raise ApiError("bad_request", f"{name}: no boxes given and the server has no face detector")
+            _still_wanted(answered, name)
             detect_start = time.perf_counter()
             found = aligner.face_boxes(bgr, max_faces=max_faces)
             detect_seconds = time.perf_counter() - detect_start
@@ -147,6 +158,7 @@ def prepare_image(aligner: Aligner, data: bytes, name: str, boxes: np.ndarray | 
                 raise ApiError("no_face_found", f"{name}: no face found in the {width}x{height} image; pass boxes")
         else:
             found = aligner.face_boxes(bgr, boxes)
+        _still_wanted(answered, name)
         crops = aligner.crop_faces(bgr, found)
     except SpigaError as exc:  # a bad box, a detector's error: named after the upload
         error = from_spiga_error(exc)
@@ -154,6 +166,18 @@ def prepare_image(aligner: Aligner, data: bytes, name: str, boxes: np.ndarray | 
     if costs is not None:
         costs.observe_decode(size, time.perf_counter() - start - detect_seconds)
     return Prepared(name, width, height, crops)
+
+
+def _still_wanted(answered: threading.Event | None, name: str) -> None:
+    """Stop the work of a request that has been answered already (a 504 or a 503)."""
+    if answered is not None and answered.is_set():
+        raise ApiError("timeout", f"{name}: dropped, its request was answered already")
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a cancelled gather's outcome as seen (no 'exception was never retrieved' log)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def face_record(face: Face) -> dict:
@@ -279,31 +303,38 @@ class Pipeline:
             self.start()
         return await asyncio.get_running_loop().run_in_executor(self._streams, function, *args)
 
-    async def align(self, uploads: list[Upload], deadline: float) -> list[dict | ApiError]:
+    async def align(self, uploads: list[Upload], deadline: float) -> list[dict | Exception]:
         """Records (the JSON of `spiga align` per image, plus `faces_dropped`) or, per image,
-        the `ApiError` that image met.
+        the `ApiError` that image met (any other exception: an unexpected error, for the
+        caller to log and answer as `internal`).
+
+        Uploads are costed at the smallest size until a decode thread has read their
+        header (see `spiga.serve.admission`).
 
         Raises:
-            ApiError: `overloaded` (refused at once) or `timeout` (at the deadline) for
-                the whole request.
+            ApiError: `too_much_work` or `overloaded` (refused at once) or `timeout` (at
+                the deadline) for the whole request.
         """
-        works = [ImageWork(megapixels(u.data), None if u.boxes is None else len(u.boxes)) for u in uploads]
-        ticket = self.admission.admit(works, deadline)
+        works = [ImageWork(MIN_MEGAPIXELS, None if u.boxes is None else len(u.boxes)) for u in uploads]
+        ticket = self.admission.admit(works, deadline, budget=self.settings.timeout)
+        answered = threading.Event()  # set when the request is answered: its leftover work is dropped
         waiting = _Waiting(deadline, ticket, dict(enumerate(ticket.decode)), asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)
         jobs = asyncio.ensure_future(asyncio.gather(
-            *(self._align_one(ticket, i, upload, deadline, waiting) for i, upload in enumerate(uploads)),
+            *(self._align_one(ticket, i, upload, deadline, waiting, answered) for i, upload in enumerate(uploads)),
             return_exceptions=True))
         try:
             done, _ = await asyncio.wait({jobs, waiting.refused}, timeout=max(0.0, deadline - time.monotonic()),
                                          return_when=asyncio.FIRST_COMPLETED)
             if jobs not in done:
                 jobs.cancel()
+                jobs.add_done_callback(_retrieve)
                 if waiting.refused in done:
                     raise waiting.refused.result()
                 raise self.timeout_error()
             results = jobs.result()
         finally:
+            answered.set()
             if waiting in self._waiting:
                 self._waiting.remove(waiting)
             if not waiting.refused.done():
@@ -312,15 +343,31 @@ class Pipeline:
         for result in results:
             if isinstance(result, ApiError) and result.code in REQUEST_CODES:
                 raise result
-            if isinstance(result, BaseException) and not isinstance(result, ApiError):
-                raise result
         return results
 
+    def _on_size(self, ticket: Ticket, index: int, upload: Upload, deadline: float) -> Callable[[int, int], None]:
+        """What a decode thread calls with an upload's real size: correct its reservation
+        (on the event loop) and refuse it if its own work no longer fits (413 or 503)."""
+        loop = asyncio.get_running_loop()
+        faces = None if upload.boxes is None else len(upload.boxes)
+
+        def sized(width: int, height: int) -> None:
+            work = image_work(width, height, faces)
+            try:
+                loop.call_soon_threadsafe(ticket.resize, index,
+                                          self.costs.prepare_seconds(work.megapixels, work.faces is None))
+            except RuntimeError:  # the loop closed (shutdown)
+                pass
+            self.admission.check_own([work], deadline, self.settings.timeout, what=f"{upload.name} ({width}x{height})")
+
+        return sized
+
     async def _align_one(self, ticket: Ticket, index: int, upload: Upload, deadline: float,
-                         waiting: _Waiting | None = None) -> dict:
+                         waiting: _Waiting | None = None, answered: threading.Event | None = None) -> dict:
         settings = self.settings
         prepared = await self.on_decode_threads(ticket, index, prepare_image, self.aligner, upload.data, upload.name,
                                                 upload.boxes, settings.max_pixels, settings.max_faces, self.costs,
+                                                self._on_size(ticket, index, upload, deadline), answered,
                                                 waiting=waiting)
         dropped = prepared.faces.faces.dropped
         if dropped:
