@@ -25,6 +25,7 @@ drawings), in the order they finish. A record whose image was already written in
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -256,7 +257,9 @@ def read_images(paths: Sequence[str]) -> Any:
     names = {(pyarrow.fs.FileSystem.from_uri(p)[1] if is_uri(p) else p): p for p in paths}
     # reading asks for no CPU: the actors may hold them all (an actor pool as large as the
     # machine), and reads that wait for a CPU would then wait for ever
-    dataset = ray.data.read_binary_files(list(paths), include_paths=True, ray_remote_args={"num_cpus": 0})
+    no_cpu = ({"num_cpus": 0} if "num_cpus" in inspect.signature(ray.data.read_binary_files).parameters
+              else {"ray_remote_args": {"num_cpus": 0}})  # Ray before named remote parameters
+    dataset = ray.data.read_binary_files(list(paths), include_paths=True, **no_cpu)
     return dataset.map(lambda row: {"path": names.get(row["path"], row["path"]), "bytes": row["bytes"]})
 
 
@@ -273,6 +276,8 @@ def connect(address: str, progress: bool = True) -> Iterator[None]:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SpigaError(f"cannot start or join Ray at {address!r}: {exc}") from None
     ray.data.DataContext.get_current().enable_progress_bars = False  # spiga's own bar counts images
+    if not log.isEnabledFor(logging.INFO):  # Ray Data's plans and timings only with --verbose
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
         yield
     finally:
