@@ -173,16 +173,23 @@ def align_dataset(dataset: Any, model: str | os.PathLike = "wflw", precision: st
     Args:
         dataset: a `ray.data.Dataset` with rows `{"path": str, "bytes": bytes}`, e.g. from
             `ray.data.read_binary_files(paths, include_paths=True)`.
-        model, precision, backend, max_batch, detector, device, depth_scaling, compile: as for
-            `spiga.load` (the model must be readable on every node: a named model, or a
-            file on a shared file system). `device` None: CUDA where the actor has a GPU.
+        model: a named model or a checkpoint (or .onnx file), as for `spiga.load`; it must be
+            readable on every node (a named model, or a file on a shared file system).
+        precision: as for `spiga.load`.
+        backend: as for `spiga.load`.
+        max_batch: faces per network call.
+        detector: the face detector (a name, `file:BOXES`, or a picklable `Detector`).
+        device: as for `spiga.load`; None: CUDA where the actor has a GPU, else the CPU.
+        depth_scaling: as for `spiga.load`.
+        compile: as for `spiga.load`.
         concurrency: actors (each loads the model once).
         num_gpus: GPUs per actor (fractions share a GPU between actors).
         num_cpus: CPUs per actor (also its PyTorch threads, rounded, at least 1).
         batch_size: images per batch handed to an actor (its faces run as one network call,
             split by `max_batch`).
         boxes: face boxes for every image, or None for the detector's.
-        draw, mesh: also return drawings (PNG bytes), with the mean-face mesh.
+        draw: also return drawings (PNG bytes).
+        mesh: drawings show the mean-face mesh.
     Returns:
         a Dataset with rows of `RECORD_COLUMNS`; `iter_records` gives the records as dicts.
     """
@@ -375,7 +382,11 @@ def align_files_on_ray(inputs: Sequence[str | os.PathLike], address: str = "loca
     Args:
         inputs: local files, folders and globs, or object-store URIs (`list_inputs`).
         address: `local`, `auto` or a Ray address (`connect`).
-        jsonl, draw_dir, pts_dir, csv, resume: as for `align_files` (outputs are local).
+        jsonl: output file, or None for standard output.
+        draw_dir: folder for drawings (as `align_files` names them), or None.
+        pts_dir: folder for `.pts` files, or None.
+        csv: CSV file of all faces (written when the run ends), or None.
+        resume: skip the images that already have a result in `jsonl`.
         recursive: take images from sub-folders too.
         progress: show a progress bar on stderr.
         options: keyword arguments of `align_dataset` (model, concurrency, num_gpus, ...).
