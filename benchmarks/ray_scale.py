@@ -87,11 +87,12 @@ def time_one_machine(model: Path, paths: list, threads: int, out: Path) -> tuple
     return time.perf_counter() - start, summary.faces
 
 
-def time_ray(model: Path, inputs: list, workers: int, out: Path) -> tuple[float, int]:
+def time_ray(model: Path, inputs: list, workers: int, out: Path, gpus: float = 0) -> tuple[float, int]:
     from spiga.ray import align_files_on_ray
 
     start = time.perf_counter()
-    summary = align_files_on_ray(inputs, jsonl=out, progress=False, model=model, concurrency=workers, num_cpus=1)
+    summary = align_files_on_ray(inputs, jsonl=out, progress=False, model=model, concurrency=workers, num_cpus=1,
+                                 num_gpus=gpus)
     return time.perf_counter() - start, summary.faces
 
 
@@ -102,6 +103,7 @@ def main() -> int:
     parser.add_argument("--folder", type=Path, help="your photos (default: copies of the shared photo)")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads of the one-machine runner")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts (default 1 2)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per Ray worker (default 0)")
     args = parser.parse_args()
 
     import ray
@@ -124,12 +126,13 @@ def main() -> int:
         ray.data.DataContext.get_current().enable_progress_bars = False
         times = {}
         for workers in args.workers:
-            seconds, faces = time_ray(model, [str(folder)], workers, scratch / f"ray{workers}.jsonl")
+            seconds, faces = time_ray(model, [str(folder)], workers, scratch / f"ray{workers}.jsonl",
+                                      args.gpus_per_worker)
             times[workers] = seconds
             print(f"ray, {workers} worker{'s' if workers > 1 else ' '}:     {seconds:7.2f} s  "
                   f"{len(paths) / seconds:6.2f} img/s  {faces / seconds:6.2f} faces/s  (workers' start included)")
         if quarter is not None and 1 in times:
-            small, _ = time_ray(model, [str(quarter)], 1, scratch / "ray_quarter.jsonl")
+            small, _ = time_ray(model, [str(quarter)], 1, scratch / "ray_quarter.jsonl", args.gpus_per_worker)
             count = len(expand_inputs([quarter]))
             per_image = (times[1] - small) / (len(paths) - count)
             fixed = small - per_image * count
