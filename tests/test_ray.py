@@ -141,12 +141,14 @@ def test_killed_worker_batch_is_retried(ray_session, tiny_checkpoint, folder, tm
 
     marker = tmp_path / "crashed"
     out = tmp_path / "out.jsonl"
-    summary = align_files_on_ray([folder], jsonl=out, progress=False, model=tiny_checkpoint,
-                                 detector=CrashOnce(str(tmp_path / "boxes.json"), str(marker)))
+    # a local file and a file:// folder: two readers, one pool
+    summary = align_files_on_ray([folder / "a.png", f"file://{folder}"], jsonl=out, progress=False,
+                                 model=tiny_checkpoint, detector=CrashOnce(str(tmp_path / "boxes.json"), str(marker)))
     assert marker.exists(), "the worker did not crash"
     records = _records(out)
-    assert sorted(r["path"] for r in records) == sorted(str(p) for p in folder.iterdir())
-    assert len(summary.failed) == 2 and summary.images == 3
+    assert sorted(r["path"] for r in records) == sorted([str(folder / "a.png")] +
+                                                        [f"file://{p}" for p in folder.iterdir()])
+    assert len(summary.failed) == 2 and summary.images == 4
 
 
 def test_interrupted_driver_resumes_without_duplicates(ray_session, tiny_checkpoint, folder, tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ drawings), in the order they finish. A record whose image was already written in
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -255,23 +256,31 @@ def list_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False) ->
     return list(dict.fromkeys(paths))
 
 
+def _with_scheme(scheme: str, row: dict) -> dict:
+    return {"path": scheme + row["path"], "bytes": row["bytes"]}
+
+
 def read_images(paths: Sequence[str]) -> Any:
     """A Dataset of `{"path", "bytes"}` rows for `paths` (read by Ray's workers), each row's
-    path spelled as given (Ray reports `s3://b/k` as `b/k`)."""
-    import pyarrow.fs
+    path spelled as given (Ray reports `s3://b/k` as `b/k`); one reader per file system."""
     import ray.data
 
-    names = {(pyarrow.fs.FileSystem.from_uri(p)[1] if is_uri(p) else p): p for p in paths}
+    by_scheme: dict[str, list[str]] = {}
+    for path in paths:
+        by_scheme.setdefault(path.split("://", 1)[0] + "://" if is_uri(path) else "", []).append(path)
     # reading asks for no CPU: the actors may hold them all (an actor pool as large as the
     # machine), and reads that wait for a CPU would then wait for ever
     no_cpu = ({"num_cpus": 0} if "num_cpus" in inspect.signature(ray.data.read_binary_files).parameters
               else {"ray_remote_args": {"num_cpus": 0}})  # Ray before named remote parameters
-    dataset = ray.data.read_binary_files(list(paths), include_paths=True, **no_cpu)
-    return dataset.map(lambda row: {"path": names.get(row["path"], row["path"]), "bytes": row["bytes"]})
+    datasets = []
+    for scheme, group in by_scheme.items():
+        dataset = ray.data.read_binary_files(group, include_paths=True, **no_cpu)
+        datasets.append(dataset.map(functools.partial(_with_scheme, scheme)) if scheme else dataset)
+    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
 
 
 @contextlib.contextmanager
-def connect(address: str, progress: bool = True) -> Iterator[None]:
+def connect(address: str) -> Iterator[None]:
     """Ray for the length of the block: `local` starts it on this machine, `auto` joins the
     running cluster, anything else is a cluster's address. A Ray already started in this
     process is used as it is (and left running)."""
@@ -279,7 +288,7 @@ def connect(address: str, progress: bool = True) -> Iterator[None]:
     started = not ray.is_initialized()
     if started:
         try:
-            ray.init(address="local" if address == "local" else address, logging_level=logging.WARNING)
+            ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SpigaError(f"cannot start or join Ray at {address!r}: {exc}") from None
     ray.data.DataContext.get_current().enable_progress_bars = False  # spiga's own bar counts images
