@@ -144,6 +144,16 @@ def _add_align(sub) -> None:
     p.add_argument("--decode-threads", type=int, default=2, metavar="N",
                    help="threads that decode images ahead of the model (default 2)")
     p.add_argument("--mesh", action="store_true", help="drawings: add the 3D mean face projected with the pose")
+    ray = p.add_argument_group("many machines (Ray; the `ray` extra)")
+    ray.add_argument("--ray", metavar="ADDRESS",
+                     help="align on Ray: local (start Ray on this machine), auto (join the running cluster) or a "
+                          "cluster address; inputs may be object-store URIs (s3://...)")
+    ray.add_argument("--ray-concurrency", type=int, default=1, metavar="N",
+                     help="workers (Ray actors), each loading the model once (default 1)")
+    ray.add_argument("--ray-gpus-per-worker", type=float, default=0, metavar="G",
+                     help="GPUs per worker; fractions share a GPU (default 0)")
+    ray.add_argument("--ray-cpus-per-worker", type=float, default=1, metavar="C",
+                     help="CPUs per worker, also its PyTorch threads (default 1)")
     _old_spellings(p, {"--workers": "decode_threads", "--batch-size": "max_batch"})
     p.set_defaults(run=_run_align)
 
@@ -162,6 +172,8 @@ def _run_align(args) -> int:
     from .io import read_image, write_atomic, write_image
 
     _check_positive(args, "max_batch", "decode_threads")
+    if args.ray:
+        return _run_align_ray(args)
     paths = _many_image_paths(args) if _is_many_images(args) else None  # None: the single-image form
     args.image = args.image[0] if paths is None else args.image
     image = read_image(args.image) if paths is None else None
@@ -222,6 +234,24 @@ def _run_align_many(args, paths, aligner) -> int:
                           progress=not args.no_progress, mesh=args.mesh, pts_dir=args.pts, csv=args.csv)
     if summary.failed:
         print(f"spiga: {len(summary.failed)} of {len(paths) - summary.skipped} images failed "
+              f"(error lines in the output)", file=sys.stderr)
+    return summary.exit_status
+
+
+def _run_align_ray(args) -> int:
+    from .ray import align_files_on_ray
+
+    _check_positive(args, "ray_concurrency")
+    if args.draw or args.json:
+        raise InputError("--draw and --json are for one image; with --ray, use --draw-dir and --jsonl")
+    summary = align_files_on_ray(
+        args.image, address=args.ray, jsonl=args.jsonl, draw_dir=args.draw_dir, pts_dir=args.pts, csv=args.csv,
+        resume=args.resume, recursive=args.recursive, progress=not args.no_progress, model=args.model,
+        device=args.device, precision=args.precision, backend=args.backend, max_batch=args.max_batch,
+        compile=args.compile, depth_scaling=args.depth_scaling, detector=args.detector, boxes=args.box, mesh=args.mesh,
+        concurrency=args.ray_concurrency, num_gpus=args.ray_gpus_per_worker, num_cpus=args.ray_cpus_per_worker)
+    if summary.failed:
+        print(f"spiga: {len(summary.failed)} of {summary.images + len(summary.failed)} images failed "
               f"(error lines in the output)", file=sys.stderr)
     return summary.exit_status
 

@@ -92,6 +92,24 @@ def done_paths(records: Iterable[dict]) -> set[str]:
     return {path for path, ok in last.items() if ok}
 
 
+def image_record(path: str | os.PathLike, size: tuple[int, int] | None = None, faces: Sequence[Any] = (),
+                 error: str | None = None) -> dict:
+    """The per-image record (one JSON line): `{"path", "width", "height", "faces"}` with
+    `size` = (width, height) and `faces` as `Face`s or their `to_dict()` records, or
+    `{"path", "error"}` when `error` is given."""
+    if error is not None:
+        return {"path": str(path), "error": error}
+    if size is None:
+        raise ValueError("image_record: a record without an error needs the image size")
+    return {"path": str(path), "width": int(size[0]), "height": int(size[1]),
+            "faces": [face if isinstance(face, dict) else face.to_dict() for face in faces]}
+
+
+def image_error(path: str | os.PathLike, exc: BaseException) -> str:
+    """An error message that names the image `path` (once)."""
+    return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+
+
 # --- decoding ahead ------------------------------------------------------------------
 
 
@@ -231,7 +249,7 @@ def align_files(aligner: Aligner, paths: Sequence[Path], jsonl: str | os.PathLik
 
         def fail(path: Path, message: str) -> None:
             summary.failed[str(path)] = message
-            out.write({"path": str(path), "error": message})
+            out.write(image_record(path, error=message))
             bar.update(1)
 
         def flush(batch: list[_Pending]) -> None:
@@ -267,8 +285,7 @@ def align_files(aligner: Aligner, paths: Sequence[Path], jsonl: str | os.PathLik
                 records = [face.to_dict() for face in faces]
                 if table is not None:
                     table.write(item.path, records)
-                out.write({"path": str(item.path), "width": int(item.image.shape[1]),
-                           "height": int(item.image.shape[0]), "faces": records})
+                out.write(image_record(item.path, (item.image.shape[1], item.image.shape[0]), records))
                 summary.images += 1
                 summary.faces += len(faces)
                 bar.update(1)
@@ -287,7 +304,7 @@ def align_files(aligner: Aligner, paths: Sequence[Path], jsonl: str | os.PathLik
                         batch.append(_Pending(path, image, found.boxes, found.scores))
                         faces_in_batch += len(found)
                     except SpigaError as exc:
-                        error = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                        error = image_error(path, exc)
                 if error is not None:
                     batch.append(_Pending(path, error=error))
                 if faces_in_batch >= batch_faces or len(batch) >= batch_images:

@@ -42,13 +42,14 @@ def pts_text(landmarks: np.ndarray) -> str:
 def write_pts_files(folder: str | os.PathLike, image: str | os.PathLike, faces: Sequence[Any],
                     stem: str | None = None) -> list[Path]:
     """One `.pts` per face of `image` in `folder`: `<stem>_<k>.pts`, k = 0, 1, ... in face
-    order (`stem`: the image's file name without its suffix, unless given)."""
+    order (`stem`: the image's file name without its suffix, unless given); `faces` are
+    `Face`s or their `to_dict()` records."""
     folder = Path(folder)
     stem = Path(image).stem if stem is None else stem
     written = []
     for k, face in enumerate(faces):
         path = folder / f"{stem}_{k}.pts"
-        write_atomic(path, pts_text(face.landmarks))
+        write_atomic(path, pts_text(face["landmarks"] if isinstance(face, dict) else face.landmarks))
         written.append(path)
     return written
 
