@@ -156,39 +156,56 @@ def _old_spellings(p, names: dict[str, str]) -> None:
 
 
 def _run_align(args) -> int:
-    import json
+    """One image or many: the same runner (`align_files`) and the same outputs (`ResultSink`);
+    one image's error is one line and exit status 2, many images' errors are error lines."""
+    from pathlib import Path
 
-    from .draw import draw_faces
-    from .io import read_image, write_atomic, write_image
+    from .draw import face_drawer
+    from .inference.many_images import align_files, output_stems
+    from .io import ResultSink, check_run_outputs
 
     _check_positive(args, "max_batch", "decode_threads")
-    paths = _many_image_paths(args) if _is_many_images(args) else None  # None: the single-image form
-    args.image = args.image[0] if paths is None else args.image
-    image = read_image(args.image) if paths is None else None
+    many = _is_many_images(args)
+    paths = _many_image_paths(args) if many else [Path(args.image[0])]
+    outputs = _align_outputs(args, many)
+    stems = output_stems(paths)
+    check_run_outputs(paths, stems=stems, **outputs)  # before any work: no output over an input
     aligner = _load_aligner(args)
-    if paths is not None:
-        return _run_align_many(args, paths, aligner)
-    faces = aligner.align(image, boxes=args.box)
-    record = {"path": args.image, "width": int(image.shape[1]), "height": int(image.shape[0]),
-              "faces": [face.to_dict() for face in faces]}
-    text = json.dumps({"images": [record]})
-    if args.json:
-        write_atomic(args.json, text + "\n")
-    elif not (args.draw or args.pts or args.csv):
-        print(text)
-    if args.draw:
-        mesh = aligner.mean_face_world() if args.mesh else None
-        write_image(args.draw, draw_faces(image, faces, aligner.landmark_set, mesh_points=mesh))
-    if args.pts:
-        from .io import write_pts_files
+    drawing = None
+    if args.draw or args.draw_dir:
+        drawing = face_drawer(aligner.landmark_set, aligner.mean_face_world() if args.mesh else None)
+    sink = ResultSink(aligner.landmark_set.num_landmarks, drawing=drawing, stems=stems, resume=args.resume,
+                      **outputs)
+    summary = align_files(aligner, paths, resume=args.resume, boxes=args.box, workers=args.decode_threads,
+                          batch_faces=args.max_batch, progress=many and not args.no_progress, sink=sink,
+                          raise_errors=not many, on_no_face=_say_no_face)
+    if summary.failed:
+        print(f"spiga: {len(summary.failed)} of {len(paths) - summary.skipped} images failed "
+              f"(error lines in the output)", file=sys.stderr)
+    return summary.exit_status
 
-        write_pts_files(args.pts, args.image, faces)
-    if args.csv:
-        from .io import FaceCsvWriter
 
-        with FaceCsvWriter(args.csv, aligner.landmark_set.num_landmarks) as writer:
-            writer.write(args.image, faces)
-    return 0
+def _align_outputs(args, many: bool) -> dict:
+    """The outputs of `spiga align` for `ResultSink`: JSON Lines (standard output by default)
+    with many images, JSON (printed when nothing else is asked for) with one."""
+    from .io import STDOUT, is_stdout
+
+    outputs = {"json": None, "jsonl": None, "csv": args.csv, "pts_dir": args.pts, "draw": args.draw,
+               "draw_dir": args.draw_dir}
+    if many:
+        outputs["jsonl"] = args.jsonl or STDOUT
+    else:
+        outputs["json"] = args.json or (None if (args.draw or args.pts or args.csv) else STDOUT)
+    streams = [f"--{name}" for name in ("json", "jsonl", "csv") if is_stdout(outputs[name])]
+    if len(streams) > 1:
+        raise InputError(f"{' and '.join(streams)} would both write to standard output; give one of them a file")
+    return outputs
+
+
+def _say_no_face(path) -> None:
+    from tqdm import tqdm  # above a progress bar, not through it
+
+    tqdm.write(f"spiga: no face found in {path}", file=sys.stderr)
 
 
 def _is_many_images(args) -> bool:
@@ -213,17 +230,6 @@ def _many_image_paths(args) -> list:
     if args.box and len(paths) > 1:
         raise InputError("--box is for one image; give boxes for several with --detector file:BOXES")
     return paths
-
-
-def _run_align_many(args, paths, aligner) -> int:
-    from .inference.many_images import align_files
-    summary = align_files(aligner, paths, jsonl=args.jsonl, draw_dir=args.draw_dir, resume=args.resume,
-                          boxes=args.box, workers=args.decode_threads, batch_faces=args.max_batch,
-                          progress=not args.no_progress, mesh=args.mesh, pts_dir=args.pts, csv=args.csv)
-    if summary.failed:
-        print(f"spiga: {len(summary.failed)} of {len(paths) - summary.skipped} images failed "
-              f"(error lines in the output)", file=sys.stderr)
-    return summary.exit_status
 
 
 # --- video -------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from ..checkpoint import build_model, load_checkpoint, save_checkpoint
 from ..errors import ModelNotFound, SpigaError
-from ..io import write_atomic
+from ..io import write_output
 from ..io.images import DepthScaling
 from ..landmarks import LandmarkSet, read_mean_face
 from ..model import SPIGA, ModelConfig
@@ -241,7 +241,7 @@ def _schedule(config: TrainConfig, total_steps: int):
 def _save_resume(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_atomic(path, buffer.getvalue())
+    write_output(path, buffer.getvalue())
 
 
 def _load_resume(path: Path) -> dict[str, Any]:
@@ -495,7 +495,7 @@ def _write_config(out: Path, config: TrainConfig) -> None:
         text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     except ImportError:
         text = json.dumps(config.to_dict(), indent=1)
-    write_atomic(out / "config.yaml", text)
+    write_output(out / "config.yaml", text)
 
 
 def _append_metrics(out: Path, row: dict[str, float]) -> None:
@@ -506,4 +506,4 @@ def _append_metrics(out: Path, row: dict[str, float]) -> None:
     if not existing:
         writer.writeheader()
     writer.writerow(row)
-    write_atomic(path, existing + buffer.getvalue())
+    write_output(path, existing + buffer.getvalue())
