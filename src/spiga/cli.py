@@ -114,6 +114,27 @@ def _check_positive(args, *names: str) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
+def _keep_inputs(inputs, outputs: dict) -> None:
+    """Before any work: refuse an output that would overwrite one of the inputs
+    (`spiga.io.check_outputs_apart`, the one check every command uses)."""
+    from .io import check_outputs_apart
+
+    check_outputs_apart(inputs, outputs)
+
+
+def _dataset_file(spec: str | None):
+    """The annotation file of a `FORMAT:PATH[:ROOT]` dataset option (None when there is none
+    yet: the command's own reading then says what is wrong)."""
+    if not spec:
+        return None
+    from .data import parse_spec
+
+    try:
+        return parse_spec(spec)[2]
+    except SpigaError:
+        return None
+
+
 # --- align -------------------------------------------------------------------------
 
 
@@ -305,6 +326,7 @@ def _add_convert(sub) -> None:
 def _run_convert(args) -> int:
     from .checkpoint import convert_official
 
+    _keep_inputs([args.weights, args.mean_face], {"--out": args.out})
     path = convert_official(args.weights, args.config, args.mean_face, args.out)
     print(f"wrote {path}")
     return 0
@@ -342,10 +364,11 @@ def _add_evaluate(sub) -> None:
 def _report_outputs(args, report) -> None:
     """Print the table and write the --json and --plot files of an evaluation."""
     from .evaluate import format_report
-    from .io import write_json_atomic
-    print(format_report(report))
+    from .io import is_stdout, write_json
+    if not is_stdout(args.json):  # `--json -`: the JSON alone on standard output
+        print(format_report(report))
     if args.json:
-        write_json_atomic(args.json, report.to_dict())
+        write_json(args.json, report.to_dict(), stream_ok=True, option="--json")
     if args.plot:
         from .evaluate.plots import plot_ced
         lm = report.landmarks
@@ -354,6 +377,7 @@ def _report_outputs(args, report) -> None:
 
 def _run_evaluate(args) -> int:
     from .evaluate import evaluate_files
+    _keep_inputs([args.annotations, args.predictions, args.db_info], {"--json": args.json, "--plot": args.plot})
     report = evaluate_files(args.annotations, args.predictions, args.config, db_info=args.db_info,
                             norm=args.norm, threshold=args.threshold)
     _report_outputs(args, report)
@@ -393,6 +417,8 @@ def _run_benchmark(args) -> int:
     from .landmarks import landmark_set_for
 
     _check_positive(args, "max_batch")
+    _keep_inputs([_dataset_file(args.dataset), args.model, args.db_info],
+                 {"--predictions": args.predictions, "--json": args.json, "--plot": args.plot})
     config = _benchmark_config(args)
     info = read_db_info(args.db_info) if args.db_info else None
     scoring = resolve_scoring(config, args.norm, args.threshold, info)
@@ -464,10 +490,28 @@ def _run_train(args) -> int:
         value = getattr(args, option.name, None)
         if value is not None:
             values[option.name] = value
-    result = train(TrainConfig.from_dict(values, args.config_file or "<command line>"))
+    config = TrainConfig.from_dict(values, args.config_file or "<command line>")
+    if not config.resume:  # a resumed run reads and rewrites its own state on purpose
+        _keep_train_inputs(config, args.config_file)
+    result = train(config)
     best = f", best validation NME {result.best_nme:.3f}" if result.best_nme is not None else ""
     print(f"trained {result.steps} steps{best}; checkpoints in {result.out}")
     return 0
+
+
+def _keep_train_inputs(config, config_file: str | None) -> None:
+    """Refuse a run folder whose files (checkpoints, state, metrics, config) would overwrite
+    one of the run's inputs."""
+    from pathlib import Path
+
+    from .train.loop import RESUME_FILE
+
+    out = Path(config.out)
+    written = [out / name for name in ("best.safetensors", "last.safetensors", RESUME_FILE, "metrics.csv",
+                                       "config.yaml")]
+    inputs = [config.init, config.mean_face, config.landmark_set, config_file,
+              *(_dataset_file(spec) for spec in [*config.train, *config.val])]
+    _keep_inputs(inputs, {"--out": written})
 
 
 # --- export ------------------------------------------------------------------------
@@ -492,6 +536,7 @@ def _run_export(args) -> int:
     from .hub import resolve_model
     from .inference.onnx_export import export_onnx
 
+    _keep_inputs([args.model], {"--out": args.out})
     path = export_onnx(resolve_model(args.model), args.out, opset=args.opset, dynamic_batch=args.dynamic_batch,
                        batch_size=args.fixed_batch)
     print(f"wrote {path}")
@@ -528,6 +573,7 @@ def _run_estimate_mean_face(args) -> int:
     from .data.mean_face import estimate_from_dataset
     from .landmarks.mean_face import write_mean_face
 
+    _keep_inputs([_dataset_file(args.dataset), args.landmark_set], {"--out": args.out})
     dataset = read_dataset(args.dataset, args.landmark_set, skip_bad=args.skip_bad, require_images=False)
     fit = estimate_from_dataset(dataset, args.frontal_fraction, args.distance, args.max_samples)
     comment = (f"3D mean face of landmark set {dataset.landmark_set.name} "
@@ -623,6 +669,21 @@ def _run_serve(args) -> int:
 # --- entry point -------------------------------------------------------------------
 
 
+def _resume_hint(args) -> str:
+    """How to continue an interrupted command, where it can be continued."""
+    from pathlib import Path
+
+    if args.command == "align" and getattr(args, "jsonl", None) and args.jsonl != "-":
+        return f" (the lines in {args.jsonl} are kept: run the same command with --resume to continue)"
+    if args.command == "train":
+        from .train.loop import RESUME_FILE
+
+        run = getattr(args, "resume", None) or getattr(args, "out", None) or "runs/spiga"
+        if (Path(run) / RESUME_FILE).is_file():
+            return f" (continue with: spiga train --resume {run})"
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .about import __version__
 
@@ -660,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spiga: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("spiga: interrupted", file=sys.stderr)
+        print(f"spiga: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
 
 

@@ -237,43 +237,56 @@ def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1
     write_json(path, data, indent)
 
 
-@contextlib.contextmanager
-def replaced_by_name(path: str | os.PathLike, option: str | None = None) -> Iterator[Path]:
-    """For writers that only take a file name (OpenCV's `VideoWriter`): a temporary name
-    beside the output, created with the umask's mode, whose file becomes the output when
-    the block ends without an exception (copied through a device or FIFO, renamed over a
-    regular file or a link's target) and is removed otherwise."""
-    target = output_target(path, option)
-    special = _is_special(target)
-    folder = target.parent if not special else Path(tempfile.gettempdir())
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temporary(folder, target.name, suffix=target.suffix or ".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        if special:
-            with _write_through(target, text=False) as out, open(tmp, "rb") as data:
-                while chunk := data.read(1 << 20):
-                    out.write(chunk)
-            tmp.unlink()
+class NamedOutput:
+    """For writers that only take a file name (OpenCV's `VideoWriter`): a temporary file
+    `name` beside the output, created with the umask's mode like every other output, that
+    becomes the output on `commit` (renamed over a regular file or a link's target, copied
+    through a device or FIFO) or is removed on `discard`. As a context manager: committed
+    when the block ends without an exception."""
+
+    def __init__(self, path: str | os.PathLike, option: str | None = None) -> None:
+        self.target = output_target(path, option)
+        self._special = _is_special(self.target)
+        folder = Path(tempfile.gettempdir()) if self._special else self.target.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, self.name = _create_temporary(folder, self.target.name, suffix=self.target.suffix or ".tmp")
+        os.close(fd)
+
+    def commit(self) -> None:
+        try:
+            if self._special:
+                with _write_through(self.target, text=False) as out, open(self.name, "rb") as data:
+                    while chunk := data.read(1 << 20):
+                        out.write(chunk)
+            else:
+                os.replace(self.name, self.target)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        self.name.unlink(missing_ok=True)
+
+    def __enter__(self) -> Path:
+        return self.name
+
+    def __exit__(self, kind, *rest) -> None:
+        if kind is None:
+            self.commit()
         else:
-            os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            self.discard()
 
 
 # --- outputs against inputs ---------------------------------------------------------------
 
 
-def _identity(path: str | os.PathLike) -> tuple:
-    """What makes two paths the same file: device and inode where it exists (links, hard
-    links and `..` all resolved), else the resolved path."""
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """What makes two paths the same file: its device and inode (links, hard links and `..`
+    all resolved); None for a path that names no file (nothing there to overwrite)."""
     try:
         info = os.stat(path)
-        return ("inode", info.st_dev, info.st_ino)
     except (OSError, ValueError):
-        return ("path", os.path.realpath(path))
+        return None
+    return info.st_dev, info.st_ino
 
 
 def check_outputs_apart(inputs: Iterable[str | os.PathLike | None],
@@ -288,10 +301,12 @@ def check_outputs_apart(inputs: Iterable[str | os.PathLike | None],
     Raises:
         OutputError: naming the option, the output and the input.
     """
-    known: dict[tuple, str] = {}
+    known: dict[tuple[int, int], str] = {}
     for item in inputs:
         if item is not None and not is_stdout(item) and not _is_special(Path(item)):
-            known.setdefault(_identity(item), os.fspath(item))
+            identity = _identity(item)
+            if identity is not None:
+                known.setdefault(identity, os.fspath(item))
     if not known:
         return
     for option, value in outputs.items():
@@ -299,7 +314,7 @@ def check_outputs_apart(inputs: Iterable[str | os.PathLike | None],
         for path in paths:
             if path is None or is_stdout(path) or _is_special(Path(path)):
                 continue
-            source = known.get(_identity(path))
+            source = known.get(_identity(path))  # type: ignore[arg-type]
             if source is not None:
                 raise OutputError(f"{option} {os.fspath(path)} would overwrite the input {source}; "
                                   "write the output somewhere else")

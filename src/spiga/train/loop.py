@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import math
+import os
 import signal
 import time
 from contextlib import nullcontext
@@ -259,6 +260,7 @@ class _StopRequest:
     def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -269,6 +271,12 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
+        # data-loading workers are forked with this handler and get Ctrl-C's SIGINT too (the
+        # terminal signals the whole process group): only the training process speaks and stops
+        if os.getpid() != self._pid:
+            return
+        if self.requested:
+            return
         log.warning("signal %d: saving a resumable checkpoint and stopping", signum)
         self.requested = True
 
