@@ -5,9 +5,10 @@ write one JSON line per image as it finishes.
     paths = expand_inputs(["photos/", "more/*.jpg", "one.png"])
     summary = align_files(aligner, paths, jsonl="faces.jsonl", draw_dir="drawn")
 
-The outputs go through `spiga.io.ResultSink` (JSON Lines, JSON, CSV, `.pts`, drawings), checked
-against the inputs before any work. The JSON Lines output (`spiga.io.JsonlWriter`) is append-only: one `write` and one `flush` per line, so a
-crash loses nothing already written; a truncated last line (a crash in the middle of a
+The outputs go through `spiga.io.ResultSink` (JSON Lines, JSON, CSV, `.pts`, drawings),
+checked against the inputs before any work. The JSON Lines output (`spiga.io.JsonlWriter`)
+is append-only: one `write` and one `flush` per line, so a crash loses nothing already
+written; a truncated last line (a crash in the middle of a
 write) is cut off when the file is opened again. A line is either the record of one
 image, `{"path", "width", "height", "faces": [...]}` (`spiga.io.image_record`, the
 single-image JSON's record), or an error, `{"path", "error"}`.

@@ -22,8 +22,9 @@ from .jsonl import JsonlWriter, read_jsonl_records
 from .records import ResultSink, check_run_outputs, image_record
 
 __all__ = [
-    "DepthScaling", "FaceCsvWriter", "HEIF_SUPPORT", "JsonlWriter", "MAX_PIXELS", "ResultSink", "STDOUT", "check_image_name",
-    "check_outputs_apart", "check_run_outputs", "image_record", "is_file", "is_stdout", "open_output", "output_folder", "parse_json", "pts_text",
+    "DepthScaling", "FaceCsvWriter", "HEIF_SUPPORT", "JsonlWriter", "MAX_PIXELS", "ResultSink", "STDOUT",
+    "check_image_name", "check_outputs_apart", "check_run_outputs", "image_record", "is_file", "is_stdout",
+    "open_output", "output_folder", "parse_json", "pts_text",
     "read_image", "read_image_bytes", "read_json_file", "read_jsonl_records", "to_bgr8", "write_atomic",
     "write_image", "write_json", "write_json_atomic", "write_output", "write_pts_files",
 ]

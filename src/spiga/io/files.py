@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import socket
 import stat
@@ -118,7 +119,7 @@ def output_target(path: str | os.PathLike, option: str | None = None, stream_ok:
                               "(--json, --jsonl, --csv); give a file name")
         return Path(STDOUT)
     given = Path(path)
-    if _is_special(given):  # opened as named: `open` follows links, /proc's magic ones included
+    if _is_special(given) or _descriptor_of(given) is not None:  # opened as named: `open` follows the link
         return given
     target = Path(os.path.realpath(given)) if given.is_symlink() else given
     if target.is_dir():
@@ -129,6 +130,21 @@ def output_target(path: str | os.PathLike, option: str | None = None, stream_ok:
         if parent.exists():
             break
     return target
+
+
+def _descriptor_of(path: Path) -> int | None:
+    """The open file descriptor a link such as `/dev/stdout` (-> `/proc/self/fd/1`) stands
+    for, or None: what the process already has open is written through that descriptor
+    (sharing its position), never replaced, even a regular file a shell redirected to."""
+    for _ in range(40):
+        if not path.is_symlink():
+            return None
+        target = os.readlink(path)
+        found = re.fullmatch(r"/(?:proc/(?:self|thread-self|%d)/fd|dev/fd)/(\d+)" % os.getpid(), target)
+        if found:
+            return int(found.group(1))
+        path = path.parent / target
+    return None
 
 
 def output_folder(path: str | os.PathLike, option: str | None = None) -> Path:
@@ -163,6 +179,17 @@ def _write_through(target: Path, text: bool) -> Iterator[IO]:
                 yield handle
         return
     with open(target, "w" if text else "wb", encoding="utf-8" if text else None) as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def _write_to_descriptor(descriptor: int, text: bool) -> Iterator[IO]:
+    """Write through a copy of an open descriptor (its position shared with the original),
+    after what Python has buffered for standard output and error."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    with os.fdopen(os.dup(descriptor), "w" if text else "wb", encoding="utf-8" if text else None) as handle:
         yield handle
 
 
@@ -206,9 +233,24 @@ def open_output(path: str | os.PathLike, *, text: bool = True, stream_ok: bool =
     target = output_target(path, option, stream_ok)
     if is_stdout(target):
         return _standard_output(text)
+    descriptor = _descriptor_of(target)
+    if descriptor is not None:
+        return _write_to_descriptor(descriptor, text)
     if _is_special(target):
         return _write_through(target, text)
     return _write_replacing(target, text)
+
+
+def open_in_place(path: str | os.PathLike, append: bool = False) -> IO[str]:
+    """A text handle that writes the output `path` in place, as it goes (JSON Lines: no
+    temporary file, so lines written before a crash stay): a descriptor link (`/dev/stdout`)
+    through its descriptor, anything else opened (truncated unless `append`)."""
+    target = output_target(path)
+    descriptor = _descriptor_of(target)
+    if descriptor is not None:
+        sys.stdout.flush()
+        return os.fdopen(os.dup(descriptor), "w", encoding="utf-8")
+    return open(target, "a" if append else "w", encoding="utf-8")
 
 
 def write_output(path: str | os.PathLike, data: bytes | str, *, stream_ok: bool = False,
@@ -246,16 +288,16 @@ class NamedOutput:
 
     def __init__(self, path: str | os.PathLike, option: str | None = None) -> None:
         self.target = output_target(path, option)
-        self._special = _is_special(self.target)
-        folder = Path(tempfile.gettempdir()) if self._special else self.target.parent
+        self._through = _is_special(self.target) or _descriptor_of(self.target) is not None
+        folder = Path(tempfile.gettempdir()) if self._through else self.target.parent
         folder.mkdir(parents=True, exist_ok=True)
         fd, self.name = _create_temporary(folder, self.target.name, suffix=self.target.suffix or ".tmp")
         os.close(fd)
 
     def commit(self) -> None:
         try:
-            if self._special:
-                with _write_through(self.target, text=False) as out, open(self.name, "rb") as data:
+            if self._through:
+                with open_output(self.target, text=False) as out, open(self.name, "rb") as data:
                     while chunk := data.read(1 << 20):
                         out.write(chunk)
             else:

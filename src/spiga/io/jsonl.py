@@ -2,8 +2,9 @@
 
 `JsonlWriter` writes and flushes one line at a time, so a crash loses nothing already
 written (the file is written in place, not replaced: `-` is standard output, a FIFO or
-device is written through, a link's target is written); `read_jsonl_records` reads back the complete lines and leaves out a last line cut
-short (a crash in the middle of a write), which the writer then truncates.
+device is written through, a link's target is written); `read_jsonl_records` reads back
+the complete lines and leaves out a last line cut short (a crash in the middle of a
+write), which the writer then truncates.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import InputError, OutputError
-from .files import is_stdout, output_target
+from .files import is_stdout, open_in_place, output_target
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,9 @@ class JsonlWriter:
             self.existing, good_end = read_jsonl_records(self.path)
             with open(self.path, "r+b") as raw:
                 raw.truncate(good_end)
-            self._handle = open(self.path, "a", encoding="utf-8")
+            self._handle = open_in_place(self.path, append=True)
         else:
-            self._handle = open(self.path, "w", encoding="utf-8")
+            self._handle = open_in_place(self.path)
         self._owned = True
 
     def write(self, record: dict) -> None:
