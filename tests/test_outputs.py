@@ -57,11 +57,29 @@ def file_boxes(tmp_path) -> list[str]:
     return ["--detector", f"file:{boxes}"]
 
 
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    import spiga
+
+    return spiga.load(tiny_checkpoint, device="cpu", detector=None)
+
+
+@pytest.fixture
+def quick_load(loaded, monkeypatch):
+    """`spiga align` in this process with the tiny model loaded once for the module (loading
+    is most of a small run's time); the detector is still the one each command names."""
+    def load(args, detector=None):
+        loaded.detector = args.detector if detector is None else detector
+        return loaded
+
+    monkeypatch.setattr(cli, "_load_aligner", load)
+
+
 # --- `-` --------------------------------------------------------------------------------
 
 
-def test_dash_is_standard_output_for_json_csv_and_jsonl(tiny_checkpoint, file_boxes, image_file, photos, capsys,
-                                                        monkeypatch, tmp_path):
+def test_dash_is_standard_output_for_json_csv_and_jsonl(quick_load, tiny_checkpoint, file_boxes, image_file, photos,
+                                                        capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert cli.main(_align(image_file, tiny_checkpoint, *BOX, "--json", "-")) == 0
     out = json.loads(capsys.readouterr().out)
@@ -78,7 +96,7 @@ def test_dash_is_standard_output_for_json_csv_and_jsonl(tiny_checkpoint, file_bo
     assert not (tmp_path / "-").exists()
 
 
-def test_dash_is_refused_where_no_stream_can_go(tiny_checkpoint, image_file, capsys, tmp_path, monkeypatch):
+def test_dash_is_refused_where_no_stream_can_go(quick_load, tiny_checkpoint, image_file, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli.main(_align(image_file, tiny_checkpoint, *BOX, "--draw", "-")) == 2
     err = capsys.readouterr().err
@@ -103,7 +121,7 @@ def _read_fifo(path: Path, into: list[bytes]) -> threading.Thread:
     return thread
 
 
-def test_a_fifo_is_written_through_and_stays_a_fifo(tiny_checkpoint, image_file, tmp_path, capsys):
+def test_a_fifo_is_written_through_and_stays_a_fifo(quick_load, tiny_checkpoint, image_file, tmp_path, capsys):
     fifo = tmp_path / "results.fifo"
     os.mkfifo(fifo)
     received: list[bytes] = []
@@ -148,8 +166,8 @@ def test_a_character_device_is_written_through(tmp_path):
         os.close(master)
 
 
-def test_a_folder_where_a_file_is_expected_is_one_line_naming_the_option(tiny_checkpoint, file_boxes, image_file,
-                                                                       photos, tmp_path, capsys):
+def test_a_folder_where_a_file_is_expected_is_one_line_naming_the_option(quick_load, tiny_checkpoint, file_boxes,
+                                                                       image_file, photos, tmp_path, capsys):
     assert cli.main(_align(image_file, tiny_checkpoint, *BOX, "--json", str(tmp_path))) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("spiga: error: --json") and "folder" in err and ".tmp" not in err
@@ -283,7 +301,7 @@ def test_image_record_is_the_one_record():
     assert image_record("a.png", error="broken") == {"path": "a.png", "error": "broken"}
 
 
-def test_no_face_is_said_once_per_image(tiny_checkpoint, tmp_path, capsys):
+def test_no_face_is_said_once_per_image(quick_load, tiny_checkpoint, tmp_path, capsys):
     folder = tmp_path / "empty"
     folder.mkdir()
     for name in ("one.png", "two.png"):

@@ -147,12 +147,18 @@ def _descriptor_of(path: Path) -> int | None:
     return None
 
 
-def output_folder(path: str | os.PathLike, option: str | None = None) -> Path:
-    """A folder outputs go into (`--draw-dir`, `--pts`), created if needed; `OutputError`
-    when `path` (or a folder above it) is a file."""
+def check_folder(path: str | os.PathLike, option: str | None = None) -> Path:
+    """`path` as a folder output, without creating it: `OutputError` when it is a file."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{_what(path, option)}: is a file; give a folder")
+    return folder
+
+
+def output_folder(path: str | os.PathLike, option: str | None = None) -> Path:
+    """A folder outputs go into (`--draw-dir`, `--pts`), created if needed; `OutputError`
+    when `path` (or a folder above it) is a file."""
+    folder = check_folder(path, option)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import OutputError, SpigaError
 from .faces import FaceCsvWriter, write_pts_files
-from .files import check_outputs_apart, output_folder, write_output
+from .files import check_folder, check_outputs_apart, output_folder, output_target, write_output
 from .images import check_image_name, write_image
 from .jsonl import JsonlWriter
 
@@ -151,8 +151,15 @@ def check_run_outputs(inputs: Sequence[str | os.PathLike], *, json: str | os.Pat
                       draw: str | os.PathLike | None = None, draw_dir: str | os.PathLike | None = None,
                       pts_dir: str | os.PathLike | None = None, stems: Mapping[str, str] | None = None) -> None:
     """Refuse, before the run, any output of an alignment run that would overwrite an input
-    (`check_outputs_apart`), the drawings and `.pts` files of folder outputs included, and a
+    (`check_outputs_apart`), the drawings and `.pts` files of folder outputs included, a
+    folder where a file is expected (or the reverse), `-` where no stream can go, and a
     drawing name no image writer knows."""
+    for option, path in (("--json", json), ("--jsonl", jsonl), ("--csv", csv), ("--draw", draw)):
+        if path is not None:
+            output_target(path, option, stream_ok=option != "--draw")
+    for option, path in (("--draw-dir", draw_dir), ("--pts", pts_dir)):
+        if path is not None:
+            check_folder(path, option)
     if draw is not None:
         check_image_name(draw, "--draw")
     stems = dict(stems or {})
