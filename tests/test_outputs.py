@@ -181,6 +181,24 @@ def test_a_folder_where_a_file_is_expected_is_one_line_naming_the_option(quick_l
     assert a_file.read_text() == "x"
 
 
+def test_every_command_names_the_option_given_a_folder_for_a_file_or_the_reverse(tiny_checkpoint, tmp_path, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("x")
+    forms = {"--out": [["export", "--model", str(tiny_checkpoint), "--out", str(folder)],
+                       ["convert", str(a_file), "--config", "wflw", "--mean-face", str(a_file), "--out", str(folder)],
+                       ["train", "--train", f"custom:{a_file}", "--out", str(a_file), "--no-progress"]],
+             "--json": [["evaluate", "--annotations", str(a_file), "--predictions", str(a_file), "--config", "wflw",
+                         "--json", str(folder)]]}
+    for option, commands in forms.items():
+        for form in commands:
+            assert cli.main(form) == 2, form
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"spiga: error: {option} ") and len(err.splitlines()) == 1, err
+    assert a_file.read_text() == "x" and not list(folder.iterdir())
+
+
 def test_unknown_drawing_extension_is_refused_before_the_run(tiny_checkpoint, image_file, tmp_path):
     out = tmp_path / "out.txt"
     result = subprocess.run([sys.executable, "-m", "spiga", *_align(image_file, tiny_checkpoint, *BOX,

@@ -116,9 +116,16 @@ def _check_positive(args, *names: str) -> None:
 
 def _keep_inputs(inputs, outputs: dict) -> None:
     """Before any work: refuse an output that would overwrite one of the inputs
-    (`spiga.io.check_outputs_apart`, the one check every command uses)."""
-    from .io import check_outputs_apart
+    (`spiga.io.check_outputs_apart`, the one check every command uses), and a folder (or
+    `-`) given for an output file, in one line naming the option."""
+    import os
 
+    from .io import check_outputs_apart
+    from .io.files import output_target
+
+    for option, path in outputs.items():
+        if isinstance(path, (str, os.PathLike)):
+            output_target(path, option, stream_ok=option == "--json")
     check_outputs_apart(inputs, outputs)
 
 
@@ -506,7 +513,9 @@ def _keep_train_inputs(config, config_file: str | None) -> None:
 
     from .train.loop import RESUME_FILE
 
-    out = Path(config.out)
+    from .io.files import check_folder
+
+    out = check_folder(config.out, "--out")
     written = [out / name for name in ("best.safetensors", "last.safetensors", RESUME_FILE, "metrics.csv",
                                        "config.yaml")]
     inputs = [config.init, config.mean_face, config.landmark_set, config_file,

@@ -137,9 +137,10 @@ def _descriptor_of(path: Path) -> int | None:
     for, or None: what the process already has open is written through that descriptor
     (sharing its position), never replaced, even a regular file a shell redirected to."""
     for _ in range(40):
-        if not path.is_symlink():
+        try:
+            target = os.readlink(path)
+        except (OSError, ValueError):  # not a link (or no such path)
             return None
-        target = os.readlink(path)
         found = re.fullmatch(r"/(?:proc/(?:self|thread-self|%d)/fd|dev/fd)/(\d+)" % os.getpid(), target)
         if found:
             return int(found.group(1))
@@ -170,7 +171,7 @@ def _is_special(target: Path) -> bool:
     """Whether `target` exists and is not a regular file (a device, a FIFO, a socket)."""
     try:
         mode = os.stat(target).st_mode
-    except (FileNotFoundError, NotADirectoryError):
+    except (OSError, ValueError):  # absent, or a name the system cannot look up: not a device
         return False
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
