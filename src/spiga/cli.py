@@ -125,7 +125,7 @@ def _keep_inputs(inputs, outputs: dict) -> None:
 
     for option, path in outputs.items():
         if isinstance(path, (str, os.PathLike)):
-            output_target(path, option, stream_ok=option == "--json")
+            output_target(path, option, stream_ok=option in ("--json", "--jsonl", "--csv"))
     check_outputs_apart(inputs, outputs)
 
 
@@ -305,6 +305,7 @@ def _run_video(args) -> int:
         except ValueError as exc:
             raise InputError(str(exc)) from None
     config = TrackerConfig(redetect_every=args.redetect_every, smoothing=smoothing)
+    _keep_inputs([source] if isinstance(source, str) else [], {"--out": args.out, "--jsonl": args.jsonl})
     aligner = _load_aligner(args)
     summary = run_video(aligner, source, out=args.out, jsonl=args.jsonl, config=config, draw=not args.no_draw,
                         mesh=args.mesh, progress=not args.no_progress, max_frames=args.max_frames,
