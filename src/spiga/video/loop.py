@@ -143,6 +143,23 @@ class VideoSummary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+def _check_outputs(source: str | int, out: str | os.PathLike | None, jsonl: str | os.PathLike | None) -> None:
+    """Before the run: a folder or `-` as `--out`, or an output that is the input video, is refused."""
+    if out is not None:
+        output_target(out, "--out")
+    if isinstance(source, str):
+        check_outputs_apart([source], {"--out": out, "--jsonl": jsonl})
+
+
+def _rate_and_length(capture: cv2.VideoCapture, camera: bool, max_frames: int | None) -> tuple[float, int | None]:
+    """The frame rate (`DEFAULT_FPS` when the source reports none) and the number of frames
+    the run expects (None: unknown)."""
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    fps = fps if 0 < fps < 1000 else DEFAULT_FPS
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not camera else 0
+    return fps, min(total, max_frames) if total > 0 and max_frames else (total or max_frames)
+
+
 def run_video(aligner: Aligner, source: str | int, out: str | os.PathLike | None = None,
               jsonl: str | os.PathLike | None = None, config: TrackerConfig = TrackerConfig(),
               draw: bool = True, mesh: bool = False, progress: bool = True, max_frames: int | None = None,
@@ -168,16 +185,10 @@ def run_video(aligner: Aligner, source: str | int, out: str | os.PathLike | None
 
     from ..draw import draw_faces
 
-    if out is not None:
-        output_target(out, "--out")  # a folder or `-` is refused before the run
-    if isinstance(source, str):
-        check_outputs_apart([source], {"--out": out, "--jsonl": jsonl})
+    _check_outputs(source, out, jsonl)
     capture = open_capture(source)
     camera = isinstance(source, int)
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    fps = fps if 0 < fps < 1000 else DEFAULT_FPS
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not camera else 0
-    total = min(total, max_frames) if total > 0 and max_frames else (total or max_frames)
+    fps, total = _rate_and_length(capture, camera, max_frames)
     tracker = Tracker(aligner, config)
     mesh_points = aligner.mean_face_world() if mesh else None
     summary = VideoSummary(source_fps=fps)
