@@ -166,6 +166,18 @@ def test_a_character_device_is_written_through(tmp_path):
         os.close(master)
 
 
+def test_a_link_to_standard_output_is_written_through_its_descriptor(tmp_path):
+    """`/dev/stdout` redirected to a file: written through the process's own descriptor
+    (after what it printed before, before what it prints after), never renamed over."""
+    script = ("from spiga.io import write_output\nprint('before', flush=True)\n"
+              "write_output('/dev/stdout', 'through\\n')\nprint('after')\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "redirected.txt"
+    with open(out, "w") as handle:
+        subprocess.run([sys.executable, "-c", script], stdout=handle, check=True, env=env, timeout=300)
+    assert out.read_text() == "before\nthrough\nafter\n"
+
+
 def test_a_folder_where_a_file_is_expected_is_one_line_naming_the_option(quick_load, tiny_checkpoint, file_boxes,
                                                                        image_file, photos, tmp_path, capsys):
     assert cli.main(_align(image_file, tiny_checkpoint, *BOX, "--json", str(tmp_path))) == 2
