@@ -166,6 +166,30 @@ def test_a_character_device_is_written_through(tmp_path):
         os.close(master)
 
 
+def test_a_unix_socket_is_connected_to_and_written_through(tmp_path):
+    import socket
+
+    path = tmp_path / "results.sock"
+    received: list[bytes] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(1)
+
+        def accept() -> None:
+            connection, _ = server.accept()
+            with connection:
+                data = b""
+                while chunk := connection.recv(4096):
+                    data += chunk
+                received.append(data)
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        write_json(path, {"a": 1})
+        thread.join(timeout=30)
+    assert stat.S_ISSOCK(os.stat(path).st_mode) and json.loads(received[0]) == {"a": 1}
+
+
 def test_a_link_to_standard_output_is_written_through_its_descriptor(tmp_path):
     """`/dev/stdout` redirected to a file: written through the process's own descriptor
     (after what it printed before, before what it prints after), never renamed over."""
