@@ -414,9 +414,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{verdict['in_time']} in time, {verdict['late']} late, {verdict['lost']} lost", file=sys.stderr)
     if args.json:
         sys.path.insert(0, str(REPO / "src"))
-        from spiga.io import write_atomic
+        from spiga.io import write_output
 
-        write_atomic(args.json, json.dumps(figures, indent=1) + "\n")
+        write_output(args.json, json.dumps(figures, indent=1) + "\n")
     if verdict["late"] or verdict["lost"] or verdict["refusals_without_retry_after"]:
         print("some requests were answered late, not at all, or refused without Retry-After", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 import spiga
-from spiga.io import JsonlWriter
+from spiga.io import JsonlWriter, image_record, read_image
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -28,12 +28,13 @@ def main(argv=None) -> int:
     with JsonlWriter(args.out) as lines:  # one line written (and flushed) per image
         for path in paths:
             try:
-                faces = model.align(path)
+                image = read_image(path, depth_scaling=model.depth_scaling)
+                faces = model.align_array(image)
             except spiga.SpigaError as error:  # an unreadable image: say so and go on
-                lines.write({"path": str(path), "error": str(error)})
+                lines.write(image_record(path, error=str(error)))
                 failed += 1
                 continue
-            lines.write({"path": str(path), "faces": [face.to_dict() for face in faces]})
+            lines.write(image_record(path, image.shape[1], image.shape[0], faces))  # spiga align's record
     print(f"{len(paths)} images, {failed} failed -> {args.out}")
     return 0
 

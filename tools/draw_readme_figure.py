@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import spiga  # noqa: E402
 from spiga.detection import face_box_from_detection, make_detector  # noqa: E402
 from spiga.draw import draw_faces  # noqa: E402
-from spiga.io import read_image, write_atomic  # noqa: E402
+from spiga.io import read_image, write_output  # noqa: E402
 
 
 def crop_around(image: np.ndarray, box, margin: float = 0.45, side: int = 360) -> np.ndarray:
@@ -107,7 +107,7 @@ def main() -> None:
     palette = Image.fromarray(figure[:, :, ::-1]).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     buffer = io.BytesIO()
     palette.save(buffer, format="PNG", optimize=True)
-    write_atomic(args.out, buffer.getvalue())
+    write_output(args.out, buffer.getvalue())
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1024:.0f} KB)")
 
 

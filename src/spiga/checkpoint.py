@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import CheckpointError, SpigaError
-from .io import parse_json, write_atomic
+from .io import parse_json, write_output
 from .landmarks import LandmarkSet, landmark_set_for, read_mean_face
 from .model import SPIGA, ModelConfig, official_to_own
 
@@ -73,7 +73,7 @@ def save_checkpoint(path: str | os.PathLike, model: SPIGA, landmarks: LandmarkSe
         "input": {"color": "bgr", "range": [0.0, 1.0]},
         **(extra or {}),
     }
-    write_atomic(path, save_safetensors_bytes(tensors, metadata={HEADER_KEY: json.dumps(header)}))
+    write_output(path, save_safetensors_bytes(tensors, metadata={HEADER_KEY: json.dumps(header)}))
     return path
 
 

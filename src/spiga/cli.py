@@ -114,6 +114,34 @@ def _check_positive(args, *names: str) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
+def _keep_inputs(inputs, outputs: dict) -> None:
+    """Before any work: refuse an output that would overwrite one of the inputs
+    (`spiga.io.check_outputs_apart`, the one check every command uses), and a folder (or
+    `-`) given for an output file, in one line naming the option."""
+    import os
+
+    from .io import check_outputs_apart
+    from .io.files import output_target
+
+    for option, path in outputs.items():
+        if isinstance(path, (str, os.PathLike)):
+            output_target(path, option, stream_ok=option in ("--json", "--jsonl", "--csv"))
+    check_outputs_apart(inputs, outputs)
+
+
+def _dataset_file(spec: str | None):
+    """The annotation file of a `FORMAT:PATH[:ROOT]` dataset option (None when there is none
+    yet: the command's own reading then says what is wrong)."""
+    if not spec:
+        return None
+    from .data import parse_spec
+
+    try:
+        return parse_spec(spec)[2]
+    except SpigaError:
+        return None
+
+
 # --- align -------------------------------------------------------------------------
 
 
@@ -166,41 +194,58 @@ def _old_spellings(p, names: dict[str, str]) -> None:
 
 
 def _run_align(args) -> int:
-    import json
+    """One image or many: the same runner (`align_files`) and the same outputs (`ResultSink`);
+    one image's error is one line and exit status 2, many images' errors are error lines."""
+    from pathlib import Path
 
-    from .draw import draw_faces
-    from .io import read_image, write_atomic, write_image
+    from .draw import face_drawer
+    from .inference.many_images import align_files, output_stems
+    from .io import ResultSink, check_run_outputs
 
     _check_positive(args, "max_batch", "decode_threads")
     if args.ray:
         return _run_align_ray(args)
-    paths = _many_image_paths(args) if _is_many_images(args) else None  # None: the single-image form
-    args.image = args.image[0] if paths is None else args.image
-    image = read_image(args.image) if paths is None else None
+    many = _is_many_images(args)
+    paths = _many_image_paths(args) if many else [Path(args.image[0])]
+    outputs = _align_outputs(args, many)
+    stems = output_stems(paths)
+    check_run_outputs(paths, stems=stems, **outputs)  # before any work: no output over an input
     aligner = _load_aligner(args)
-    if paths is not None:
-        return _run_align_many(args, paths, aligner)
-    faces = aligner.align(image, boxes=args.box)
-    record = {"path": args.image, "width": int(image.shape[1]), "height": int(image.shape[0]),
-              "faces": [face.to_dict() for face in faces]}
-    text = json.dumps({"images": [record]})
-    if args.json:
-        write_atomic(args.json, text + "\n")
-    elif not (args.draw or args.pts or args.csv):
-        print(text)
-    if args.draw:
-        mesh = aligner.mean_face_world() if args.mesh else None
-        write_image(args.draw, draw_faces(image, faces, aligner.landmark_set, mesh_points=mesh))
-    if args.pts:
-        from .io import write_pts_files
+    drawing = None
+    if args.draw or args.draw_dir:
+        drawing = face_drawer(aligner.landmark_set, aligner.mean_face_world() if args.mesh else None)
+    sink = ResultSink(aligner.landmark_set.num_landmarks, drawing=drawing, stems=stems, resume=args.resume,
+                      **outputs)
+    summary = align_files(aligner, paths, resume=args.resume, boxes=args.box, workers=args.decode_threads,
+                          batch_faces=args.max_batch, progress=many and not args.no_progress, sink=sink,
+                          raise_errors=not many, on_no_face=_say_no_face)
+    if summary.failed:
+        print(f"spiga: {len(summary.failed)} of {len(paths) - summary.skipped} images failed "
+              f"(error lines in the output)", file=sys.stderr)
+    return summary.exit_status
 
-        write_pts_files(args.pts, args.image, faces)
-    if args.csv:
-        from .io import FaceCsvWriter
 
-        with FaceCsvWriter(args.csv, aligner.landmark_set.num_landmarks) as writer:
-            writer.write(args.image, faces)
-    return 0
+def _align_outputs(args, many: bool) -> dict:
+    """The outputs of `spiga align` for `ResultSink`: JSON Lines (standard output by default)
+    with many images, JSON (printed when nothing else is asked for) with one."""
+    from .io import STDOUT, is_stdout
+
+    outputs = {"json": None, "jsonl": None, "csv": args.csv, "pts_dir": args.pts, "draw": args.draw,
+               "draw_dir": args.draw_dir}
+    if many:
+        outputs["jsonl"] = args.jsonl or STDOUT
+    else:
+        outputs["json"] = args.json or (None if (args.draw or args.pts or args.csv) else STDOUT)
+    streams = [f"--{name}" for name in ("json", "jsonl", "csv") if is_stdout(outputs[name])]
+    if len(streams) > 1:
+        raise InputError(f"{' and '.join(streams)} would both write to standard output; give one of them a file")
+    return outputs
+
+
+def _say_no_face(path) -> None:
+    from tqdm import tqdm  # above a progress bar, not through it
+
+    tqdm.write(f"spiga: no face found in {path}", file=sys.stderr)
 
 
 def _is_many_images(args) -> bool:
@@ -225,17 +270,6 @@ def _many_image_paths(args) -> list:
     if args.box and len(paths) > 1:
         raise InputError("--box is for one image; give boxes for several with --detector file:BOXES")
     return paths
-
-
-def _run_align_many(args, paths, aligner) -> int:
-    from .inference.many_images import align_files
-    summary = align_files(aligner, paths, jsonl=args.jsonl, draw_dir=args.draw_dir, resume=args.resume,
-                          boxes=args.box, workers=args.decode_threads, batch_faces=args.max_batch,
-                          progress=not args.no_progress, mesh=args.mesh, pts_dir=args.pts, csv=args.csv)
-    if summary.failed:
-        print(f"spiga: {len(summary.failed)} of {len(paths) - summary.skipped} images failed "
-              f"(error lines in the output)", file=sys.stderr)
-    return summary.exit_status
 
 
 def _run_align_ray(args) -> int:
@@ -301,6 +335,7 @@ def _run_video(args) -> int:
         except ValueError as exc:
             raise InputError(str(exc)) from None
     config = TrackerConfig(redetect_every=args.redetect_every, smoothing=smoothing)
+    _keep_inputs([source] if isinstance(source, str) else [], {"--out": args.out, "--jsonl": args.jsonl})
     aligner = _load_aligner(args)
     summary = run_video(aligner, source, out=args.out, jsonl=args.jsonl, config=config, draw=not args.no_draw,
                         mesh=args.mesh, progress=not args.no_progress, max_frames=args.max_frames,
@@ -329,6 +364,7 @@ def _add_convert(sub) -> None:
 def _run_convert(args) -> int:
     from .checkpoint import convert_official
 
+    _keep_inputs([args.weights, args.mean_face], {"--out": args.out})
     path = convert_official(args.weights, args.config, args.mean_face, args.out)
     print(f"wrote {path}")
     return 0
@@ -366,10 +402,11 @@ def _add_evaluate(sub) -> None:
 def _report_outputs(args, report) -> None:
     """Print the table and write the --json and --plot files of an evaluation."""
     from .evaluate import format_report
-    from .io import write_json_atomic
-    print(format_report(report))
+    from .io import is_stdout, write_json
+    if not is_stdout(args.json):  # `--json -`: the JSON alone on standard output
+        print(format_report(report))
     if args.json:
-        write_json_atomic(args.json, report.to_dict())
+        write_json(args.json, report.to_dict(), stream_ok=True, option="--json")
     if args.plot:
         from .evaluate.plots import plot_ced
         lm = report.landmarks
@@ -378,6 +415,7 @@ def _report_outputs(args, report) -> None:
 
 def _run_evaluate(args) -> int:
     from .evaluate import evaluate_files
+    _keep_inputs([args.annotations, args.predictions, args.db_info], {"--json": args.json, "--plot": args.plot})
     report = evaluate_files(args.annotations, args.predictions, args.config, db_info=args.db_info,
                             norm=args.norm, threshold=args.threshold)
     _report_outputs(args, report)
@@ -417,6 +455,8 @@ def _run_benchmark(args) -> int:
     from .landmarks import landmark_set_for
 
     _check_positive(args, "max_batch")
+    _keep_inputs([_dataset_file(args.dataset), args.model, args.db_info],
+                 {"--predictions": args.predictions, "--json": args.json, "--plot": args.plot})
     config = _benchmark_config(args)
     info = read_db_info(args.db_info) if args.db_info else None
     scoring = resolve_scoring(config, args.norm, args.threshold, info)
@@ -497,10 +537,30 @@ def _run_train(args) -> int:
         value = getattr(args, option.name, None)
         if value is not None:
             values[option.name] = value
-    result = train(TrainConfig.from_dict(values, args.config_file or "<command line>"))
+    config = TrainConfig.from_dict(values, args.config_file or "<command line>")
+    if not config.resume:  # a resumed run reads and rewrites its own state on purpose
+        _keep_train_inputs(config, args.config_file)
+    result = train(config)
     best = f", best validation NME {result.best_nme:.3f}" if result.best_nme is not None else ""
     print(f"trained {result.steps} steps{best}; checkpoints in {result.out}")
     return 0
+
+
+def _keep_train_inputs(config, config_file: str | None) -> None:
+    """Refuse a run folder whose files (checkpoints, state, metrics, config) would overwrite
+    one of the run's inputs."""
+    from pathlib import Path
+
+    from .train.loop import RESUME_FILE
+
+    from .io.files import check_folder
+
+    out = check_folder(config.out, "--out")
+    written = [out / name for name in ("best.safetensors", "last.safetensors", RESUME_FILE, "metrics.csv",
+                                       "config.yaml")]
+    inputs = [config.init, config.mean_face, config.landmark_set, config_file,
+              *(_dataset_file(spec) for spec in [*config.train, *config.val])]
+    _keep_inputs(inputs, {"--out": written})
 
 
 # --- export ------------------------------------------------------------------------
@@ -525,6 +585,7 @@ def _run_export(args) -> int:
     from .hub import resolve_model
     from .inference.onnx_export import export_onnx
 
+    _keep_inputs([args.model], {"--out": args.out})
     path = export_onnx(resolve_model(args.model), args.out, opset=args.opset, dynamic_batch=args.dynamic_batch,
                        batch_size=args.fixed_batch)
     print(f"wrote {path}")
@@ -561,6 +622,7 @@ def _run_estimate_mean_face(args) -> int:
     from .data.mean_face import estimate_from_dataset
     from .landmarks.mean_face import write_mean_face
 
+    _keep_inputs([_dataset_file(args.dataset), args.landmark_set], {"--out": args.out})
     dataset = read_dataset(args.dataset, args.landmark_set, skip_bad=args.skip_bad, require_images=False)
     fit = estimate_from_dataset(dataset, args.frontal_fraction, args.distance, args.max_samples)
     comment = (f"3D mean face of landmark set {dataset.landmark_set.name} "
@@ -680,6 +742,21 @@ def _run_serve(args) -> int:
 # --- entry point -------------------------------------------------------------------
 
 
+def _resume_hint(args) -> str:
+    """How to continue an interrupted command, where it can be continued."""
+    from pathlib import Path
+
+    if args.command == "align" and getattr(args, "jsonl", None) and args.jsonl != "-":
+        return f" (the lines in {args.jsonl} are kept: run the same command with --resume to continue)"
+    if args.command == "train":
+        from .train.loop import RESUME_FILE
+
+        run = getattr(args, "resume", None) or getattr(args, "out", None) or "runs/spiga"
+        if (Path(run) / RESUME_FILE).is_file():
+            return f" (continue with: spiga train --resume {run})"
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .about import __version__
 
@@ -717,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spiga: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("spiga: interrupted", file=sys.stderr)
+        print(f"spiga: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
 
 

@@ -3,6 +3,8 @@ and the model's 3D mean face projected with the estimated pose (a mesh)."""
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import cv2
 import numpy as np
 
@@ -91,3 +93,12 @@ def draw_faces(image_bgr: np.ndarray, faces: list[Face], landmarks: LandmarkSet,
             for end, colour in zip(axes[1:], AXES_COLOURS):
                 cv2.line(canvas, origin, tuple(int(round(v)) for v in end), colour, thickness + 1, cv2.LINE_AA)
     return canvas
+
+
+def face_drawer(landmarks: LandmarkSet, mesh_points: np.ndarray | None = None
+                ) -> Callable[[np.ndarray, Sequence[Face]], np.ndarray]:
+    """`draw_faces` with the landmark set (and mesh) fixed: the drawing function of
+    `spiga.io.ResultSink`."""
+    def drawing(image_bgr: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        return draw_faces(image_bgr, list(faces), landmarks, mesh_points=mesh_points)
+    return drawing

@@ -43,3 +43,8 @@ class BoxError(InputError):
 
 class BoxOutsideImage(InputError):
     """A face box that lies entirely outside its image."""
+
+
+class OutputError(InputError):
+    """An output that cannot be written as asked: a folder where a file is expected (or the
+    reverse), `-` for a format that is not a stream, an output that would overwrite an input."""

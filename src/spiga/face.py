@@ -9,6 +9,10 @@ import numpy as np
 from .geometry.crop import invert_affine, transform_points
 from .geometry.rotations import euler_to_rotation
 
+#: The head-pose fields, in order: their one definition (records, CSV columns, the server's
+#: schema and the prediction readers take the names from here).
+POSE_FIELDS = ("yaw", "pitch", "roll", "tx", "ty", "tz")
+
 
 @dataclass(frozen=True)
 class HeadPose:
@@ -35,7 +39,7 @@ class HeadPose:
         return euler_to_rotation(np.array([self.yaw, self.pitch, self.roll]))
 
     def to_dict(self) -> dict[str, float]:
-        return {k: float(getattr(self, k)) for k in ("yaw", "pitch", "roll", "tx", "ty", "tz")}
+        return {k: float(getattr(self, k)) for k in POSE_FIELDS}
 
 
 @dataclass

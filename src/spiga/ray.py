@@ -11,7 +11,7 @@
 of actors; each loads the model once and runs the path of `spiga align` on its batches:
 decode (`spiga.io.read_image_bytes`), detect, crop, network, faces (`Aligner.face_boxes`
 -> `crop_faces` -> `predict_crops` -> `faces_from_crops`). Its rows hold the records of the
-one-machine runner (`spiga.inference.many_images.image_record`): a bad image is a record
+one-machine runner (`spiga.io.image_record`): a bad image is a record
 with an error, not a failed task. Ray retries the batch of a worker that dies (its actor is
 restarted and loads the model again).
 
@@ -40,9 +40,9 @@ import numpy as np
 
 from .about import install_hint
 from .errors import InputError, SpigaError
-from .inference.many_images import (IMAGE_SUFFIXES, BatchSummary, done_paths, expand_inputs,
-                                    image_error, image_record, output_stems)
-from .io import FaceCsvWriter, JsonlWriter, read_image, read_image_bytes, write_atomic, write_pts_files
+from .inference.many_images import IMAGE_SUFFIXES, BatchSummary, done_paths, expand_inputs, image_error, output_stems
+from .io import (FaceCsvWriter, JsonlWriter, check_run_outputs, image_record, read_image, read_image_bytes,
+                 write_output, write_pts_files)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class AlignActor:
         items = [self._prepare(str(path), data) for path, data in zip(batch["path"], batch["bytes"])]
         self._align(items)
         records = [image_record(item.path, error=item.error) if item.error is not None
-                   else image_record(item.path, (item.image.shape[1], item.image.shape[0]), item.faces)
+                   else image_record(item.path, item.image.shape[1], item.image.shape[0], item.faces)
                    for item in items]
         drawings = [self._drawing(item, record) for item, record in zip(items, records)]
         count = self.aligner.landmark_set.num_landmarks
@@ -346,7 +346,7 @@ class _Outputs:
         path = record["path"]
         try:
             if self.draw_dir:
-                write_atomic(Path(self.draw_dir) / f"{self.stems[path]}.png", drawing)
+                write_output(Path(self.draw_dir) / f"{self.stems[path]}.png", drawing, option="--draw-dir")
         except OSError as exc:
             return image_record(path, error=f"drawing: {exc}")
         try:
@@ -409,6 +409,9 @@ def align_files_on_ray(inputs: Sequence[str | os.PathLike], address: str = "loca
         raise InputError("--resume needs an output file (--jsonl)")
     start = time.perf_counter()
     paths = list_inputs(inputs, recursive)
+    local = [path for path in paths if not is_uri(path)]
+    check_run_outputs(local, jsonl=jsonl, csv=csv, draw_dir=draw_dir, pts_dir=pts_dir,
+                      stems=_output_stems(local))  # before any work: no output over an input
     outputs = _Outputs(paths, jsonl, resume, draw_dir, pts_dir, csv)
     try:
         todo = [p for p in paths if p not in outputs.skip]

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..geometry.camera import intrinsics, project_points
 from ..geometry.rotations import euler_to_rotation
+from ..io import write_image, write_output
 from ..landmarks.mean_face import mean_face_to_world
 
 
@@ -177,12 +178,12 @@ def write_synthetic_dataset(folder: str | Path, count: int, seed: int = 0, size:
         face = render_face(rng, size, max_angles)
         name = f"images/{i:05d}.png"
         pixels = face.image if domain == "rgb" else to_thermal16(face.image)
-        cv2.imwrite(str(folder / name), pixels)
+        write_image(folder / name, pixels)
         lines.append(json.dumps({"image": name, "landmarks": face.landmarks.round(3).tolist(),
                                  "box": face.box.round(3).tolist()}))
     paths = {"annotations": folder / "faces.jsonl", "landmark_set": folder / "landmark_set.json",
              "mean_face": folder / "mean_face.txt"}
-    paths["annotations"].write_text("\n".join(lines) + "\n")
-    paths["landmark_set"].write_text(json.dumps(landmark_set_description(), indent=1))
-    paths["mean_face"].write_text(mean_face_text())
+    write_output(paths["annotations"], "\n".join(lines) + "\n")
+    write_output(paths["landmark_set"], json.dumps(landmark_set_description(), indent=1))
+    write_output(paths["mean_face"], mean_face_text())
     return paths

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DatasetError, InputError, SpigaError
+from ..face import POSE_FIELDS
 from ..io import is_file
 from ..landmarks import LandmarkSet
 from .formats import Annotations, read_spiga_json, write_spiga_json
@@ -157,8 +158,7 @@ def predict_test_set(aligner: Aligner, test_set: TestSet, progress: bool = True)
                 landmarks[i] = points
                 pose = getattr(face, "headpose", None)
                 if pose is not None:
-                    poses[i] = [float(getattr(pose, key, np.nan)) for key in
-                                ("yaw", "pitch", "roll", "tx", "ty", "tz")]
+                    poses[i] = [float(getattr(pose, key, np.nan)) for key in POSE_FIELDS]
                     has_pose[i] = True
             bar.update(len(indices))
     return Annotations(source="<predictions>", landmark_set=gt.landmark_set, paths=list(gt.paths),

@@ -34,13 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from ..io import read_json_file, write_json_atomic
+from ..io import read_json_file, write_json
 from ..io.spiga_json import check_finite, check_finite_points, entry_label, entry_record, parse_entry
 from ..errors import DatasetError
+from ..face import POSE_FIELDS
 from ..geometry.boxes import box_iou
 from ..landmarks import LandmarkSet
 
-HEADPOSE_KEYS = ("yaw", "pitch", "roll", "tx", "ty", "tz")
+HEADPOSE_KEYS = POSE_FIELDS
 
 
 @dataclass
@@ -182,7 +183,7 @@ def spiga_entries(annotations: Annotations) -> list[dict]:
 
 def write_spiga_json(path: str | os.PathLike, annotations: Annotations) -> None:
     """Write `annotations` as SPIGA JSON, atomically."""
-    write_json_atomic(path, spiga_entries(annotations), indent=None)
+    write_json(path, spiga_entries(annotations), indent=None)
 
 
 # --------------------------------------------------------------------------- db_info.json

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..about import install_hint
 from ..errors import InputError, SpigaError
-from ..io import write_atomic
+from ..io import write_output
 from .metrics import auc, ced
 
 
@@ -68,4 +68,4 @@ def plot_ced(curves: Mapping[str, np.ndarray], threshold: float, path: str | os.
         axes.set_title(title)
     buffer = io.BytesIO()
     figure.savefig(buffer, format=fmt)
-    write_atomic(path, buffer.getvalue())
+    write_output(path, buffer.getvalue())

@@ -5,11 +5,13 @@ write one JSON line per image as it finishes.
     paths = expand_inputs(["photos/", "more/*.jpg", "one.png"])
     summary = align_files(aligner, paths, jsonl="faces.jsonl", draw_dir="drawn")
 
-The output (`spiga.io.JsonlWriter`) is append-only: one `write` and one `flush` per line, so a
-crash loses nothing already written; a truncated last line (a crash in the middle of a
+The outputs go through `spiga.io.ResultSink` (JSON Lines, JSON, CSV, `.pts`, drawings),
+checked against the inputs before any work. The JSON Lines output (`spiga.io.JsonlWriter`)
+is append-only: one `write` and one `flush` per line, so a crash loses nothing already
+written; a truncated last line (a crash in the middle of a
 write) is cut off when the file is opened again. A line is either the record of one
-image, `{"path", "width", "height", "faces": [...]}` (the single-image JSON's record), or
-an error, `{"path", "error"}`.
+image, `{"path", "width", "height", "faces": [...]}` (`spiga.io.image_record`, the
+single-image JSON's record), or an error, `{"path", "error"}`.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..draw import face_drawer
 from ..errors import InputError, SpigaError
+from ..io import STDOUT, ResultSink, check_run_outputs, read_image
 from .aligner import Aligner
-from ..io import FaceCsvWriter, JsonlWriter, read_image, write_image, write_pts_files
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +93,6 @@ def done_paths(records: Iterable[dict]) -> set[str]:
         if "path" in record:
             last[str(record["path"])] = "error" not in record
     return {path for path, ok in last.items() if ok}
-
-
-def image_record(path: str | os.PathLike, size: tuple[int, int] | None = None, faces: Sequence[Any] = (),
-                 error: str | None = None) -> dict:
-    """The per-image record (one JSON line): `{"path", "width", "height", "faces"}` with
-    `size` = (width, height) and `faces` as `Face`s or their `to_dict()` records, or
-    `{"path", "error"}` when `error` is given."""
-    if error is not None:
-        return {"path": str(path), "error": error}
-    if size is None:
-        raise ValueError("image_record: a record without an error needs the image size")
-    return {"path": str(path), "width": int(size[0]), "height": int(size[1]),
-            "faces": [face if isinstance(face, dict) else face.to_dict() for face in faces]}
 
 
 def image_error(path: str | os.PathLike, exc: BaseException) -> str:
@@ -199,14 +189,15 @@ def align_files(aligner: Aligner, paths: Sequence[Path], jsonl: str | os.PathLik
                 draw_dir: str | os.PathLike | None = None, resume: bool = False, boxes: Any = None,
                 workers: int = 2, batch_faces: int = 32, batch_images: int = 16, progress: bool = True,
                 mesh: bool = False, pts_dir: str | os.PathLike | None = None,
-                csv: str | os.PathLike | None = None) -> BatchSummary:
+                csv: str | os.PathLike | None = None, *, sink: ResultSink | None = None,
+                raise_errors: bool = False, on_no_face: Callable[[Path], None] | None = None) -> BatchSummary:
     """Align the faces of many images; one JSON line per image, in input order, written as
     soon as the image's batch is done.
 
     Args:
         aligner: an `Aligner`.
         paths: image paths (see `expand_inputs`).
-        jsonl: output file, or None for standard output.
+        jsonl: output file, or None (or `-`) for standard output.
         draw_dir: folder for drawings (`<stem>.png`, see `drawing_names`), or None.
         resume: skip the paths that already have a result line in `jsonl`; paths with an
             error line are tried again (a new line is appended: the last line of a path counts).
@@ -220,102 +211,125 @@ def align_files(aligner: Aligner, paths: Sequence[Path], jsonl: str | os.PathLik
         pts_dir: folder for one iBUG `.pts` per face (`<stem>_<face>.pts`), or None.
         csv: a CSV file with one row per face (`spiga.io.FaceCsvWriter`; written when the
             run ends, with the faces of resumed lines too), or None.
+        sink: the outputs, built by the caller (then `jsonl`, `draw_dir`, `pts_dir`, `csv`
+            and `mesh` are not used; `resume` still skips what `sink.existing` holds), after
+            checking them against the inputs (`spiga.io.check_run_outputs`).
+        raise_errors: raise the first image's error (a `SpigaError`) instead of recording it.
+        on_no_face: called with the path of each image in which no face was found.
     Returns:
         a `BatchSummary`; `exit_status` is the number of failed images (capped at 125).
+    Raises:
+        OutputError: an output that would overwrite an input (checked before any work).
     """
-    from tqdm import tqdm
-
-    from ..draw import draw_faces
-
-    summary = BatchSummary()
-    start = time.perf_counter()
-    names = drawing_names(paths) if draw_dir else {}
-    stems = output_stems(paths) if pts_dir else {}
-    table = FaceCsvWriter(csv, aligner.landmark_set.num_landmarks) if csv else None
-    mesh_points = aligner.mean_face_world() if mesh else None
-    if resume and jsonl is None:
+    if resume and jsonl is None and sink is None:
         raise InputError("--resume needs an output file (--jsonl)")
-    with JsonlWriter(jsonl, resume=resume) as out:
-        skip = done_paths(out.existing) if resume else set()
-        todo = [p for p in paths if str(p) not in skip]
-        if table is not None:
-            for record in out.existing:
-                if "faces" in record and record.get("path") in skip:
-                    table.write(record["path"], record["faces"])
-        summary.skipped = len(paths) - len(todo)
-        if summary.skipped:
-            log.info("resuming: %d of %d images already done", summary.skipped, len(paths))
-        bar = tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
-
-        def fail(path: Path, message: str) -> None:
-            summary.failed[str(path)] = message
-            out.write(image_record(path, error=message))
-            bar.update(1)
-
-        def flush(batch: list[_Pending]) -> None:
-            """Run the model on the batch's images; write every line in input order."""
-            images = [item for item in batch if item.error is None]
-            try:
-                results = aligner.align_many([p.image for p in images], [p.boxes for p in images],
-                                             [p.scores for p in images]) if images else []
-            except SpigaError as exc:
-                results = [exc] * len(images)
-            by_item = {id(item): faces for item, faces in zip(images, results)}
-            for item in batch:
-                if item.error is not None:
-                    fail(item.path, item.error)
-                    continue
-                faces = by_item[id(item)]
-                if isinstance(faces, SpigaError):
-                    fail(item.path, str(faces))
-                    continue
-                if draw_dir:
-                    try:
-                        drawing = draw_faces(item.image, faces, aligner.landmark_set, mesh_points=mesh_points)
-                        write_image(Path(draw_dir) / names[str(item.path)], drawing)
-                    except (SpigaError, OSError) as exc:
-                        fail(item.path, f"drawing: {exc}")
-                        continue
-                if pts_dir:
-                    try:
-                        write_pts_files(pts_dir, item.path, faces, stem=stems[str(item.path)])
-                    except OSError as exc:
-                        fail(item.path, f"pts: {exc}")
-                        continue
-                records = [face.to_dict() for face in faces]
-                if table is not None:
-                    table.write(item.path, records)
-                out.write(image_record(item.path, (item.image.shape[1], item.image.shape[0]), records))
-                summary.images += 1
-                summary.faces += len(faces)
-                bar.update(1)
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix_str(f"{summary.faces / elapsed:.1f} faces/s", refresh=False)
-            batch.clear()
-
-        batch: list[_Pending] = []
-        faces_in_batch = 0
-        try:
-            reader = functools.partial(read_image, depth_scaling=aligner.depth_scaling)
-            for path, image, error in decode_ahead(todo, workers=workers, reader=reader):
-                if error is None:
-                    try:
-                        found = aligner.face_boxes(image, boxes, path=path)
-                        batch.append(_Pending(path, image, found.boxes, found.scores))
-                        faces_in_batch += len(found)
-                    except SpigaError as exc:
-                        error = image_error(path, exc)
-                if error is not None:
-                    batch.append(_Pending(path, error=error))
-                if faces_in_batch >= batch_faces or len(batch) >= batch_images:
-                    flush(batch)
-                    faces_in_batch = 0
-            flush(batch)
-        finally:
-            bar.close()
-    if table is not None:
-        table.close()
-    summary.seconds = time.perf_counter() - start
+    if sink is None:
+        stems = output_stems(paths)
+        check_run_outputs(paths, jsonl=jsonl, csv=csv, draw_dir=draw_dir, pts_dir=pts_dir, stems=stems)
+        drawing = face_drawer(aligner.landmark_set, aligner.mean_face_world() if mesh else None)
+        sink = ResultSink(aligner.landmark_set.num_landmarks, jsonl=STDOUT if jsonl is None else jsonl, csv=csv,
+                          pts_dir=pts_dir, draw_dir=draw_dir, drawing=drawing if draw_dir else None, stems=stems,
+                          resume=resume)
+    with sink:
+        run = _Run(aligner, sink, raise_errors, on_no_face)
+        todo = run.skip_done(paths, resume)
+        run.align(todo, boxes, workers, batch_faces, batch_images, progress)
+    summary = run.summary
     if summary.failed:
         log.info("%d of %d images failed", len(summary.failed), len(todo))
     return summary
+
+
+class _Run:
+    """One run of `align_files`: its sink, its summary and the batch being gathered."""
+
+    def __init__(self, aligner: Aligner, sink: ResultSink, raise_errors: bool,
+                 on_no_face: Callable[[Path], None] | None) -> None:
+        self.aligner, self.sink = aligner, sink
+        self.raise_errors, self.on_no_face = raise_errors, on_no_face
+        self.summary = BatchSummary()
+        self.start = time.perf_counter()
+        self.bar: Any = None
+
+    def skip_done(self, paths: Sequence[Path], resume: bool) -> list[Path]:
+        """The paths still to do; with `resume`, the CSV gets the faces of those done."""
+        skip = done_paths(self.sink.existing) if resume else set()
+        if self.sink.table is not None:
+            for record in self.sink.existing:
+                if "faces" in record and record.get("path") in skip:
+                    self.sink.table.write(record["path"], record["faces"])
+        todo = [p for p in paths if str(p) not in skip]
+        self.summary.skipped = len(paths) - len(todo)
+        if self.summary.skipped:
+            log.info("resuming: %d of %d images already done", self.summary.skipped, len(paths))
+        return todo
+
+    def fail(self, path: Path, message: str) -> None:
+        if self.raise_errors:
+            raise SpigaError(message)
+        self.summary.failed[str(path)] = message
+        self.sink.fail(path, message)
+        self.bar.update(1)
+
+    def flush(self, batch: list[_Pending]) -> None:
+        """Run the model on the batch's images; write every record in input order."""
+        images = [item for item in batch if item.error is None]
+        try:
+            results = self.aligner.align_many([p.image for p in images], [p.boxes for p in images],
+                                              [p.scores for p in images]) if images else []
+        except SpigaError as exc:
+            if self.raise_errors:
+                raise
+            results = [exc] * len(images)
+        by_item = {id(item): faces for item, faces in zip(images, results)}
+        for item in batch:
+            faces = by_item.get(id(item))
+            if item.error is not None or isinstance(faces, SpigaError):
+                self.fail(item.path, item.error if item.error is not None else str(faces))
+                continue
+            try:
+                self.sink.write(item.path, item.image, faces)
+            except SpigaError as exc:
+                self.fail(item.path, str(exc))
+                continue
+            if not faces and self.on_no_face is not None:
+                self.on_no_face(item.path)
+            self.summary.images += 1
+            self.summary.faces += len(faces)
+            self.bar.update(1)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{self.summary.faces / elapsed:.1f} faces/s", refresh=False)
+        batch.clear()
+
+    def gather(self, path: Path, image: np.ndarray | None, error: str | None, boxes: Any) -> tuple[_Pending, int]:
+        """The pending entry of a decoded image (its boxes found) or of its error."""
+        if error is None:
+            try:
+                found = self.aligner.face_boxes(image, boxes, path=path)
+                return _Pending(path, image, found.boxes, found.scores), len(found)
+            except SpigaError as exc:
+                if self.raise_errors:
+                    raise
+                error = image_error(path, exc)
+        return _Pending(path, error=error), 0
+
+    def align(self, todo: Sequence[Path], boxes: Any, workers: int, batch_faces: int, batch_images: int,
+              progress: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+        batch: list[_Pending] = []
+        faces_in_batch = 0
+        try:
+            reader = functools.partial(read_image, depth_scaling=self.aligner.depth_scaling)
+            for path, image, error in decode_ahead(todo, workers=workers, reader=reader):
+                pending, count = self.gather(path, image, error, boxes)
+                batch.append(pending)
+                faces_in_batch += count
+                if faces_in_batch >= batch_faces or len(batch) >= batch_images:
+                    self.flush(batch)
+                    faces_in_batch = 0
+            self.flush(batch)
+        finally:
+            self.bar.close()
+        self.summary.seconds = time.perf_counter() - self.start

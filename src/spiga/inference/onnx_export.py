@@ -35,7 +35,7 @@ from torch import nn
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..about import install_hint
 from ..errors import SpigaError
-from ..io import write_atomic
+from ..io import write_output
 from .optimize import prepare_for_inference
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def export_onnx(model: str | os.PathLike | Checkpoint, out: str | os.PathLike, o
                         "crop units, pose (B,6) yaw pitch roll degrees tx ty tz")
     onnx.checker.check_model(graph)
     path = Path(out)
-    write_atomic(path, graph.SerializeToString())
+    write_output(path, graph.SerializeToString())
     log.info("wrote %s (opset %d, %s batch)", path, opset, "dynamic" if dynamic_batch else f"fixed {batch_size}")
     return path
 

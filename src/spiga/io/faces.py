@@ -14,7 +14,7 @@
 - CSV: one row per face: `image, face, box_x, box_y, box_w, box_h, score, yaw, pitch,
   roll, tx, ty, tz, x0, y0, x1, y1, ...` (score empty for given boxes).
 
-Both are written atomically.
+Both are written through `spiga.io.files.write_output` (CSV may go to standard output).
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .files import write_atomic
-
-POSE_FIELDS = ("yaw", "pitch", "roll", "tx", "ty", "tz")
+from ..face import POSE_FIELDS
+from .files import write_output
 
 
 def pts_text(landmarks: np.ndarray) -> str:
@@ -49,7 +48,7 @@ def write_pts_files(folder: str | os.PathLike, image: str | os.PathLike, faces: 
     written = []
     for k, face in enumerate(faces):
         path = folder / f"{stem}_{k}.pts"
-        write_atomic(path, pts_text(face["landmarks"] if isinstance(face, dict) else face.landmarks))
+        write_output(path, pts_text(face["landmarks"] if isinstance(face, dict) else face.landmarks), option="--pts")
         written.append(path)
     return written
 
@@ -77,7 +76,7 @@ class FaceCsvWriter:
     (atomically, complete) when the writer is closed.
 
     Args:
-        path: the CSV file.
+        path: the CSV file, or `-` for standard output.
         num_landmarks: L, for the header's x0, y0, ... x{L-1}, y{L-1} columns.
     """
 
@@ -95,7 +94,7 @@ class FaceCsvWriter:
 
     def close(self) -> None:
         if self._buffer is not None:
-            write_atomic(self.path, self._buffer.getvalue())
+            write_output(self.path, self._buffer.getvalue(), stream_ok=True, option="--csv")
             self._buffer = None
 
     def __enter__(self) -> "FaceCsvWriter":

@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..about import install_hint
-from ..errors import ImageError, PixelLimitError, SpigaError
-from .files import write_atomic
+from ..errors import ImageError, OutputError, PixelLimitError, SpigaError
+from .files import write_output
 
 try:  # the `heif` extra: HEIC/HEIF photos (iPhones, many Android phones) through libheif
     from pillow_heif import register_heif_opener
@@ -314,10 +314,20 @@ def read_image(image: Any, color: str = "bgr", max_pixels: int = MAX_PIXELS,
     raise ImageError(f"unsupported image type {type(image).__name__}: pass a path, a NumPy array or a PIL image")
 
 
-def write_image(path: str | os.PathLike, image_bgr: np.ndarray) -> None:
-    """Encode by extension (.png, .jpg, ...) and write atomically."""
+def check_image_name(path: str | os.PathLike, option: str | None = None) -> None:
+    """Refuse (`OutputError`, one line naming `option`) an image output whose extension no
+    image writer knows (`out.txt`), before a run spends time on it."""
+    suffix = Path(path).suffix
+    if suffix and not cv2.haveImageWriter(f"x{suffix}"):
+        where = f"{option} {os.fspath(path)}" if option else os.fspath(path)
+        raise OutputError(f"{where}: no image format has the extension {suffix!r} (use .png or .jpg)")
+
+
+def write_image(path: str | os.PathLike, image_bgr: np.ndarray, option: str | None = None) -> None:
+    """Encode by extension (.png, .jpg, ...; none: PNG) and write it (`write_output`)."""
     path = Path(path)
+    check_image_name(path, option)
     ok, encoded = cv2.imencode(path.suffix or ".png", image_bgr)
     if not ok:
         raise ImageError(f"{path}: cannot encode an image with extension {path.suffix!r}")
-    write_atomic(path, encoded.tobytes())
+    write_output(path, encoded.tobytes(), option=option)

@@ -1,8 +1,10 @@
 """JSON Lines output: append-only, one line per record, safe to resume.
 
 `JsonlWriter` writes and flushes one line at a time, so a crash loses nothing already
-written; `read_jsonl_records` reads back the complete lines and leaves out a last line cut
-short (a crash in the middle of a write), which the writer then truncates.
+written (the file is written in place, not replaced: `-` is standard output, a FIFO or
+device is written through, a link's target is written); `read_jsonl_records` reads back
+the complete lines and leaves out a last line cut short (a crash in the middle of a
+write), which the writer then truncates.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
+from .files import is_stdout, open_in_place, output_target
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ class JsonlWriter:
     """Append-only JSON Lines output: one `write` + `flush` per line.
 
     Args:
-        path: the file, or None for standard output.
+        path: the file, or None (or `-`) for standard output.
         resume: keep the complete lines already there (a truncated last line is cut off);
             otherwise the file starts empty.
     Attributes:
@@ -69,7 +72,7 @@ class JsonlWriter:
     """
 
     def __init__(self, path: str | os.PathLike | None, resume: bool = False) -> None:
-        self.path = None if path is None else Path(path)
+        self.path = None if path is None or is_stdout(path) else output_target(path, "--jsonl")
         self.existing: list[dict] = []
         self._handle: TextIO
         if self.path is None:
@@ -77,13 +80,15 @@ class JsonlWriter:
             self._owned = False
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.path.exists() and not self.path.is_file():
+            raise OutputError(f"--jsonl {path}: --resume needs a regular file to read back, not a device or FIFO")
         if resume and self.path.exists():
             self.existing, good_end = read_jsonl_records(self.path)
             with open(self.path, "r+b") as raw:
                 raw.truncate(good_end)
-            self._handle = open(self.path, "a", encoding="utf-8")
+            self._handle = open_in_place(self.path, append=True)
         else:
-            self._handle = open(self.path, "w", encoding="utf-8")
+            self._handle = open_in_place(self.path)
         self._owned = True
 
     def write(self, record: dict) -> None:

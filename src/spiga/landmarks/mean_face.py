@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpigaError
-from ..io import write_atomic
+from ..io import write_output
 from .sets import LandmarkSet
 
 #: The official mean-face file of each point count, in `data/` beside this module.
@@ -109,4 +109,4 @@ def write_mean_face(path: str | os.PathLike, points: np.ndarray, landmark_set: L
                     comment: str = "") -> None:
     """Write (L, 3) face-frame points as an `id|x|y|z` file, atomically (`read_mean_face`
     reads it back)."""
-    write_atomic(path, mean_face_text(points, landmark_set, comment))
+    write_output(path, mean_face_text(points, landmark_set, comment))

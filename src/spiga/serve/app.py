@@ -34,12 +34,13 @@ from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..draw import AXES_COLOURS, part_colours
 from ..errors import SpigaError
+from ..face import POSE_FIELDS
 from ..inference import Aligner
 from .errors import CODES, ApiError
 from .metrics import CONTENT_TYPE, Metrics
@@ -145,13 +146,8 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-class HeadPoseOut(BaseModel):
-    yaw: float
-    pitch: float
-    roll: float
-    tx: float
-    ty: float
-    tz: float
+#: The pose's fields, named once (`spiga.face.POSE_FIELDS`).
+HeadPoseOut = create_model("HeadPoseOut", **{name: (float, ...) for name in POSE_FIELDS})
 
 
 class FaceOut(BaseModel):

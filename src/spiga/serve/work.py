@@ -35,7 +35,7 @@ from ..errors import SpigaError
 from ..face import Face
 from ..inference import Aligner
 from ..inference.aligner import FaceCrops
-from ..io import read_image_bytes
+from ..io import image_record, read_image_bytes
 from ..io.images import open_image_header
 from .admission import MIN_MEGAPIXELS, Admission, Costs, ImageWork, Ticket
 from .batcher import Batcher
@@ -378,8 +378,8 @@ class Pipeline:
         finally:
             self.shed()  # a pass ended (or failed): its time may change what still fits
         faces = self.aligner.faces_from_crops(prepared.faces, landmarks, poses)
-        return {"path": upload.name, "width": prepared.width, "height": prepared.height,
-                "faces": [face_record(face) for face in faces], "faces_dropped": dropped}
+        return {**image_record(upload.name, prepared.width, prepared.height, [face_record(face) for face in faces]),
+                "faces_dropped": dropped}
 
     def calibrate(self) -> None:
         """First cost estimates, measured on this machine (blocking: run on a thread).

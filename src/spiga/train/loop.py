@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import math
+import os
 import signal
 import time
 from contextlib import nullcontext
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from ..checkpoint import build_model, load_checkpoint, save_checkpoint
 from ..errors import SpigaError
-from ..io import write_atomic
+from ..io import write_output
 from ..io.images import DepthScaling
 from ..landmarks import LandmarkSet, read_mean_face
 from ..model import SPIGA, ModelConfig
@@ -247,7 +248,7 @@ def _schedule(config: TrainConfig, total_steps: int, steps_per_epoch: int):
 def _save_resume(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_atomic(path, buffer.getvalue())
+    write_output(path, buffer.getvalue())
 
 
 def _load_resume(path: Path) -> dict[str, Any]:
@@ -265,6 +266,7 @@ class _StopRequest:
     def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -275,6 +277,12 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
+        # data-loading workers are forked with this handler and get Ctrl-C's SIGINT too (the
+        # terminal signals the whole process group): only the training process speaks and stops
+        if os.getpid() != self._pid:
+            return
+        if self.requested:
+            return
         log.warning("signal %d: saving a resumable checkpoint and stopping", signum)
         self.requested = True
 
@@ -501,7 +509,7 @@ def _write_config(out: Path, config: TrainConfig) -> None:
         text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     except ImportError:
         text = json.dumps(config.to_dict(), indent=1)
-    write_atomic(out / "config.yaml", text)
+    write_output(out / "config.yaml", text)
 
 
 def _append_metrics(out: Path, row: dict[str, float]) -> None:
@@ -512,4 +520,4 @@ def _append_metrics(out: Path, row: dict[str, float]) -> None:
     if not existing:
         writer.writeheader()
     writer.writerow(row)
-    write_atomic(path, existing + buffer.getvalue())
+    write_output(path, existing + buffer.getvalue())

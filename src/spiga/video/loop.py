@@ -13,7 +13,6 @@ import logging
 import os
 import queue
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,9 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..io import JsonlWriter
+from ..io import JsonlWriter, check_outputs_apart
+from ..io.files import NamedOutput, output_target
+from ..io.records import face_records
 from .tracker import Tracker, TrackerConfig
 
 if TYPE_CHECKING:  # the video loop needs an aligner, not the inference package at import
@@ -96,20 +97,19 @@ def _read_ahead(capture: cv2.VideoCapture, depth: int = 4) -> Iterator[np.ndarra
 
 
 class AtomicVideoWriter:
-    """`cv2.VideoWriter` (mp4v) into a temporary file beside `path`, renamed on `close`,
-    so the output is either a complete video or absent."""
+    """`cv2.VideoWriter` (mp4v) into a temporary name beside `path` (created with the
+    umask's mode, like every other output: `spiga.io.files.NamedOutput`), which becomes
+    the output on `close`, so the output is either a complete video or absent (a device or
+    FIFO gets the finished video written through)."""
 
     def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int], fourcc: str = "mp4v") -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4",
-                                   dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self._output = NamedOutput(self.path, "--out")
+        self.tmp = self._output.name
         self.frames = 0
         self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), fps, size)
         if not self.writer.isOpened():
-            self.tmp.unlink(missing_ok=True)
+            self._output.discard()
             raise InputError(f"{self.path}: cannot write a {fourcc} video with this name "
                              "(use a .mp4 or .avi extension)")
 
@@ -120,9 +120,9 @@ class AtomicVideoWriter:
     def close(self, keep: bool = True) -> None:
         self.writer.release()
         if keep:
-            os.replace(self.tmp, self.path)
+            self._output.commit()
         else:
-            self.tmp.unlink(missing_ok=True)
+            self._output.discard()
 
 
 @dataclass
@@ -141,6 +141,23 @@ class VideoSummary:
     def fps(self) -> float:
         """Frames processed per second of wall time."""
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def _check_outputs(source: str | int, out: str | os.PathLike | None, jsonl: str | os.PathLike | None) -> None:
+    """Before the run: a folder or `-` as `--out`, or an output that is the input video, is refused."""
+    if out is not None:
+        output_target(out, "--out")
+    if isinstance(source, str):
+        check_outputs_apart([source], {"--out": out, "--jsonl": jsonl})
+
+
+def _rate_and_length(capture: cv2.VideoCapture, camera: bool, max_frames: int | None) -> tuple[float, int | None]:
+    """The frame rate (`DEFAULT_FPS` when the source reports none) and the number of frames
+    the run expects (None: unknown)."""
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    fps = fps if 0 < fps < 1000 else DEFAULT_FPS
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not camera else 0
+    return fps, min(total, max_frames) if total > 0 and max_frames else (total or max_frames)
 
 
 def run_video(aligner: Aligner, source: str | int, out: str | os.PathLike | None = None,
@@ -168,12 +185,10 @@ def run_video(aligner: Aligner, source: str | int, out: str | os.PathLike | None
 
     from ..draw import draw_faces
 
+    _check_outputs(source, out, jsonl)
     capture = open_capture(source)
     camera = isinstance(source, int)
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    fps = fps if 0 < fps < 1000 else DEFAULT_FPS
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not camera else 0
-    total = min(total, max_frames) if total > 0 and max_frames else (total or max_frames)
+    fps, total = _rate_and_length(capture, camera, max_frames)
     tracker = Tracker(aligner, config)
     mesh_points = aligner.mean_face_world() if mesh else None
     summary = VideoSummary(source_fps=fps)
@@ -192,7 +207,7 @@ def run_video(aligner: Aligner, source: str | int, out: str | os.PathLike | None
                 result = tracker.step(frame, t)
                 if lines is not None:
                     lines.write({"frame": index, "time": round(t, 6), "detected": result.detected,
-                                 "faces": [face.to_dict() for face in result.faces]})
+                                 "faces": face_records(result.faces)})
                 if out is not None:
                     if writer is None:
                         writer = AtomicVideoWriter(out, fps, (frame.shape[1], frame.shape[0]))
