@@ -318,25 +318,8 @@ def _first_line(exc: BaseException) -> str:
 
 def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read an official `spiga_<name>.pt` state_dict without executing code from it."""
-    path = Path(path)
     source = str(path)
-    if path.is_dir():
-        raise CheckpointError(f"{source}: is a directory, not a PyTorch file")
-    if not path.is_file():
-        raise CheckpointError(f"{source}: no such file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{source}: empty file, not a PyTorch state_dict")
-    with path.open("rb") as handle:
-        start = handle.read(512)
-    _check_torch_file(path, start, source)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # PyTorch's own message advises weights_only=False, i.e. running the file's code: not quoted
-        raise CheckpointError(f"{source}: refused to load: the file holds Python objects other than tensors, "
-                              "which could run code") from None
-    except Exception:  # noqa: BLE001 - torch.load raises anything from KeyError to RuntimeError on bad bytes
-        raise CheckpointError(f"{source}: corrupt or truncated PyTorch file (its data cannot be unpickled)") from None
+    state = load_torch_file(path, "PyTorch state_dict")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -344,22 +327,48 @@ def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     return state
 
 
-def _check_torch_file(path: Path, start: bytes, source: str) -> None:
-    """Say what a file is when it is not one `torch.save` wrote (text, a safetensors
-    checkpoint, anything else), and whether its zip archive is cut short."""
+def load_torch_file(path: str | os.PathLike, what: str, error: type[SpigaError] = CheckpointError) -> Any:
+    """`torch.load(weights_only=True)` of a file `torch.save` wrote, every failure one line
+    (`error`) naming the file and saying what it is: missing, a folder, empty, text, a
+    safetensors file, unknown bytes, truncated, or a pickle that would run code. `what`
+    names the expected content in those lines ("PyTorch state_dict", "resume state")."""
+    path = Path(path)
+    source = str(path)
+    if path.is_dir():
+        raise error(f"{source}: is a directory, not a {what} file")
+    if not path.is_file():
+        raise error(f"{source}: no such file")
+    if path.stat().st_size == 0:
+        raise error(f"{source}: empty file, not a {what}")
+    with path.open("rb") as handle:
+        start = handle.read(512)
+    problem = _torch_file_problem(path, start, what)
+    if problem:
+        raise error(f"{source}: {problem}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # PyTorch's own message advises weights_only=False, i.e. running the file's code: not quoted
+        raise error(f"{source}: refused to load: the file holds Python objects other than tensors, "
+                    "which could run code") from None
+    except Exception:  # noqa: BLE001 - torch.load raises anything from KeyError to RuntimeError on bad bytes
+        raise error(f"{source}: corrupt or truncated PyTorch file (its data cannot be unpickled)") from None
+
+
+def _torch_file_problem(path: Path, start: bytes, what: str) -> str | None:
+    """What a file is when it is not one `torch.save` wrote (text, a safetensors checkpoint,
+    anything else), or that its zip archive is cut short; None for a plausible file."""
     if start[:4] == b"PK\x03\x04":
-        if not zipfile.is_zipfile(path):
-            raise CheckpointError(f"{source}: corrupt or truncated PyTorch file (its zip archive has no central directory)")
-        return
+        return None if zipfile.is_zipfile(path) else \
+            "corrupt or truncated PyTorch file (its zip archive has no central directory)"
     if _is_torch_file(start):
-        return
+        return None
     if _is_safetensors(start):
-        raise CheckpointError(f"{source}: this is a safetensors file, not an official .pt state_dict; a spiga "
-                              "checkpoint needs no conversion (use it as --model)")
+        return (f"this is a safetensors file, not a {what} (.pt); a spiga checkpoint needs no conversion "
+                "(use it as --model)")
     if _is_text(start):
-        raise CheckpointError(f"{source}: a text file, not a PyTorch state_dict (.pt written by torch.save)")
-    raise CheckpointError(f"{source}: not a PyTorch file (neither a zip archive nor a pickle: starts with bytes "
-                          f"{start[:8].hex(' ')})")
+        return f"a text file, not a {what} (.pt written by torch.save)"
+    return f"not a PyTorch file (neither a zip archive nor a pickle: starts with bytes {start[:8].hex(' ')})"
 
 
 def _is_safetensors(start: bytes) -> bool:

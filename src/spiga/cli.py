@@ -436,6 +436,8 @@ def _add_train(sub) -> None:
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip bad entries and images with a warning")
     p.add_argument("--allow-outside-root", action="store_true", default=None,
                    help="accept image paths in annotation files that leave the image folder (absolute or ..)")
+    p.add_argument("--allow-random-frozen", action="store_true", default=None,
+                   help="accept a frozen CNN (--stage 3, --freeze cnn) without --init: it stays random")
     p.add_argument("--precision", choices=list(TRAIN_PRECISIONS), help="bfloat16: mixed precision (autocast)")
     p.add_argument("--depth-scaling", metavar="RULE",
                    help="images deeper than 8 bits (16-bit thermal): percentile[:LOW:HIGH] (default percentile:1:99), "
@@ -459,6 +461,10 @@ def _run_train(args) -> int:
         if value is not None:
             values[option.name] = value
     result = train(TrainConfig.from_dict(values, args.config_file or "<command line>"))
+    if result.already_finished:
+        print(f"{result.out}: the run has already finished (step {result.steps}, epoch {result.epochs}); "
+              "give --max-steps or --epochs beyond that to train on")
+        return 0
     best = f", best validation NME {result.best_nme:.3f}" if result.best_nme is not None else ""
     print(f"trained {result.steps} steps{best}; checkpoints in {result.out}")
     return 0
