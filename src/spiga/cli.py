@@ -92,6 +92,14 @@ def _progress_options() -> argparse.ArgumentParser:
     return p
 
 
+def _image_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--allow-damaged", action="store_true",
+                   help="accept JPEG files whose data is damaged or cut short (the missing part gray) instead of "
+                        "refusing them")
+    return p
+
+
 def _dataset_config_choices() -> list[str]:
     from .landmarks import DATASET_LANDMARKS
 
@@ -104,7 +112,8 @@ def _load_aligner(args, detector=None):
 
     return spiga.load(args.model, device=args.device, precision=args.precision, backend=args.backend,
                       compile=args.compile, max_batch=args.max_batch, depth_scaling=args.depth_scaling,
-                      detector=args.detector if detector is None else detector)
+                      detector=args.detector if detector is None else detector,
+                      allow_damaged=getattr(args, "allow_damaged", False))
 
 
 def _check_positive(args, *names: str) -> None:
@@ -121,7 +130,7 @@ def _check_positive(args, *names: str) -> None:
 def _add_align(sub) -> None:
     p = sub.add_parser("align", help="landmarks and head pose for the faces of images",
                        parents=[_model_options(), _device_options(), _runtime_options(), _detector_options(),
-                                _progress_options()],
+                                _progress_options(), _image_options()],
                        description="Align the faces of IMAGE (found by the detector, or given with --box: x, y, w, "
                                    "h in image pixels). With several inputs, a folder, a glob pattern or --jsonl: "
                                    "one JSON line per image (errors too); the exit status is then the number of "
@@ -164,7 +173,7 @@ def _run_align(args) -> int:
     _check_positive(args, "max_batch", "decode_threads")
     paths = _many_image_paths(args) if _is_many_images(args) else None  # None: the single-image form
     args.image = args.image[0] if paths is None else args.image
-    image = read_image(args.image) if paths is None else None
+    image = read_image(args.image, allow_damaged=args.allow_damaged) if paths is None else None
     aligner = _load_aligner(args)
     if paths is not None:
         return _run_align_many(args, paths, aligner)
@@ -358,7 +367,7 @@ def _run_evaluate(args) -> int:
 def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="run a model over a test set and score it",
                        parents=[_model_options(default=None), _device_options(), _runtime_options(),
-                                _progress_options(), _scoring_options()],
+                                _progress_options(), _scoring_options(), _image_options()],
                        description="Run a model over a test set with the annotation boxes, write its "
                                    "predictions (SPIGA JSON, annotation order) and score them.")
     p.add_argument("--dataset", required=True, metavar="FORMAT:PATH[:ROOT]",

@@ -279,7 +279,8 @@ def align_files(aligner: Aligner, paths: Sequence[Path], jsonl: str | os.PathLik
         batch: list[_Pending] = []
         faces_in_batch = 0
         try:
-            reader = functools.partial(read_image, depth_scaling=aligner.depth_scaling)
+            reader = functools.partial(read_image, depth_scaling=aligner.depth_scaling,
+                                       allow_damaged=getattr(aligner, "allow_damaged", False))
             for path, image, error in decode_ahead(todo, workers=workers, reader=reader):
                 if error is None:
                     try:
