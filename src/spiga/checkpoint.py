@@ -222,8 +222,8 @@ def _check_file_holds_the_network(config: ModelConfig, stored: int, source: str)
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a spiga checkpoint. Raises `CheckpointError` naming the file, and the header
     field where the header is at fault."""
+    source = os.fspath(path)  # messages and hints quote the path as given
     path = Path(path)
-    source = str(path)
     with _open_file(path, source) as handle:
         header = _read_header(handle.metadata(), source)
         _check_format(header, source)
@@ -318,7 +318,7 @@ def _first_line(exc: BaseException) -> str:
 
 def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read an official `spiga_<name>.pt` state_dict without executing code from it."""
-    source = str(path)
+    source = os.fspath(path)
     state = load_torch_file(path, "PyTorch state_dict")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -332,8 +332,8 @@ def load_torch_file(path: str | os.PathLike, what: str, error: type[SpigaError] 
     (`error`) naming the file and saying what it is: missing, a folder, empty, text, a
     safetensors file, unknown bytes, truncated, or a pickle that would run code. `what`
     names the expected content in those lines ("PyTorch state_dict", "resume state")."""
+    source = os.fspath(path)
     path = Path(path)
-    source = str(path)
     if path.is_dir():
         raise error(f"{source}: is a directory, not a {what} file")
     if not path.is_file():
