@@ -124,22 +124,42 @@ def test_jpeg_end_marker_lost_is_truncated():
         read_image_bytes(data[:-2], "no-eoi.jpg")
 
 
-def test_pillow_judges_truncation_where_opencv_pads(monkeypatch):
-    """Older OpenCV builds decode a cut JPEG into a padded image without an error; then
-    libjpeg, through Pillow, judges whether the data is complete."""
+def test_libjpeg_judges_truncation_where_opencv_pads(monkeypatch):
+    """OpenCV decodes a JPEG cut short by a marker (and older builds any cut JPEG) into a
+    padded image without an error; libjpeg-turbo's warnings (through simplejpeg) judge the
+    data first, and Pillow where libjpeg-turbo cannot decode the file at all."""
     data = _jpeg(_photo(), progressive=True)
     with spiga_io._open_header(data + MP4_TAIL, "motion.jpg") as image:
         spiga_io._check_jpeg_complete(image, "motion.jpg")  # complete: no error
     with spiga_io._open_header(data[: len(data) // 2], "cut.jpg") as image, \
             pytest.raises(ImageError, match="cut.jpg: image file is truncated"):
         spiga_io._check_jpeg_complete(image, "cut.jpg")
-    # and the check is wired in: an OpenCV that pads is simulated
+    # an OpenCV that pads is simulated
     padded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    monkeypatch.setattr(spiga_io, "_opencv_refuses_truncated_jpeg", lambda: False)
     monkeypatch.setattr(spiga_io.cv2, "imdecode", lambda *args: padded.copy())
-    with pytest.raises(ImageError, match="cut.jpg: image file is truncated"):
+    with pytest.raises(ImageError, match="cut.jpg: damaged or truncated JPEG data"):
         read_image_bytes(data[: len(data) // 2], "cut.jpg")
     assert read_image_bytes(data + MP4_TAIL, "motion.jpg").shape == padded.shape
+    monkeypatch.setattr(spiga_io, "_jpeg_damage", lambda data: spiga_io._UNJUDGED)
+    with pytest.raises(ImageError, match="cut.jpg: image file is truncated"):
+        read_image_bytes(data[: len(data) // 2], "cut.jpg")
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_cut_short_with_an_end_marker_is_damaged_unless_allowed(tmp_path, progressive):
+    """A JPEG cut within its entropy-coded data, with an end marker appended, decodes with
+    gray rows; libjpeg warns, and the file is refused naming it, unless allow_damaged."""
+    data = _jpeg(_photo(), progressive)
+    cut = data[: len(data) // 2] + b"\xff\xd9"
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(cut)
+    with pytest.raises(ImageError, match=r"cut.jpg: damaged or truncated JPEG data \(.*(Premature|Corrupt)"):
+        read_image(path)
+    with pytest.raises(ImageError, match="upload.jpg: damaged"):
+        read_image_bytes(cut, "upload.jpg")
+    assert read_image(path, allow_damaged=True).shape == _photo().shape
+    # cut short without an end marker: accepted too when damaged images are allowed
+    assert read_image_bytes(data[: len(data) // 2], "cut.jpg", allow_damaged=True).shape == _photo().shape
 
 
 def _pil_bytes(image: Image.Image, fmt: str, **options) -> bytes:

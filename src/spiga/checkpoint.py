@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pickle
+import shlex
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,10 @@ FORMAT_VERSION = 1
 MEAN_FACE_KEY = "spiga.mean_face_3d"
 #: The safetensors metadata key holding the JSON header.
 HEADER_KEY = "spiga"
+#: The largest magnitude a stored value may have. Trained weights, batch-norm statistics and
+#: mean faces lie within a few hundred (the official models within 10); a value beyond this
+#: overflows float32 within a few layers, so the file is refused at load time instead.
+MAX_ABS_VALUE = 1e6
 
 
 @dataclass
@@ -95,11 +100,26 @@ def _open_file(path: Path, source: str):
         return safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         # only now: a safetensors header length may begin with these bytes too
-        if start[:4] == b"PK\x03\x04" or (start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        if _is_torch_file(start):
             raise CheckpointError(
                 f"{source}: this is a PyTorch pickle (.pt), not a spiga checkpoint; convert official weights with "
-                f"`spiga convert {path.name} --config NAME --mean-face FILE --out MODEL.safetensors`") from None
+                f"`spiga convert {shlex.quote(source)} --config NAME --mean-face FILE --out MODEL.safetensors`"
+            ) from None
+        if path.suffix.lower() == ".onnx" or _looks_like_onnx(start):
+            raise CheckpointError(f"{source}: this is an ONNX model, which the torch backend cannot run; add "
+                                  "`--backend onnxruntime` (library: backend=\"onnxruntime\")") from None
         raise CheckpointError(f"{source}: not a safetensors file, or a truncated one ({_first_line(exc)})") from None
+
+
+def _is_torch_file(start: bytes) -> bool:
+    """`torch.save`'s formats: a zip archive, or (before PyTorch 1.6) a bare pickle."""
+    return start[:4] == b"PK\x03\x04" or (start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
+def _looks_like_onnx(start: bytes) -> bool:
+    """An ONNX ModelProto opens with field 1 (ir_version, a small varint), then field 2
+    (producer name), 7 (graph) or 8 (opset imports)."""
+    return len(start) >= 3 and start[0] == 0x08 and start[1] < 0x80 and start[2] in (0x12, 0x1A, 0x22, 0x3A, 0x42)
 
 
 def _kind(value: Any) -> str:
@@ -202,8 +222,8 @@ def _check_file_holds_the_network(config: ModelConfig, stored: int, source: str)
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a spiga checkpoint. Raises `CheckpointError` naming the file, and the header
     field where the header is at fault."""
+    source = os.fspath(path)  # messages and hints quote the path as given
     path = Path(path)
-    source = str(path)
     with _open_file(path, source) as handle:
         header = _read_header(handle.metadata(), source)
         _check_format(header, source)
@@ -218,6 +238,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         except (SafetensorError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{source}: corrupt tensor data ({_first_line(exc)})") from None
     mean_face = tensors.pop(MEAN_FACE_KEY)
+    _check_mean_face(mean_face, source)
     try:
         model = build_model(config, landmarks)
     except SpigaError as exc:
@@ -249,10 +270,45 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{source}: non-finite values in {len(bad)} tensors (e.g. {bad[0]})")
+    for key, value in state.items():
+        _check_values(key, value, expected[key].dtype, source)
     model.load_state_dict(state, strict=True)
+
+
+def _dtype_fits(stored: torch.dtype, expected: torch.dtype) -> bool:
+    """Floating values for floating tensors (any precision: cast exactly enough), integers
+    for integer ones (batch counters), bool for masks; never bool or complex in place of
+    numbers, which a cast would change."""
+    if stored == expected:
+        return True
+    if stored == torch.bool or expected == torch.bool or stored.is_complex:
+        return False
+    if expected.is_floating_point:
+        return stored.is_floating_point
+    return not stored.is_floating_point
+
+
+def _check_values(key: str, value: torch.Tensor, expected: torch.dtype, source: str) -> None:
+    """One stored tensor: a dtype the network can take without changing values, finite,
+    within `MAX_ABS_VALUE`, and batch-norm variances not negative."""
+    if not _dtype_fits(value.dtype, expected):
+        raise CheckpointError(f"{source}: tensor {key} is {str(value.dtype).removeprefix('torch.')}, the model "
+                              f"expects {str(expected).removeprefix('torch.')} (a damaged or foreign file)")
+    if not value.is_floating_point():
+        return
+    if not torch.isfinite(value).all():
+        raise CheckpointError(f"{source}: tensor {key} holds NaN or infinite values")
+    largest = float(value.abs().max()) if value.numel() else 0.0
+    if largest > MAX_ABS_VALUE:
+        raise CheckpointError(f"{source}: tensor {key} holds a value of magnitude {largest:.3g}, beyond the "
+                              f"plausible {MAX_ABS_VALUE:g} (diverged or damaged weights)")
+    if key.endswith("running_var") and value.numel() and float(value.min()) < 0:
+        raise CheckpointError(f"{source}: tensor {key} (a batch-norm variance) holds negative values")
+
+
+def _check_mean_face(mean_face: torch.Tensor, source: str) -> None:
+    """The stored 3D mean face: real numbers, finite and bounded (the pose projects it)."""
+    _check_values(MEAN_FACE_KEY, mean_face, torch.float32, source)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -262,25 +318,73 @@ def _first_line(exc: BaseException) -> str:
 
 def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read an official `spiga_<name>.pt` state_dict without executing code from it."""
-    path = Path(path)
-    source = str(path)
-    if not path.is_file():
-        raise CheckpointError(f"{source}: no such file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{source}: empty file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{source}: refused to load: the file holds Python objects other than tensors, which could run "
-            f"code ({_first_line(exc)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{source}: corrupt or truncated PyTorch file ({_first_line(exc)})") from None
+    source = os.fspath(path)
+    state = load_torch_file(path, "PyTorch state_dict")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{source}: expected a state_dict (a mapping of names to tensors)")
     return state
+
+
+def load_torch_file(path: str | os.PathLike, what: str, error: type[SpigaError] = CheckpointError) -> Any:
+    """`torch.load(weights_only=True)` of a file `torch.save` wrote, every failure one line
+    (`error`) naming the file and saying what it is: missing, a folder, empty, text, a
+    safetensors file, unknown bytes, truncated, or a pickle that would run code. `what`
+    names the expected content in those lines ("PyTorch state_dict", "resume state")."""
+    source = os.fspath(path)
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{source}: is a directory, not a {what} file")
+    if not path.is_file():
+        raise error(f"{source}: no such file")
+    if path.stat().st_size == 0:
+        raise error(f"{source}: empty file, not a {what}")
+    with path.open("rb") as handle:
+        start = handle.read(512)
+    problem = _torch_file_problem(path, start, what)
+    if problem:
+        raise error(f"{source}: {problem}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # PyTorch's own message advises weights_only=False, i.e. running the file's code: not quoted
+        raise error(f"{source}: refused to load: the file holds Python objects other than tensors, "
+                    "which could run code") from None
+    except Exception:  # noqa: BLE001 - torch.load raises anything from KeyError to RuntimeError on bad bytes
+        raise error(f"{source}: corrupt or truncated PyTorch file (its data cannot be unpickled)") from None
+
+
+def _torch_file_problem(path: Path, start: bytes, what: str) -> str | None:
+    """What a file is when it is not one `torch.save` wrote (text, a safetensors checkpoint,
+    anything else), or that its zip archive is cut short; None for a plausible file."""
+    if start[:4] == b"PK\x03\x04":
+        return None if zipfile.is_zipfile(path) else \
+            "corrupt or truncated PyTorch file (its zip archive has no central directory)"
+    if _is_torch_file(start):
+        return None
+    if _is_safetensors(start):
+        return (f"this is a safetensors file, not a {what} (.pt); a spiga checkpoint needs no conversion "
+                "(use it as --model)")
+    if _is_text(start):
+        return f"a text file, not a {what} (.pt written by torch.save)"
+    return f"not a PyTorch file (neither a zip archive nor a pickle: starts with bytes {start[:8].hex(' ')})"
+
+
+def _is_safetensors(start: bytes) -> bool:
+    """8-byte little-endian header length, then the JSON header."""
+    return len(start) > 9 and start[8:9] == b"{" and int.from_bytes(start[:8], "little") < 100_000_000
+
+
+def _is_text(start: bytes) -> bool:
+    try:
+        text = start.decode("utf-8")
+    except UnicodeDecodeError:
+        try:  # the sample may end inside a multi-byte character
+            text = start[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return all(c.isprintable() or c in "\t\r\n\f" for c in text)
 
 
 def convert_official(weights: str | os.PathLike, config_name: str, mean_face: str | os.PathLike,
@@ -295,6 +399,7 @@ def convert_official(weights: str | os.PathLike, config_name: str, mean_face: st
     config = model_config or ModelConfig.official(landmarks.num_landmarks, landmarks.num_edges)
     state = load_official_state_dict(weights)
     mean_face_world = read_mean_face(mean_face, landmarks)
+    _check_mean_face(torch.from_numpy(np.asarray(mean_face_world, np.float64)), str(mean_face))
     model = build_model(config, landmarks, mean_face_world)
     constants = ("visual_cnn.E2Ptransform.edge2point", "visual_cnn.pre.0.xx_channel", "visual_cnn.pre.0.yy_channel",
                  "diagonal_mask")

@@ -92,6 +92,14 @@ def _progress_options() -> argparse.ArgumentParser:
     return p
 
 
+def _image_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--allow-damaged", action="store_true",
+                   help="accept JPEG files whose data is damaged or cut short (the missing part gray) instead of "
+                        "refusing them")
+    return p
+
+
 def _dataset_config_choices() -> list[str]:
     from .landmarks import DATASET_LANDMARKS
 
@@ -104,7 +112,8 @@ def _load_aligner(args, detector=None):
 
     return spiga.load(args.model, device=args.device, precision=args.precision, backend=args.backend,
                       compile=args.compile, max_batch=args.max_batch, depth_scaling=args.depth_scaling,
-                      detector=args.detector if detector is None else detector)
+                      detector=args.detector if detector is None else detector,
+                      allow_damaged=getattr(args, "allow_damaged", False))
 
 
 def _check_positive(args, *names: str) -> None:
@@ -149,7 +158,7 @@ def _dataset_file(spec: str | None):
 def _add_align(sub) -> None:
     p = sub.add_parser("align", help="landmarks and head pose for the faces of images",
                        parents=[_model_options(), _device_options(), _runtime_options(), _detector_options(),
-                                _progress_options()],
+                                _progress_options(), _image_options()],
                        description="Align the faces of IMAGE (found by the detector, or given with --box: x, y, w, "
                                    "h in image pixels). With several inputs, a folder, a glob pattern or --jsonl: "
                                    "one JSON line per image (errors too); the exit status is then the number of "
@@ -283,6 +292,7 @@ def _run_align_ray(args) -> int:
         resume=args.resume, recursive=args.recursive, progress=not args.no_progress, model=args.model,
         device=args.device, precision=args.precision, backend=args.backend, max_batch=args.max_batch,
         compile=args.compile, depth_scaling=args.depth_scaling, detector=args.detector, boxes=args.box, mesh=args.mesh,
+        allow_damaged=args.allow_damaged,
         concurrency=args.ray_concurrency, num_gpus=args.ray_gpus_per_worker, num_cpus=args.ray_cpus_per_worker)
     if summary.failed:
         print(f"spiga: {len(summary.failed)} of {summary.images + len(summary.failed)} images failed "
@@ -426,7 +436,7 @@ def _run_evaluate(args) -> int:
 def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="run a model over a test set and score it",
                        parents=[_model_options(default=None), _device_options(), _runtime_options(),
-                                _progress_options(), _scoring_options()],
+                                _progress_options(), _scoring_options(), _image_options()],
                        description="Run a model over a test set with the annotation boxes, write its "
                                    "predictions (SPIGA JSON, annotation order) and score them.")
     p.add_argument("--dataset", required=True, metavar="FORMAT:PATH[:ROOT]",
@@ -515,6 +525,8 @@ def _add_train(sub) -> None:
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip bad entries and images with a warning")
     p.add_argument("--allow-outside-root", action="store_true", default=None,
                    help="accept image paths in annotation files that leave the image folder (absolute or ..)")
+    p.add_argument("--allow-random-frozen", action="store_true", default=None,
+                   help="accept a frozen CNN (--stage 3, --freeze cnn) without --init: it stays random")
     p.add_argument("--precision", choices=list(TRAIN_PRECISIONS), help="bfloat16: mixed precision (autocast)")
     p.add_argument("--depth-scaling", metavar="RULE",
                    help="images deeper than 8 bits (16-bit thermal): percentile[:LOW:HIGH] (default percentile:1:99), "
@@ -541,6 +553,10 @@ def _run_train(args) -> int:
     if not config.resume:  # a resumed run reads and rewrites its own state on purpose
         _keep_train_inputs(config, args.config_file)
     result = train(config)
+    if result.already_finished:
+        print(f"{result.out}: the run has already finished (step {result.steps}, epoch {result.epochs}); "
+              "give --max-steps or --epochs beyond that to train on")
+        return 0
     best = f", best validation NME {result.best_nme:.3f}" if result.best_nme is not None else ""
     print(f"trained {result.steps} steps{best}; checkpoints in {result.out}")
     return 0
@@ -549,11 +565,8 @@ def _run_train(args) -> int:
 def _keep_train_inputs(config, config_file: str | None) -> None:
     """Refuse a run folder whose files (checkpoints, state, metrics, config) would overwrite
     one of the run's inputs."""
-    from pathlib import Path
-
-    from .train.loop import RESUME_FILE
-
     from .io.files import check_folder
+    from .train.loop import RESUME_FILE
 
     out = check_folder(config.out, "--out")
     written = [out / name for name in ("best.safetensors", "last.safetensors", RESUME_FILE, "metrics.csv",

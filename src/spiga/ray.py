@@ -119,7 +119,8 @@ class AlignActor:
         """Decode and crop one image, as the one-machine runner does (same messages)."""
         aligner = self.aligner
         try:
-            image = read_image_bytes(data, source=path, depth_scaling=aligner.depth_scaling)
+            image = read_image_bytes(data, source=path, depth_scaling=aligner.depth_scaling,
+                                     allow_damaged=aligner.allow_damaged)
         except SpigaError as exc:
             return _Prepared(path, error=str(exc))
         try:
@@ -168,7 +169,7 @@ def align_dataset(dataset: Any, model: str | os.PathLike = "wflw", precision: st
                   backend: str = "torch", max_batch: int = 32, detector: Any = "blazeface",
                   concurrency: int = 1, num_gpus: float = 0, num_cpus: float = 1, batch_size: int = 16,
                   device: str | None = None, depth_scaling: str | None = None, boxes: Any = None,
-                  draw: bool = False, mesh: bool = False, compile: bool = False) -> Any:
+                  draw: bool = False, mesh: bool = False, compile: bool = False, allow_damaged: bool = False) -> Any:
     """Align the faces of a Ray Dataset of image files on a pool of actors.
 
     Args:
@@ -191,6 +192,7 @@ def align_dataset(dataset: Any, model: str | os.PathLike = "wflw", precision: st
         boxes: face boxes for every image, or None for the detector's.
         draw: also return drawings (PNG bytes).
         mesh: drawings show the mean-face mesh.
+        allow_damaged: as for `spiga.load` (JPEG files with damaged data are decoded, not refused).
     Returns:
         a Dataset with rows of `RECORD_COLUMNS`; `iter_records` gives the records as dicts.
     """
@@ -200,7 +202,7 @@ def align_dataset(dataset: Any, model: str | os.PathLike = "wflw", precision: st
         raise InputError("concurrency, batch_size and max_batch must be >= 1")
     load_options = {"model": os.fspath(model), "device": device, "precision": precision, "backend": backend,
                     "max_batch": max_batch, "detector": detector, "depth_scaling": depth_scaling,
-                    "compile": compile}
+                    "compile": compile, "allow_damaged": allow_damaged}
     return dataset.map_batches(
         AlignActor, batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus or None, num_cpus=num_cpus,

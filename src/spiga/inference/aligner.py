@@ -66,6 +66,10 @@ class Aligner:
     back-projection and `Face` construction are the same for every backend.
     """
 
+    #: Accept JPEG files whose data is damaged or cut short (see `spiga.io.read_image`)
+    #: when reading image paths, instead of refusing them.
+    allow_damaged: bool = False
+
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device | None = None,
                  precision: str = "float32", max_batch: int = 32, detector: Any = "blazeface", compile: bool = False,
                  tune_process: bool = True, depth_scaling: str | DepthScaling | None = None):
@@ -200,7 +204,7 @@ class Aligner:
         Returns:
             one `Face` per box, in box order (all faces run as one batch).
         """
-        bgr = read_image(image, color=color, depth_scaling=self.depth_scaling)
+        bgr = read_image(image, color=color, depth_scaling=self.depth_scaling, allow_damaged=self.allow_damaged)
         path = image if isinstance(image, (str, os.PathLike)) else None
         return self.align_many([bgr], [boxes], paths=[path])[0]
 
@@ -314,8 +318,18 @@ def load(model: str | os.PathLike = "wflw", device: str | torch.device | None = 
             freed blocks in the heap, process-wide; default True; see `tune_cpu_process`),
             `depth_scaling` (how images deeper than 8 bits, e.g. 16-bit thermal, are scaled:
             a `spiga.io.DepthScaling` rule such as "percentile:1:99"; default: the rule the
-            model was trained with, recorded in its checkpoint, else uint16 / 257).
+            model was trained with, recorded in its checkpoint, else uint16 / 257),
+            `allow_damaged` (accept JPEG files whose data is damaged or cut short, the
+            missing part gray; default False: refused with `ImageError`).
     """
+    allow_damaged = bool(options.pop("allow_damaged", False))
+    aligner = _load(model, device, precision, backend, compile, **options)
+    aligner.allow_damaged = allow_damaged
+    return aligner
+
+
+def _load(model: str | os.PathLike, device: str | torch.device | None, precision: str, backend: str, compile: bool,
+          **options: Any) -> Aligner:
     if backend not in BACKENDS:
         raise SpigaError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if backend == "onnxruntime":

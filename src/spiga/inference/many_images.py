@@ -321,7 +321,8 @@ class _Run:
         batch: list[_Pending] = []
         faces_in_batch = 0
         try:
-            reader = functools.partial(read_image, depth_scaling=self.aligner.depth_scaling)
+            reader = functools.partial(read_image, depth_scaling=self.aligner.depth_scaling,
+                                       allow_damaged=getattr(self.aligner, "allow_damaged", False))
             for path, image, error in decode_ahead(todo, workers=workers, reader=reader):
                 pending, count = self.gather(path, image, error, boxes)
                 batch.append(pending)

@@ -18,12 +18,13 @@ the image decoded: by OpenCV for the formats it decodes (16-bit data kept), by P
 for the others. Formats whose header Pillow cannot read are refused, so nothing is
 decoded before its size is known. A truncated file is refused; whether it is truncated
 is the decoder's judgement, so bytes after the end of the image (a phone's Motion
-Photo: a JPEG with a video appended) are accepted.
+Photo: a JPEG with a video appended) are accepted. A JPEG whose entropy-coded data is
+damaged (libjpeg warns of a premature end or corrupt data, and pads the rest with gray)
+is refused too, unless the caller passes `allow_damaged=True`.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps
 
 from ..about import install_hint
@@ -132,7 +134,8 @@ def _check_pixels(width: int, height: int, max_pixels: int, source: str) -> None
         raise ImageError(f"{source}: image has no pixels ({width}x{height})")
 
 
-def _read_path(path: Path, max_pixels: int, depth_scaling: "DepthScaling | None" = None) -> np.ndarray:
+def _read_path(path: Path, max_pixels: int, depth_scaling: "DepthScaling | None" = None,
+               allow_damaged: bool = False) -> np.ndarray:
     source = str(path)
     try:
         if path.is_dir():
@@ -142,7 +145,7 @@ def _read_path(path: Path, max_pixels: int, depth_scaling: "DepthScaling | None"
         raise ImageError(f"{source}: no such file") from None
     except (OSError, ValueError) as exc:
         raise ImageError(f"{source}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    return _decode(data, source, max_pixels, depth_scaling)
+    return _decode(data, source, max_pixels, depth_scaling, allow_damaged=allow_damaged)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -165,24 +168,53 @@ def _open_header(data: bytes, source: str) -> Image.Image:
                          f"WebP, TIFF, BMP, GIF, AVIF, ...{heif}; or a file truncated within its header)") from None
 
 
-@functools.cache
-def _opencv_refuses_truncated_jpeg() -> bool:
-    """Whether this OpenCV's JPEG decoder fails on a JPEG that ends early (recent builds
-    do), instead of padding the missing part and returning an image: asked once, of a
-    small JPEG cut short."""
-    pattern = (np.indices((32, 32)).sum(0) * 37 % 256).astype(np.uint8)
-    encoded = cv2.imencode(".jpg", cv2.merge([pattern, pattern.T, 255 - pattern]))[1].tobytes()
-    return cv2.imdecode(np.frombuffer(encoded[: len(encoded) * 2 // 3], np.uint8), cv2.IMREAD_COLOR) is None
-
-
 def _check_jpeg_complete(image: Image.Image, source: str) -> None:
     """Let libjpeg (through Pillow) judge whether the entropy-coded data is all there; in
-    draft mode (1/8 scale) every byte is still decoded but the inverse DCT is cheap."""
+    draft mode (1/8 scale) every byte is still decoded but the inverse DCT is cheap. Only
+    for the JPEGs simplejpeg cannot decode at all (Pillow pads data cut short by a marker)."""
     image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
     try:
         image.load()
     except Exception as exc:  # noqa: BLE001 - "image file is truncated", broken markers, ...
         raise ImageError(f"{source}: image file is truncated or corrupt ({_first_line(exc)})") from None
+
+
+#: `_jpeg_damage`'s answer for a JPEG that libjpeg-turbo (simplejpeg) cannot decode at all.
+_UNJUDGED = "unjudged"
+
+
+def _jpeg_damage(data: bytes) -> str | None:
+    """libjpeg's warning about a JPEG's data ("Premature end of JPEG file", "Corrupt JPEG
+    data: ..."), None for a sound file, `_UNJUDGED` where libjpeg-turbo cannot decode it.
+    Decoded at 1/8 scale (simplejpeg, libjpeg-turbo stopping on warnings): every byte of
+    the entropy-coded data is still read, but the inverse DCT is cheap (about a fifth of a
+    full decode). Bytes after the end-of-image marker are not read."""
+    try:
+        simplejpeg.decode_jpeg(data, strict=True, min_height=1, min_width=1)
+        return None
+    except ValueError as exc:
+        warning = _first_line(exc)
+    try:
+        simplejpeg.decode_jpeg(data, strict=False, min_height=1, min_width=1)
+    except ValueError:
+        return _UNJUDGED
+    return warning
+
+
+def _decode_jpeg(data: bytes, image: Image.Image, source: str, allow_damaged: bool) -> np.ndarray | None:
+    """A JPEG through OpenCV, its data judged by libjpeg first: damaged data is refused
+    unless `allow_damaged`, which also takes a file cut short (the missing part gray)."""
+    damage = _jpeg_damage(data)
+    if damage == _UNJUDGED and not allow_damaged:
+        _check_jpeg_complete(image, source)
+    elif damage and damage != _UNJUDGED and not allow_damaged:
+        raise ImageError(f"{source}: damaged or truncated JPEG data ({damage.rstrip('.')}); to use what decodes, pass "
+                         "--allow-damaged (library: allow_damaged=True)")
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if array is None and allow_damaged and damage:  # cut short without an end marker: give it one
+        array = cv2.imdecode(np.frombuffer(data + b"\xff\xd9", np.uint8), flags)
+    return array
 
 
 def open_image_header(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -206,18 +238,19 @@ def open_image_header(data: bytes, source: str = "<bytes>", max_pixels: int = MA
 
 
 def _decode(data: bytes, source: str, max_pixels: int, depth_scaling: "DepthScaling | None" = None,
-            header: Image.Image | None = None) -> np.ndarray:
+            header: Image.Image | None = None, allow_damaged: bool = False) -> np.ndarray:
     """Encoded bytes -> BGR uint8 (H, W, 3), the pixel limit checked on the header first
     (`header`: what `open_image_header` returned for these bytes, if it was called)."""
     with header if header is not None else open_image_header(data, source, max_pixels) as image:
         fmt = image.format
         if fmt in OPENCV_FORMATS:
-            array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+            if fmt in ("JPEG", "MPO"):
+                array = _decode_jpeg(data, image, source, allow_damaged)
+            else:
+                array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
             if array is None:
                 raise ImageError(f"{source}: not a readable image (a {fmt} file that is truncated or corrupt)")
             _check_pixels(array.shape[1], array.shape[0], max_pixels, source)  # OpenCV read the header again
-            if fmt in ("JPEG", "MPO") and not _opencv_refuses_truncated_jpeg():
-                _check_jpeg_complete(image, source)
             return to_bgr8(array, "bgr", source, depth_scaling)
         if fmt in PILLOW_FORMATS:
             try:
@@ -231,16 +264,18 @@ def _decode(data: bytes, source: str, max_pixels: int, depth_scaling: "DepthScal
 
 
 def read_image_bytes(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS,
-                     depth_scaling: "DepthScaling | None" = None, header: Image.Image | None = None) -> np.ndarray:
+                     depth_scaling: "DepthScaling | None" = None, header: Image.Image | None = None,
+                     allow_damaged: bool = False) -> np.ndarray:
     """Encoded image bytes (an upload) -> BGR uint8 (H, W, 3), EXIF orientation applied.
 
     The format is found from the header (the file name or extension plays no part) and
     the pixel limit is checked on it before any decoding. Raises `ImageError`
-    (`PixelLimitError` over the limit) naming `source`. `header`: the result of
-    `open_image_header(data, ...)` when the caller probed the bytes first (it is then
-    not read again; it is closed here).
+    (`PixelLimitError` over the limit) naming `source`; also for a JPEG whose data is
+    damaged, unless `allow_damaged` (then the damaged part comes out gray). `header`: the
+    result of `open_image_header(data, ...)` when the caller probed the bytes first (it is
+    then not read again; it is closed here).
     """
-    return _decode(bytes(data), source, max_pixels, depth_scaling, header)
+    return _decode(bytes(data), source, max_pixels, depth_scaling, header, allow_damaged)
 
 
 def to_bgr8(array: np.ndarray, color: str = "bgr", source: str = "<array>",
@@ -297,13 +332,14 @@ def _from_pil(image: Image.Image, source: str) -> np.ndarray:
 
 
 def read_image(image: Any, color: str = "bgr", max_pixels: int = MAX_PIXELS,
-               depth_scaling: "DepthScaling | None" = None) -> np.ndarray:
+               depth_scaling: "DepthScaling | None" = None, allow_damaged: bool = False) -> np.ndarray:
     """Path, array or PIL image -> BGR uint8 (H, W, 3). Raises `ImageError`.
 
     `depth_scaling`: the rule for images deeper than 8 bits (see `DepthScaling`; default:
-    uint16 / 257, floats as [0, 1])."""
+    uint16 / 257, floats as [0, 1]). `allow_damaged`: accept a JPEG whose data is damaged
+    or cut short (libjpeg's warnings; the missing part comes out gray) instead of refusing it."""
     if isinstance(image, (str, os.PathLike)):
-        return _read_path(Path(image), max_pixels, depth_scaling)
+        return _read_path(Path(image), max_pixels, depth_scaling, allow_damaged)
     if isinstance(image, Image.Image):
         _check_pixels(image.width, image.height, max_pixels, "<PIL image>")
         return _from_pil(image, "<PIL image>")

@@ -1,6 +1,6 @@
 """Training: losses, the staged recipe, the loop, distributed training."""
 
 from .config import TrainConfig, read_config
-from .loop import TrainResult, train
+from .loop import TrainingDiverged, TrainResult, train
 
-__all__ = ["TrainConfig", "TrainResult", "read_config", "train"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "read_config", "train"]

@@ -55,6 +55,7 @@ class TrainConfig:
     landmark_set: str | None = None
     skip_bad: bool = False
     allow_outside_root: bool = False  # image paths in annotations may leave the image folder
+    allow_random_frozen: bool = False  # a frozen CNN (--stage 3, --freeze cnn) without --init is meant
     precision: str = "float32"
     depth_scaling: str = "percentile"  # images deeper than 8 bits (see spiga.io.images.DepthScaling)
     augment: bool = True

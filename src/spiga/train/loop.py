@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from ..checkpoint import build_model, load_checkpoint, save_checkpoint
+from ..checkpoint import MAX_ABS_VALUE, build_model, load_checkpoint, load_torch_file, save_checkpoint
 from ..errors import SpigaError
 from ..io import write_output
 from ..io.images import DepthScaling
@@ -49,6 +49,13 @@ from .recipe import STAGES, LossWeights, apply_freeze, parse_parts, set_train_mo
 log = logging.getLogger(__name__)
 
 RESUME_FILE = "last.resume.pt"
+#: Keys of a resume state (`last.resume.pt`), all needed to continue a run.
+RESUME_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "batch_in_epoch", "config", "torch_rng")
+
+
+class TrainingDiverged(SpigaError):
+    """The loss, a gradient or the weights became NaN, infinite or absurdly large; the
+    checkpoints written before stay as they were."""
 
 
 @dataclass
@@ -59,6 +66,8 @@ class TrainResult:
     best_nme: float | None
     last_nme: float | None
     history: list[dict[str, float]]
+    #: `--resume` of a run that had already reached its steps or epochs: nothing was trained
+    already_finished: bool = False
 
 
 # --------------------------------------------------------------------------- data
@@ -252,12 +261,87 @@ def _save_resume(path: Path, state: dict[str, Any]) -> None:
 
 
 def _load_resume(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SpigaError(f"{path}: no resume state here (expected {RESUME_FILE} written by spiga train)") from None
-    except Exception as exc:  # noqa: BLE001 - any unreadable state is the same problem to the user
-        raise SpigaError(f"{path}: unreadable resume state ({exc})") from None
+    """The saved state of a run, checked: complete, and every number in it finite."""
+    if not path.exists() and not path.is_symlink():
+        raise SpigaError(f"{path}: no resume state here (expected {RESUME_FILE} written by spiga train)")
+    saved = load_torch_file(path, "resume state", SpigaError)
+    if not isinstance(saved, dict) or any(key not in saved for key in RESUME_KEYS):
+        lacking = next((key for key in RESUME_KEYS if not isinstance(saved, dict) or key not in saved), "")
+        raise SpigaError(f"{path}: not a resume state written by spiga train (no {lacking!r})")
+    bad = _first_non_finite({"model": saved["model"], "optimizer": saved["optimizer"]})
+    if bad:
+        raise SpigaError(f"{path}: the saved state holds NaN or infinite values ({bad}): the run had diverged; "
+                         "start it again with a lower --lr")
+    return saved
+
+
+def _first_non_finite(value: Any, name: str = "") -> str | None:
+    """The name of the first floating tensor in nested dicts and lists with a NaN or an infinity."""
+    if isinstance(value, torch.Tensor):
+        return name if value.is_floating_point() and not torch.isfinite(value).all() else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = _first_non_finite(item, f"{name}.{key}" if name else str(key))
+        if found:
+            return found
+    return None
+
+
+def _is_finished(config: TrainConfig, state: dict[str, Any]) -> bool:
+    """Whether a saved run has reached the steps or epochs `config` asks for."""
+    if config.max_steps is not None:
+        return int(state["step"]) >= config.max_steps
+    return int(state["epoch"]) >= config.epochs
+
+
+def _resumed_config(config: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
+    """The saved run's configuration; `max_steps` and `epochs` given anew extend it."""
+    source = str(Path(config.resume) / RESUME_FILE)
+    if not isinstance(saved["config"], dict):
+        raise SpigaError(f"{source}: not a resume state written by spiga train (its config is not a mapping)")
+    resumed = TrainConfig.from_dict(saved["config"], source)
+    resumed.resume, resumed.out = config.resume, config.resume
+    resumed.progress = config.progress
+    if config.max_steps is not None:
+        resumed.max_steps = config.max_steps
+    elif config.epochs != TrainConfig.epochs:  # --epochs given: train to that many epochs
+        resumed.epochs, resumed.max_steps = config.epochs, None
+    return resumed
+
+
+def _largest_weight(parameters: list[torch.nn.Parameter]) -> float:
+    """The largest magnitude among `parameters` (inf or nan when one is not finite), one sync."""
+    norms = torch._foreach_norm([p.detach() for p in parameters], float("inf"))
+    return float(torch.stack([n.float() for n in norms]).max())
+
+
+def _divergence(loss: torch.Tensor | None, grad_norm: torch.Tensor | None,
+                parameters: list[torch.nn.Parameter] | None) -> str | None:
+    """What went wrong, when the loss, the gradient or the weights left finite, plausible values."""
+    if loss is not None and not math.isfinite(value := float(loss.detach())):
+        return f"the loss became {value}"
+    if grad_norm is not None and not math.isfinite(value := float(grad_norm)):
+        return f"the gradient norm became {value}"
+    if parameters is not None:
+        largest = _largest_weight(parameters)
+        if not largest <= MAX_ABS_VALUE:
+            return f"a weight reached {largest:.3g} (beyond {MAX_ABS_VALUE:g})"
+    return None
+
+
+def _diverged(reason: str, step: int, config: TrainConfig, out: Path, saved_step: int | None) -> TrainingDiverged:
+    kept = (f"the last good checkpoint (step {saved_step}) is kept in {out}" if saved_step is not None
+            else "no checkpoint had been written yet")
+    return TrainingDiverged(f"training diverged at step {step}: {reason}; {kept}; try a lower --lr "
+                            f"(this run: {config.lr:g})")
+
+
+def _check_frozen_init(config: TrainConfig, frozen: tuple[str, ...]) -> None:
+    """A frozen CNN must come from trained weights, unless training on a random one is meant."""
+    if "cnn" in frozen and not config.init and not config.allow_random_frozen:
+        how = f"--stage {config.stage}" if config.freeze is None else f"--freeze {config.freeze}"
+        raise SpigaError(f"{how} freezes the CNN, which without --init stays random: give --init MODEL (trained "
+                         "weights), or --allow-random-frozen if a frozen random CNN is meant")
 
 
 class _StopRequest:
@@ -298,12 +382,11 @@ def train(config: TrainConfig) -> TrainResult:
     """Train (or fine-tune) a model as `config` says. Returns a summary; writes to `config.out`."""
     if config.resume:
         saved = _load_resume(Path(config.resume) / RESUME_FILE)
-        resumed_config = TrainConfig.from_dict(saved["config"], str(Path(config.resume) / RESUME_FILE))
-        resumed_config.resume, resumed_config.out = config.resume, config.resume
-        resumed_config.progress = config.progress
-        if config.max_steps is not None:
-            resumed_config.max_steps = config.max_steps
-        config, state = resumed_config, saved
+        config, state = _resumed_config(config, saved), saved
+        if _is_finished(config, state):
+            history = [dict(h) for h in state.get("history", [])]
+            return TrainResult(Path(config.out), int(state["step"]), int(state["epoch"]), state.get("best_nme"),
+                               history[-1]["val_nme"] if history else None, history, already_finished=True)
     else:
         state = None
     if not config.train:
@@ -336,11 +419,16 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
     stage = STAGES[config.stage]
     frozen = parse_parts(config.freeze) if config.freeze is not None else stage.frozen
     weights = LossWeights(**{**stage.weights.__dict__, **config.loss_weights})
+    _check_frozen_init(config, frozen)
     apply_freeze(model, frozen)
     convert_batch_norm(model)
     model.to(device)
     if state is not None:
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except (RuntimeError, TypeError, KeyError) as exc:
+            raise SpigaError(f"{out / RESUME_FILE}: the saved weights do not fit the model "
+                             f"({str(exc).strip().splitlines()[0][:200]})") from None
 
     scaling = DepthScaling.parse(config.depth_scaling)
     train_set = _face_dataset(datasets, mean_face, model.config, config.augment, config.seed, config.skip_bad, scaling)
@@ -384,6 +472,7 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
     step, start_epoch, skip_batches, best, history = 0, 0, 0, None, []
+    saved_step: int | None = None  # the step of the checkpoints on disk, when this run wrote or resumed them
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -391,6 +480,7 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
         best = state.get("best_nme")
         history = [dict(h) for h in state.get("history", [])]
         torch.set_rng_state(state["torch_rng"])
+        saved_step = step
         log.info("resuming at epoch %d, step %d", start_epoch, step)
 
     writer = _tensorboard(out) if dist_info.is_main else None
@@ -419,6 +509,7 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
     with _StopRequest() as stop:
         log.info("training from step %d to %d (%d per epoch); SIGTERM or Ctrl-C saves a resumable state",
                  step, total_steps, steps_per_epoch)
+        epoch = start_epoch - 1  # stays so when nothing is left to train
         for epoch in range(start_epoch, epochs):
             sampler.set_epoch(epoch)
             if hasattr(train_set, "set_epoch"):
@@ -436,13 +527,20 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
                     outputs = trained(batch["image"])
                 terms = loss_terms(outputs, batch, weights, config.smooth_l1_beta)
                 loss = sum(terms.values())
+                # a non-finite loss or gradient is never applied; weights that left plausible
+                # values stop the run before the next forward pass fails on them
+                if reason := _divergence(loss, None, None):
+                    raise _diverged(reason, step + 1, config, out, saved_step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if config.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip or math.inf)
+                if reason := _divergence(None, grad_norm, None):
+                    raise _diverged(reason, step + 1, config, out, saved_step)
                 optimizer.step()
                 scheduler.step()
                 step += 1
+                if reason := _divergence(None, None, parameters):
+                    raise _diverged(reason, step, config, out, saved_step)
                 bar.update(1)
                 loss_value = loss.item()
                 bar.set_postfix(loss=f"{loss_value:.4f}")
@@ -462,6 +560,7 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
                 if dist_info.is_main:
                     _save_resume(out / RESUME_FILE, snapshot(epoch, batch_index + 1))
                     save_checkpoint(out / "last.safetensors", model, landmarks, extra)
+                saved_step = step
                 stopped = True
                 break
             is_last = step >= total_steps or epoch == epochs - 1
@@ -480,7 +579,10 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
                 save_checkpoint(out / "last.safetensors", model, landmarks, extra)
                 if val_loader is None:  # without validation the latest weights are the best we know
                     save_checkpoint(out / "best.safetensors", model, landmarks, extra)
-                _save_resume(out / RESUME_FILE, snapshot(epoch + 1, 0))
+                # a run that stops within an epoch (--max-steps) saves where it is, so more steps continue it
+                _save_resume(out / RESUME_FILE, snapshot(epoch + 1, 0) if finished_epoch
+                             else snapshot(epoch, batch_index + 1))
+            saved_step = step
             if dist_info.distributed:
                 torch.distributed.barrier()
             if stop.requested or is_last:

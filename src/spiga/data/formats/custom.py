@@ -18,7 +18,9 @@ CSV (`.csv`, a header line, then one face per line):
     image,x0,y0,x1,y1,...,x53,y53[,v0,...,v53][,box_x,box_y,box_w,box_h][,tags]
 
 An empty x or y cell means not annotated; `v` cells are 1 / 0; `tags` are separated by
-spaces or semicolons. Column order is free.
+spaces or semicolons. Column order is free. A cell may hold up to Python's CSV limit,
+`csv.field_size_limit()` (131,072 characters by default); a longer one is refused naming
+the file and line.
 
 Image paths are relative to the file's folder, or to ROOT.
 """
@@ -132,9 +134,25 @@ def _csv_layout(header: list[str], count: int, path: Path) -> dict:
     }
 
 
-def _csv_entries(path: Path, count: int) -> list[tuple[str, object]]:
+def _csv_rows(path: Path) -> list[list[str]]:
+    """Every row of a CSV file; a cell over the CSV limit, a NUL byte or a broken quote is
+    one `DatasetError` naming the file and line. The limit is Python's per-cell limit,
+    `csv.field_size_limit()` (131,072 characters unless the application changed it),
+    read, never set: it is one value for the whole process."""
     with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
+        reader = csv.reader(handle)
+        try:
+            return list(reader)
+        except csv.Error as exc:
+            line = f"{path}:{reader.line_num}"
+            if "field larger than field limit" in str(exc):
+                raise DatasetError(f"{line}: a cell longer than {csv.field_size_limit()} characters, the CSV limit "
+                                   "per cell") from None
+            raise DatasetError(f"{line}: malformed CSV ({str(exc).strip()})") from None
+
+
+def _csv_entries(path: Path, count: int) -> list[tuple[str, object]]:
+    rows = _csv_rows(path)
     if not rows:
         raise DatasetError(f"{path}: empty CSV file (expected a header line)")
     layout = _csv_layout(rows[0], count, path)
