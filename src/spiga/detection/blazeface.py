@@ -105,9 +105,22 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+SPACING = "geometric"
+
+
+def level_scales(first_scale: float, last_scale: float, max_step: float) -> list[float]:
+    """Scales from `first_scale` up to `last_scale`, consecutive ones at most `max_step` apart."""
+    if last_scale <= first_scale:
+        return [first_scale]
+    steps = math.ceil(math.log(last_scale / first_scale) / math.log(max_step) - 1e-9)
+    if SPACING == "geometric":
+        return [first_scale * (last_scale / first_scale) ** (k / steps) for k in range(steps + 1)]
+    return [first_scale] + [last_scale / max_step ** k for k in range(steps - 1, -1, -1)]
+
+
 def plan_levels(height: int, width: int, spec: BlazeFaceSpec, min_face_size: float,
                 size_range: tuple[float, float], tile_size: int = 1024,
-                first_fraction: float | None = None) -> list[Level]:
+                first_fraction: float | None = None, letterbox: bool = False) -> list[Level]:
     """The pyramid for an image of `height` x `width` (see the module docstring).
 
     Args:
@@ -118,6 +131,8 @@ def plan_levels(height: int, width: int, spec: BlazeFaceSpec, min_face_size: flo
         first_fraction: the share of the input side the image's long side spans at level 0
             (default max_fraction, so that a face filling the image is still in range;
             1.0 is MediaPipe's letterbox).
+        letterbox: level 0 is the image centred in a model-sized input (MediaPipe's way)
+            rather than in the smallest window that holds it.
     """
     min_fraction, max_fraction = size_range
     size = spec.input_size
@@ -132,17 +147,13 @@ def plan_levels(height: int, width: int, spec: BlazeFaceSpec, min_face_size: flo
     # geometrically towards it, each step at most max_fraction / (min_fraction * BAND_MARGIN)
     last_scale = min_fraction * size / min_face_size
     max_step = max_fraction / (min_fraction * BAND_MARGIN)
-    steps = 0
-    if last_scale > first_scale:
-        steps = math.ceil(math.log(last_scale / first_scale) / math.log(max_step) - 1e-9)
-    scales = [first_scale * (last_scale / first_scale) ** (k / steps) for k in range(steps + 1)] if steps \
-        else [first_scale]
+    scales = level_scales(first_scale, last_scale, max_step)
     levels = []
     for index, scale in enumerate(scales):
         finest = index == len(scales) - 1
         smallest = min_fraction * size / scale  # image pixels
         scaled_w, scaled_h = scaled_size(height, width, scale)
-        if index == 0:  # the whole image letterboxed (centred) into one input
+        if index == 0 and letterbox:  # the whole image letterboxed (centred) into one input
             window = (size, size)
             origins = np.array([[(scaled_w - size) // 2, (scaled_h - size) // 2]])
             max_box = math.inf
@@ -151,7 +162,7 @@ def plan_levels(height: int, width: int, spec: BlazeFaceSpec, min_face_size: flo
             window_h, ys = _axis_windows(scaled_h, tile, overlap, spec.size_multiple)
             window = (window_w, window_h)
             origins = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
-            max_box = largest_kept / scale
+            max_box = math.inf if index == 0 else largest_kept / scale
         levels.append(Level(scale, window, origins.astype(np.int64),
                             0.0 if finest else smallest / BAND_MARGIN, max_box))
     return levels
@@ -269,7 +280,8 @@ class BlazeFaceDetector(Detector):
     def levels(self, height: int, width: int) -> list[Level]:
         """The pyramid this detector runs on an image of this size."""
         if not self.multiscale:  # MediaPipe's way: the image letterboxed into one input
-            first = plan_levels(height, width, self.spec, math.inf, SIZE_RANGES[self.spec.name], first_fraction=1.0)[0]
+            first = plan_levels(height, width, self.spec, math.inf, SIZE_RANGES[self.spec.name], first_fraction=1.0,
+                                letterbox=True)[0]
             return [Level(first.scale, first.window, first.origins, 0.0, math.inf)]
         return plan_levels(height, width, self.spec, self.min_face_size, SIZE_RANGES[self.spec.name],
                            self.tile_size)
