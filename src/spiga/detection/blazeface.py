@@ -11,7 +11,7 @@ detector runs a pyramid:
   still in range; it finds faces down to `min_fraction / max_fraction * max(H, W)`. The
   window is the image plus a black border of `FIRST_MARGIN` (16) pixels, rounded up to
   the size multiple, rather than the whole model input: at 640x480, 128x128 instead of
-  192x192 (less than half the pixels; the same faces found, see docs/detection.md);
+  192x192 (less than half the pixels, the same faces found: see docs/detection.md);
 - levels 1..n: the image resized by growing scales, spaced geometrically, each at most
   `max_fraction / (min_fraction * BAND_MARGIN)` (3.6 for the full model) times the
   previous one, the last one just large enough that a `min_face_size` box spans
