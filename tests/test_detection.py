@@ -19,7 +19,7 @@ from spiga.about import install_hint
 from spiga.detection import Detection, as_bgr, face_box_from_detection, make_detector
 from spiga.detection import runtime as runtimes
 from spiga.detection.blazeface import (
-    SIZE_RANGES, BlazeFaceDetector, cut_windows, not_cut_by_window_edge, plan_levels, scaled_size, to_input_array,
+    FIRST_MARGIN, SIZE_RANGES, BlazeFaceDetector, cut_windows, not_cut_by_window_edge, plan_levels, scaled_size, to_input_array,
 )
 from spiga.detection.blazeface_net import SPECS, _depth_to_space, anchor_centres, decode, min_logit, sigmoid
 from spiga.detection.boxmap import BOX_RULES, box_from_box, boxes_from_keypoints
@@ -504,17 +504,23 @@ def test_windows_cut_from_the_scaled_image():
     image[:, 100:] = 255  # right half white
     level = plan_levels(100, 200, SPECS["full"], 1000, SIZE_RANGES["full"])[0]
     (window,) = cut_windows(image, level)
-    assert window.shape == (192, 192, 3)
-    # level 0: the image's long side spans max_fraction of the input, centred, black around
+    # level 0: the image's long side spans max_fraction of the model input, centred in a
+    # window of at least FIRST_MARGIN black pixels around it, sides a multiple of 32
     span_w = round(SIZE_RANGES["full"][1] * 192)
     span_h = span_w // 2
-    left, top = (192 - span_w) // 2, (192 - span_h) // 2
+    height, width = window.shape[:2]
+    assert (width, height) == level.window and width % 32 == 0 and height % 32 == 0
+    assert width >= span_w + 2 * FIRST_MARGIN and height >= span_h + 2 * FIRST_MARGIN and width < 192
+    left, top = (width - span_w) // 2, (height - span_h) // 2
     np.testing.assert_array_equal(level.origins[0], [-left, -top])
     assert window[:top].max() == 0 and window[top + span_h:].max() == 0
     assert window[:, :left].max() == 0 and window[:, left + span_w:].max() == 0
     middle = top + span_h // 2
     assert window[middle, left:left + span_w // 2 - 1].max() == 0
     assert window[middle, left + span_w // 2 + 1:left + span_w].min() == 255
+    # MediaPipe's single pass (multiscale=False) letterboxes into the whole model input
+    (single,) = BlazeFaceDetector(multiscale=False).levels(100, 200)
+    assert single.window == (192, 192)
 
 
 def test_faces_cut_by_inner_window_edges_are_dropped():

@@ -64,7 +64,7 @@ def _runtime_options(max_batch: int = 32) -> argparse.ArgumentParser:
                         "AMX, and on CUDA; emulated elsewhere), float16 (CUDA only), float64 (the exact reference, "
                         "slow)")
     p.add_argument("--backend", default="torch", choices=list(BACKENDS),
-                   help="torch (default) or onnxruntime (--model may then be an .onnx file from `spiga export`)")
+                   help="torch (default), onnxruntime or openvino (--model may then be an .onnx file from `spiga export`)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (slow first call; pays off for long runs only)")
     p.add_argument("--max-batch", type=int, default=max_batch, metavar="FACES",

@@ -6,9 +6,12 @@ One BlazeFace pass on the whole image letterboxed into its 192x192 (full-range m
 photos at known sizes; see `SIZE_RANGES`). Smaller faces need a larger image, so the
 detector runs a pyramid:
 
-- level 0: the whole image letterboxed (centred, black borders) into one model input,
-  its long side spanning `max_fraction` of the input, so that a face filling the image
-  is still in range; it finds faces down to `min_fraction / max_fraction * max(H, W)`;
+- level 0: the whole image letterboxed (centred, black borders) into one window, its long
+  side spanning `max_fraction` of the model's input, so that a face filling the image is
+  still in range; it finds faces down to `min_fraction / max_fraction * max(H, W)`. The
+  window is the image plus a black border of `FIRST_MARGIN` (16) pixels, rounded up to
+  the size multiple, rather than the whole model input: at 640x480, 128x128 instead of
+  192x192 (less than half the pixels, the same faces found: see docs/detection.md);
 - levels 1..n: the image resized by growing scales, spaced geometrically, each at most
   `max_fraction / (min_fraction * BAND_MARGIN)` (3.6 for the full model) times the
   previous one, the last one just large enough that a `min_face_size` box spans
@@ -105,9 +108,31 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def level_scales(first_scale: float, last_scale: float, max_step: float) -> list[float]:
+    """Scales from `first_scale` to `last_scale`, spaced geometrically, at most `max_step` apart."""
+    if last_scale <= first_scale:
+        return [first_scale]
+    steps = math.ceil(math.log(last_scale / first_scale) / math.log(max_step) - 1e-9)
+    return [first_scale * (last_scale / first_scale) ** (k / steps) for k in range(steps + 1)]
+
+
+# Black border (pixels) around the image at level 0. MediaPipe letterboxes into the whole
+# model input; what matters to the network is the black context around the image, not the
+# input's size: with 16 px the detector found exactly the same faces on 28 synthetic group
+# photos and collages (docs/detection.md) for under half of level 0's pixels at 640x480.
+FIRST_MARGIN = 16
+
+
+def first_window(scaled_w: int, scaled_h: int, spec: BlazeFaceSpec) -> tuple[int, int]:
+    """The window of level 0: the scaled image with `FIRST_MARGIN` pixels of black border on
+    every side, rounded up to the size multiple, at most the model's input."""
+    return tuple(min(spec.input_size, _round_up(side + 2 * FIRST_MARGIN, spec.size_multiple))
+                 for side in (scaled_w, scaled_h))
+
+
 def plan_levels(height: int, width: int, spec: BlazeFaceSpec, min_face_size: float,
                 size_range: tuple[float, float], tile_size: int = 1024,
-                first_fraction: float | None = None) -> list[Level]:
+                first_fraction: float | None = None, letterbox: bool = False) -> list[Level]:
     """The pyramid for an image of `height` x `width` (see the module docstring).
 
     Args:
@@ -118,6 +143,8 @@ def plan_levels(height: int, width: int, spec: BlazeFaceSpec, min_face_size: flo
         first_fraction: the share of the input side the image's long side spans at level 0
             (default max_fraction, so that a face filling the image is still in range;
             1.0 is MediaPipe's letterbox).
+        letterbox: level 0 is the image centred in a model-sized input (MediaPipe's way)
+            rather than in `first_window` (the image and a `FIRST_MARGIN` black border).
     """
     min_fraction, max_fraction = size_range
     size = spec.input_size
@@ -132,19 +159,15 @@ def plan_levels(height: int, width: int, spec: BlazeFaceSpec, min_face_size: flo
     # geometrically towards it, each step at most max_fraction / (min_fraction * BAND_MARGIN)
     last_scale = min_fraction * size / min_face_size
     max_step = max_fraction / (min_fraction * BAND_MARGIN)
-    steps = 0
-    if last_scale > first_scale:
-        steps = math.ceil(math.log(last_scale / first_scale) / math.log(max_step) - 1e-9)
-    scales = [first_scale * (last_scale / first_scale) ** (k / steps) for k in range(steps + 1)] if steps \
-        else [first_scale]
+    scales = level_scales(first_scale, last_scale, max_step)
     levels = []
     for index, scale in enumerate(scales):
         finest = index == len(scales) - 1
         smallest = min_fraction * size / scale  # image pixels
         scaled_w, scaled_h = scaled_size(height, width, scale)
-        if index == 0:  # the whole image letterboxed (centred) into one input
-            window = (size, size)
-            origins = np.array([[(scaled_w - size) // 2, (scaled_h - size) // 2]])
+        if index == 0:  # the whole image centred in black borders (letterboxed) in one window
+            window = (size, size) if letterbox else first_window(scaled_w, scaled_h, spec)
+            origins = np.array([[(scaled_w - window[0]) // 2, (scaled_h - window[1]) // 2]])
             max_box = math.inf
         else:
             window_w, xs = _axis_windows(scaled_w, tile, overlap, spec.size_multiple)
@@ -260,6 +283,7 @@ class BlazeFaceDetector(Detector):
         self.device = torch.device(device)
         self.runtime = make_runtime(backend, model, self.device)
         self._anchors: dict[tuple[int, int], np.ndarray] = {}
+        self._levels: dict[tuple[int, int], list[Level]] = {}
 
     @property
     def backend(self) -> str:
@@ -267,9 +291,17 @@ class BlazeFaceDetector(Detector):
         return self.runtime.name
 
     def levels(self, height: int, width: int) -> list[Level]:
-        """The pyramid this detector runs on an image of this size."""
+        """The pyramid this detector runs on an image of this size (planned once a size)."""
+        if (height, width) not in self._levels:
+            if len(self._levels) >= 64:  # many image sizes (a folder of photos): memory stays bounded
+                self._levels.clear()
+            self._levels[(height, width)] = self._plan(height, width)
+        return self._levels[(height, width)]
+
+    def _plan(self, height: int, width: int) -> list[Level]:
         if not self.multiscale:  # MediaPipe's way: the image letterboxed into one input
-            first = plan_levels(height, width, self.spec, math.inf, SIZE_RANGES[self.spec.name], first_fraction=1.0)[0]
+            first = plan_levels(height, width, self.spec, math.inf, SIZE_RANGES[self.spec.name], first_fraction=1.0,
+                                letterbox=True)[0]
             return [Level(first.scale, first.window, first.origins, 0.0, math.inf)]
         return plan_levels(height, width, self.spec, self.min_face_size, SIZE_RANGES[self.spec.name],
                            self.tile_size)

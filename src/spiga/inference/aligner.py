@@ -302,13 +302,14 @@ def load(model: str | os.PathLike = "wflw", device: str | torch.device | None = 
     Args:
         model: a named official model (`wflw`, `300wpublic`, `300wprivate`, `merlrav`,
             `cofw68`; downloaded and cached on first use), a spiga checkpoint path, or,
-            with `backend="onnxruntime"`, an `.onnx` file written by `spiga export`.
+            with `backend="onnxruntime"` or `"openvino"`, an `.onnx` file written by `spiga export`.
         device: `"cpu"`, `"cuda"`, `"cuda:1"`, ...; None picks CUDA when available, else CPU.
         precision: `"float32"` (default), `"bfloat16"` (CPU with AVX-512 BF16/AMX, or CUDA)
             or `"float16"` (CUDA only). The backbone runs in it; pose and landmark geometry
             stay float32.
-        backend: `"torch"` (default) or `"onnxruntime"` (float32; a checkpoint is exported
-            to a temporary .onnx file first).
+        backend: `"torch"` (default), `"onnxruntime"` (float32) or `"openvino"` (float32, or
+            bfloat16 where the CPU has it; the `openvino` extra); for these two a checkpoint
+            is exported to a temporary .onnx file first.
         compile: `torch.compile` the network (frozen weights). Pays off only for long runs:
             every new batch size compiles for about a minute on a small CPU.
         options: `max_batch` (faces per network call, default 32), `detector` (the face
@@ -332,13 +333,13 @@ def _load(model: str | os.PathLike, device: str | torch.device | None, precision
           **options: Any) -> Aligner:
     if backend not in BACKENDS:
         raise SpigaError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    if backend == "onnxruntime":
-        from .onnx_backend import open_onnx_backend
+    if backend != "torch":  # onnxruntime, openvino: a graph written by `spiga export`
+        from .onnx_backend import open_graph_backend
 
         unknown = set(options) - {"max_batch", "detector", "tune_process", "depth_scaling"}
         if unknown:
             raise TypeError(f"load() got unexpected options: {', '.join(sorted(unknown))}")
-        onnx, name = open_onnx_backend(model, device, precision, compile, options.get("max_batch", 32))
+        onnx, name = open_graph_backend(backend, model, device, precision, compile, options.get("max_batch", 32))
         depth = options.get("depth_scaling")
         return Aligner.from_backend(onnx, onnx.landmark_set, onnx.config, name, options.get("detector", "blazeface"),
                                     model_depth_scaling(onnx.header, name) if depth is None else depth)

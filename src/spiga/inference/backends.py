@@ -8,6 +8,8 @@ landmarks (B, L, 2) in crop pixels and pose (B, 6), both float64 NumPy arrays. T
   optionally `torch.compile`d; runs the inference copy of the `SPIGA` made by
   `prepare_for_inference` (the model's own forward, transformed).
 - `OnnxBackend` (`onnx_backend.py`): onnxruntime on a graph written by `spiga export`.
+- `OpenVinoBackend` (`openvino_backend.py`): OpenVINO's CPU plugin on the same graph
+  (float32, or bfloat16 where the CPU has it; the `openvino` extra).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .optimize import precision_dtype, prepare_for_inference
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 
 _GLIBC_M_TRIM_THRESHOLD = -1
 _GLIBC_M_MMAP_THRESHOLD = -3

@@ -1,4 +1,6 @@
-"""onnxruntime backend: runs a graph written by `spiga export` (see `onnx_export`)."""
+"""Backends that run a graph written by `spiga export` (see `onnx_export`): what they share
+(`GraphBackend`: the graph's metadata, batching, `predict_crops`) and onnxruntime's
+(`OnnxBackend`); OpenVINO's is in `openvino_backend`."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,53 @@ def _import_onnxruntime():
     return onnxruntime
 
 
-class OnnxBackend:
+class GraphBackend:
+    """What every backend running a graph written by `spiga export` shares: the spiga metadata
+    the graph carries (model sizes, landmark set, mean face), the batch size it may fix, and
+    `predict_crops` around one network call. Subclasses load the graph, call `_read_graph`
+    and implement `_run`."""
+
+    name = "graph"
+    precision = "float32"
+
+    def _read_graph(self, path: Path, metadata: Mapping[str, str], batch_size: int | None, max_batch: int) -> None:
+        """Set `header`, `config`, `landmark_set`, `mean_face_3d`, `fixed_batch`, `max_batch` and
+        `image_size` from the graph's metadata and its input's batch size (None when free)."""
+        if METADATA_KEY not in metadata:
+            raise SpigaError(f"{path}: ONNX file without spiga metadata (not written by `spiga export`?)")
+        try:
+            self.header = json.loads(metadata[METADATA_KEY])
+            self.config = ModelConfig.from_dict(self.header["model_config"])
+            self.landmark_set = LandmarkSet.from_dict(self.header["landmarks"])
+            self.mean_face_3d = _mean_face(self.header, self.config.num_landmarks)
+        except (ValueError, KeyError, TypeError, SpigaError) as exc:
+            raise SpigaError(f"{path}: bad spiga metadata ({exc})") from None
+        self.fixed_batch = batch_size
+        self.max_batch = self.fixed_batch or int(max_batch)
+        self.image_size = self.config.image_size
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 3, S, S) float32 crops in [0, 1] -> landmarks (B, L, 2) crop units, pose (B, 6)."""
+        raise NotImplementedError
+
+    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, S, S, 3) BGR uint8 -> landmarks (B, L, 2) crop pixels, pose (B, 6); float64."""
+        landmarks, poses = [], []
+        for start in range(0, len(crops), self.max_batch):
+            chunk = crops[start:start + self.max_batch]
+            count = len(chunk)
+            if self.fixed_batch and count < self.fixed_batch:
+                chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - count, *chunk.shape[1:]), chunk.dtype)])
+            images = np.ascontiguousarray(chunk.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+            points, pose = self._run(images)
+            landmarks.append(points[:count].astype(np.float64) * self.image_size)
+            poses.append(pose[:count].astype(np.float64))
+        if not landmarks:
+            return np.zeros((0, self.config.num_landmarks, 2)), np.zeros((0, 6))
+        return np.concatenate(landmarks), np.concatenate(poses)
+
+
+class OnnxBackend(GraphBackend):
     """`predict_crops` with onnxruntime.
 
     Args:
@@ -40,7 +89,6 @@ class OnnxBackend:
     """
 
     name = "onnxruntime"
-    precision = "float32"
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", max_batch: int = 32,
                  threads: int | None = None):
@@ -65,36 +113,13 @@ class OnnxBackend:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise SpigaError(f"{self.path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in metadata:
-            raise SpigaError(f"{self.path}: ONNX file without spiga metadata (not written by `spiga export`?)")
-        try:
-            self.header = json.loads(metadata[METADATA_KEY])
-            self.config = ModelConfig.from_dict(self.header["model_config"])
-            self.landmark_set = LandmarkSet.from_dict(self.header["landmarks"])
-            self.mean_face_3d = _mean_face(self.header, self.config.num_landmarks)
-        except (ValueError, KeyError, TypeError, SpigaError) as exc:
-            raise SpigaError(f"{self.path}: bad spiga metadata ({exc})") from None
-        shape = self.session.get_inputs()[0].shape
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
-        self.max_batch = self.fixed_batch or int(max_batch)
-        self.image_size = self.config.image_size
+        batch = self.session.get_inputs()[0].shape[0]
+        self._read_graph(self.path, self.session.get_modelmeta().custom_metadata_map,
+                         batch if isinstance(batch, int) else None, max_batch)
 
-    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, S, S, 3) BGR uint8 -> landmarks (B, L, 2) crop pixels, pose (B, 6); float64."""
-        landmarks, poses = [], []
-        for start in range(0, len(crops), self.max_batch):
-            chunk = crops[start:start + self.max_batch]
-            count = len(chunk)
-            if self.fixed_batch and count < self.fixed_batch:
-                chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - count, *chunk.shape[1:]), chunk.dtype)])
-            images = np.ascontiguousarray(chunk.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
-            points, pose = self.session.run(["landmarks", "pose"], {"images": images})
-            landmarks.append(points[:count].astype(np.float64) * self.image_size)
-            poses.append(pose[:count].astype(np.float64))
-        if not landmarks:
-            return np.zeros((0, self.config.num_landmarks, 2)), np.zeros((0, 6))
-        return np.concatenate(landmarks), np.concatenate(poses)
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        points, pose = self.session.run(["landmarks", "pose"], {"images": images})
+        return points, pose
 
 
 def _mean_face(header: dict, num_landmarks: int) -> np.ndarray | None:
@@ -107,23 +132,35 @@ def _mean_face(header: dict, num_landmarks: int) -> np.ndarray | None:
     return mean_face
 
 
-def open_onnx_backend(model: str | os.PathLike, device: Any = None, precision: str = "float32",
-                      compile: bool = False, max_batch: int = 32) -> tuple[OnnxBackend, str]:
-    """The backend of `spiga.load(..., backend="onnxruntime")` and the model's name: an .onnx
-    file, or a checkpoint exported on the fly (to a temporary file, removed once loaded)."""
+def open_graph_backend(backend: str, model: str | os.PathLike, device: Any = None, precision: str = "float32",
+                       compile: bool = False, max_batch: int = 32) -> tuple[GraphBackend, str]:
+    """The backend of `spiga.load(..., backend=B)` for B `onnxruntime` or `openvino`, and the
+    model's name: an .onnx file, or a checkpoint exported on the fly (to a temporary file,
+    removed once loaded)."""
     from ..hub import resolve_model
     from .onnx_export import export_onnx
 
-    if precision != "float32":
-        raise SpigaError(f"the onnxruntime backend runs float32 only (asked for {precision!r})")
     if compile:
         raise SpigaError("compile applies to the torch backend only")
     device = "cpu" if device is None else str(device)
+    if backend == "onnxruntime":
+        if precision != "float32":
+            raise SpigaError(f"the onnxruntime backend runs float32 only (asked for {precision!r})")
+
+        def open_graph(path):
+            return OnnxBackend(path, device, max_batch)
+    elif backend == "openvino":
+        from .openvino_backend import OpenVinoBackend
+
+        def open_graph(path):
+            return OpenVinoBackend(path, device, precision, max_batch)
+    else:
+        raise SpigaError(f"{backend!r} does not run exported graphs (onnxruntime and openvino do)")
     if str(model).endswith(".onnx"):
-        return OnnxBackend(model, device, max_batch), str(model)
+        return open_graph(model), str(model)
     path = resolve_model(model)
     with tempfile.TemporaryDirectory(prefix="spiga-onnx-") as folder:
-        log.info("exporting %s to ONNX for onnxruntime", path)
-        onnx_path = export_onnx(path, Path(folder) / "model.onnx", dynamic_batch=True)
-        backend = OnnxBackend(onnx_path, device, max_batch)
-    return backend, str(path)
+        log.info("exporting %s to ONNX for %s", path, backend)
+        # the batch axis stays free: the backend fixes nothing the caller did not ask for
+        graph = open_graph(export_onnx(path, Path(folder) / "model.onnx", dynamic_batch=True))
+    return graph, str(path)
