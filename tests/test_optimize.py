@@ -191,7 +191,7 @@ def test_bfloat16_keeps_geometry_in_float32(tiny_checkpoint, path):
     with forced_cpu_features(**path):
         prepared = prepare_for_inference(load_checkpoint(tiny_checkpoint).model, "bfloat16", "cpu")
     assert prepared.mean_face_3d.dtype == torch.float32 and prepared.pose_fc.weight.dtype == torch.float32
-    assert prepared.theta_S[0].dtype == torch.float32 and prepared.camera_matrix.dtype == torch.float32
+    assert prepared.window_scale_matrices[0].dtype == torch.float32 and prepared.camera_matrix.dtype == torch.float32
     assert prepared.visual_cnn.compute_dtype == torch.bfloat16 and prepared.cascade_dtype == torch.bfloat16
     with torch.inference_mode():
         out = prepared(torch.rand(1, 3, 128, 128))

@@ -123,7 +123,7 @@ def test_full_queue_is_refused_with_retry_after():
     model.release.clear()  # the model blocks until released: requests pile up
 
     async def main():
-        batcher = Batcher(model.predict, max_batch=1, max_wait_ms=0, max_queue=2, workers=1)
+        batcher = Batcher(model.predict, max_batch=1, max_wait_ms=0, max_queue=2, model_threads=1)
         running = asyncio.ensure_future(batcher.submit(crops_marked(0)))
         await asyncio.sleep(0.05)  # taken by the (blocked) model: no longer queued
         queued = [asyncio.ensure_future(batcher.submit(crops_marked(i))) for i in (1, 2)]
@@ -180,11 +180,11 @@ def test_model_errors_reach_every_request_of_the_batch():
     assert all(isinstance(r, RuntimeError) and "exploded" in str(r) for r in results)
 
 
-def test_several_workers_run_passes_at_once():
+def test_several_model_threads_run_passes_at_once():
     model = FakeModel(together=3)  # a pass returns only once three passes run at the same time
 
     async def main():
-        batcher = Batcher(model.predict, max_batch=1, max_wait_ms=0, max_queue=10, workers=3)
+        batcher = Batcher(model.predict, max_batch=1, max_wait_ms=0, max_queue=10, model_threads=3)
         results = await asyncio.gather(*(batcher.submit(crops_marked(i)) for i in range(3)))
         await batcher.stop()
         return results

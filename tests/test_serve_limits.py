@@ -50,9 +50,9 @@ class FakeQueue:
         self.running_faces = running
 
 
-def admission(queued=0, running=0, seconds_per_face=1.0, decode_workers=1, max_queue=100) -> Admission:
+def admission(queued=0, running=0, seconds_per_face=1.0, decode_threads=1, max_queue=100) -> Admission:
     costs = Costs(shape=[(1, seconds_per_face)], decode_per_mp=0.1, detect_per_mp=1.0)
-    return Admission(costs, FakeQueue(queued, running), decode_workers, 1, max_queue, max_faces=16)
+    return Admission(costs, FakeQueue(queued, running), decode_threads, 1, max_queue, max_faces=16)
 
 
 def test_admission_refuses_what_cannot_meet_its_deadline():
@@ -137,6 +137,22 @@ def test_costs_follow_a_rise_faster_than_a_fall():
     assert risen - 1.0 > risen - costs.seconds_per_face > 0  # a third of the way up, a tenth down
     costs.observe_pass(2, float("nan"))
     assert np.isfinite(costs.seconds_per_face)
+
+
+def test_settings_take_the_cli_names_and_the_old_ones_with_a_warning():
+    settings = ServeSettings(model_threads=2, decode_threads=3)
+    assert (settings.model_threads, settings.decode_threads) == (2, 3)
+    with pytest.warns(DeprecationWarning, match="model_threads"):
+        old = ServeSettings(workers=2)
+    with pytest.warns(DeprecationWarning, match="decode_threads"):
+        assert old.decode_workers == 1
+    assert old.model_threads == 2
+    with pytest.raises(TypeError, match="both"):
+        ServeSettings(workers=2, model_threads=2)
+    with pytest.raises(spiga.SpigaError, match="model_threads must be >= 1"):
+        ServeSettings(model_threads=0)
+    with pytest.warns(DeprecationWarning, match="model_threads"):
+        assert Batcher(lambda crops: crops, workers=3).model_threads == 3
 
 
 def test_cap_detections_keeps_the_best_scores_in_order():

@@ -735,8 +735,8 @@ def _run_serve(args) -> int:
     limit_malloc_arenas()  # before the model and the threads allocate (see its docstring)
 
     api_key = args.api_key or os.environ.get("SPIGA_API_KEY") or None
-    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.model_threads,
-                             decode_workers=args.decode_threads, max_queue=args.max_queue,
+    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, model_threads=args.model_threads,
+                             decode_threads=args.decode_threads, max_queue=args.max_queue,
                              max_inflight=args.max_inflight, max_faces=args.max_faces,
                              max_image_mb=args.max_image_mb, max_pixels=args.max_pixels, timeout=args.timeout,
                              body_timeout=args.body_timeout, max_streams=args.max_streams,

@@ -4,7 +4,9 @@ The official SPIGA stores its cascade channels-first: 1x1 `Conv1d` weights (O, I
 three attention projections `attn.proj.{0,1,2}` and `Conv2d` window weights (D, C, K, K).
 `spiga.model` runs token-major: `Linear` weights (O, I), one `attn.qkv` projection
 (query, key, value stacked) and window weights (D, K * K * C) in the (row, column,
-channel) order of the gathered samples. Every other tensor has the same name and shape.
+channel) order of the gathered samples. The window scale matrices, officially
+`theta_S.N`, are `window_scale_matrices.N` here. Every other tensor has the same name
+and shape.
 
 `official_to_own` runs as a load_state_dict pre-hook of `SPIGA`, so official state_dicts
 (and checkpoints written before this layout) load with `strict=True`; it leaves tensors
@@ -20,6 +22,8 @@ import torch
 _PROJECTION = re.compile(r"^(?P<attn>.*\.attn)\.proj\.(?P<index>[012])\.(?P<kind>weight|bias)$")
 _CASCADE_LINEAR = re.compile(r"^(gcn|shape_encoder)\..*\.weight$")
 _WINDOW = re.compile(r"^conv_window\.\d+\.weight$")
+#: The official name of the window scale matrices' buffers (`theta_S.0`, `theta_S.1`, ...).
+_OFFICIAL_SCALES, _OWN_SCALES = "theta_S.", "window_scale_matrices."
 
 
 def official_to_own(state_dict: dict[str, torch.Tensor], prefix: str = "") -> None:
@@ -37,6 +41,9 @@ def official_to_own(state_dict: dict[str, torch.Tensor], prefix: str = "") -> No
             state_dict[key] = value.squeeze(-1)
         elif _WINDOW.match(name) and value.dim() == 4:
             state_dict[key] = value.permute(0, 2, 3, 1).reshape(value.shape[0], -1)
+        elif name.startswith(_OFFICIAL_SCALES):
+            del state_dict[key]
+            state_dict[prefix + _OWN_SCALES + name[len(_OFFICIAL_SCALES):]] = value
     for (attn, kind), parts in projections.items():
         if sorted(parts) != [0, 1, 2]:
             # incomplete: put them back under their names, for load_state_dict to report
@@ -63,6 +70,8 @@ def own_to_official(state_dict: dict[str, torch.Tensor], channels: int, window_k
             official[name] = value.unsqueeze(-1)
         elif _WINDOW.match(name) and value.dim() == 2:
             official[name] = value.reshape(value.shape[0], window_kernel, window_kernel, channels).permute(0, 3, 1, 2)
+        elif name.startswith(_OWN_SCALES):
+            official[_OFFICIAL_SCALES + name[len(_OWN_SCALES):]] = value
         else:
             official[name] = value
     return official

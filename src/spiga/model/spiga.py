@@ -70,8 +70,9 @@ class SPIGA(nn.Module):
         feature = config.feature_size
         kernel = config.window_kernel
         window_sides = [config.window_scale / 2 ** step * feature for step in range(config.cascade_steps)]
-        # affine_grid-style scale of a K-sample window spanning `side` feature cells
-        self.theta_S = BufferList([
+        # affine_grid-style scale of a K-sample window spanning `side` feature cells (the
+        # official checkpoints call them `theta_S`; `spiga.model.layout` maps the name)
+        self.window_scale_matrices = BufferList([
             torch.eye(2) * (kernel / feature * (side - 1) / (kernel - 1)) for side in window_sides])
         self.offset_ratio = [config.window_scale / 2 ** step / 2 for step in range(config.cascade_steps)]
         # the K x K window convolution as a linear map of the gathered (row, column, channel) samples
@@ -122,7 +123,7 @@ class SPIGA(nn.Module):
     def window_offsets(self, step: int) -> torch.Tensor:
         """(K,) sample offsets of the step's window from its centre, in feature pixels:
         `affine_grid` scale times its base grid, in `grid_sample`'s pixel units (F / 2 a unit)."""
-        theta = self.theta_S[step]
+        theta = self.window_scale_matrices[step]
         kernel = self.config.window_kernel
         # affine_grid's base grid (align_corners=False), made in theta's dtype as affine_grid does
         base = (2 * torch.arange(kernel, dtype=theta.dtype, device=theta.device) + 1) / kernel - 1

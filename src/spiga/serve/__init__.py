@@ -14,9 +14,10 @@ import logging
 import os
 import sys
 
-from .app import ServeSettings, create_app
+from .app import create_app
 from .batcher import Batcher
 from .errors import CODES, ApiError
+from .settings import ServeSettings
 
 __all__ = ["ApiError", "Batcher", "CODES", "ServeSettings", "create_app", "limit_malloc_arenas", "run"]
 

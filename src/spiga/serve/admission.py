@@ -120,10 +120,10 @@ class Costs:
             return 0.0
         return faces * _log_interpolate(self.shape, faces) * self.level
 
-    def drain(self, faces: int, max_batch: int, workers: int = 1) -> float:
+    def drain(self, faces: int, max_batch: int, model_threads: int = 1) -> float:
         """Estimated time to run `faces` queued faces in passes of up to `max_batch`."""
         full, rest = divmod(max(0, int(faces)), max_batch)
-        return (full * self.pass_seconds(max_batch) + self.pass_seconds(rest)) / workers
+        return (full * self.pass_seconds(max_batch) + self.pass_seconds(rest)) / model_threads
 
     def observe_pass(self, faces: int, seconds: float) -> None:
         """A forward pass of `faces` faces took `seconds`."""
@@ -168,19 +168,19 @@ class Admission:
     Args:
         costs: the running cost estimates (shared with the batcher and the decode threads).
         model: the batcher (its queued and running faces).
-        decode_workers: threads that decode and detect, side by side.
-        workers: forward passes that may run at once.
+        decode_threads: threads that decode and detect, side by side.
+        model_threads: forward passes that may run at once.
         max_queue: most faces waiting for the model (expected or queued).
         max_faces: most faces per image (caps the faces reserved for a detection).
         max_batch: most faces per forward pass.
     """
 
-    def __init__(self, costs: Costs, model: ModelQueue, decode_workers: int, workers: int, max_queue: int,
+    def __init__(self, costs: Costs, model: ModelQueue, decode_threads: int, model_threads: int, max_queue: int,
                  max_faces: int, max_batch: int = 16) -> None:
         self.costs = costs
         self.model = model
-        self.decode_workers = int(decode_workers)
-        self.workers = int(workers)
+        self.decode_threads = int(decode_threads)
+        self.model_threads = int(model_threads)
         self.max_batch = int(max_batch)
         self.max_queue = int(max_queue)
         self.max_faces = int(max_faces)
@@ -201,17 +201,17 @@ class Admission:
         """Seconds until a request is done: its decodes after `decode_ahead` seconds of
         decoding, its faces after `faces_ahead` faces (see the module docstring)."""
         costs = self.costs
-        decode_done = decode_ahead / self.decode_workers + max(max(own_decode, default=0.0),
-                                                               sum(own_decode) / self.decode_workers)
-        after_decode = decode_done + costs.drain(own_faces, self.max_batch, self.workers)
-        return max(after_decode, costs.drain(faces_ahead + own_faces, self.max_batch, self.workers))
+        decode_done = decode_ahead / self.decode_threads + max(max(own_decode, default=0.0),
+                                                               sum(own_decode) / self.decode_threads)
+        after_decode = decode_done + costs.drain(own_faces, self.max_batch, self.model_threads)
+        return max(after_decode, costs.drain(faces_ahead + own_faces, self.max_batch, self.model_threads))
 
     def _model_backlog(self) -> float:
-        return self.costs.drain(self._faces_ahead(), self.max_batch, self.workers)
+        return self.costs.drain(self._faces_ahead(), self.max_batch, self.model_threads)
 
     def drain_seconds(self) -> float:
         """Estimated time until the accepted work is done (both stages side by side)."""
-        return max(self.decode_backlog / self.decode_workers, self._model_backlog())
+        return max(self.decode_backlog / self.decode_threads, self._model_backlog())
 
     def retry_after(self) -> int:
         """`Retry-After` seconds: the accepted work's drain time, at least 1."""

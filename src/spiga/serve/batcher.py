@@ -8,7 +8,7 @@ requests that fit in `max_batch` faces (never splitting one request that fits) t
 A request larger than `max_batch` runs alone, in passes of `max_batch` faces: between
 them (the batch boundary) a request that is no longer waited for (answered 504, or
 cancelled) is dropped, so the model never runs on for an answer nobody reads. While all
-`workers` inference threads are busy the collector waits, so under load batches grow
+`model_threads` inference threads are busy the collector waits, so under load batches grow
 instead of queueing more passes.
 
 Overload is answered, not absorbed: a request that would take the queue past
@@ -25,6 +25,7 @@ import asyncio
 import logging
 import math
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -101,22 +102,28 @@ class Batcher:
         max_batch: most faces per forward pass (a single larger request runs alone).
         max_wait_ms: longest time the oldest queued request waits for company.
         max_queue: most faces waiting (not yet running); more is refused (503).
-        workers: inference threads, i.e. forward passes that may run at once.
+        model_threads: inference threads, i.e. forward passes that may run at once
+            (`spiga serve --model-threads`).
         timeout: seconds a request may wait for its result (504 after).
         metrics: where batch sizes, pass times and the queue depth are recorded.
         costs: running cost estimates that each pass updates (its own when None).
+        workers: the old name of `model_threads` (a DeprecationWarning; goes in the next release).
     """
 
     def __init__(self, predict: Predict, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 256,
-                 workers: int = 1, timeout: float = 30.0, metrics: Metrics | None = None,
-                 costs: Costs | None = None) -> None:
-        if max_batch < 1 or max_queue < 1 or workers < 1 or max_wait_ms < 0 or timeout <= 0:
-            raise ValueError("max_batch, max_queue and workers must be >= 1, max_wait_ms >= 0, timeout > 0")
+                 model_threads: int = 1, timeout: float = 30.0, metrics: Metrics | None = None,
+                 costs: Costs | None = None, *, workers: int | None = None) -> None:
+        if workers is not None:
+            warnings.warn("Batcher(workers=...) is now model_threads=...; the old name goes in the next release",
+                          DeprecationWarning, stacklevel=2)
+            model_threads = workers
+        if max_batch < 1 or max_queue < 1 or model_threads < 1 or max_wait_ms < 0 or timeout <= 0:
+            raise ValueError("max_batch, max_queue and model_threads must be >= 1, max_wait_ms >= 0, timeout > 0")
         self.predict = predict
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait_ms) / 1000.0
         self.max_queue = int(max_queue)
-        self.workers = int(workers)
+        self.model_threads = int(model_threads)
         self.timeout = float(timeout)
         self.metrics = metrics
         self._pending: deque[_Job] = deque()
@@ -140,8 +147,8 @@ class Batcher:
         if self.started:
             return
         self._arrived = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.workers)
-        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="spiga-infer")
+        self._slots = asyncio.Semaphore(self.model_threads)
+        self._executor = ThreadPoolExecutor(self.model_threads, thread_name_prefix="spiga-infer")
         self._collector = asyncio.get_running_loop().create_task(self._collect(), name="spiga-batcher")
 
     async def stop(self) -> None:
@@ -179,7 +186,7 @@ class Batcher:
 
     def retry_after(self) -> int:
         """Seconds after which a refused request may find room: the queue's drain time."""
-        drain = (self._pending_faces + self._running_faces) * self.costs.seconds_per_face / self.workers
+        drain = (self._pending_faces + self._running_faces) * self.costs.seconds_per_face / self.model_threads
         return max(1, math.ceil(drain))
 
     async def submit(self, crops: np.ndarray, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:

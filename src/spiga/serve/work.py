@@ -6,7 +6,7 @@ the batcher, all under the request's deadline and admission control.
 
 `Pipeline.align` admits the request (`spiga.serve.admission`; 503 at once when it cannot
 be answered in time, 413 when its own work is longer than the deadline), runs each
-image's header probe, decode and detection on a bounded thread pool (`decode_workers`
+image's header probe, decode and detection on a bounded thread pool (`decode_threads`
 threads; nothing that reads image bytes runs on the event loop), hands its crops to the
 batcher, and answers by the deadline: `ApiError("timeout")` (504 with `Retry-After`) if
 the work is not done by then. Work not started by then never runs; work under way is
@@ -214,7 +214,7 @@ class Pipeline:
 
     Args:
         aligner: the model.
-        settings: a `ServeSettings` (limits, workers, timeouts).
+        settings: a `ServeSettings` (limits, threads, timeouts).
         metrics: where the work is counted.
     """
 
@@ -224,8 +224,8 @@ class Pipeline:
         self.metrics = metrics
         self.costs = Costs()
         self.batcher = Batcher(aligner.predict_crops, settings.max_batch, settings.max_wait_ms, settings.max_queue,
-                               settings.workers, settings.timeout, metrics, self.costs)
-        self.admission = Admission(self.costs, self.batcher, settings.decode_workers, settings.workers,
+                               settings.model_threads, settings.timeout, metrics, self.costs)
+        self.admission = Admission(self.costs, self.batcher, settings.decode_threads, settings.model_threads,
                                    settings.max_queue, settings.max_faces, settings.max_batch)
         self._decode: ThreadPoolExecutor | None = None
         self._streams: ThreadPoolExecutor | None = None
@@ -234,7 +234,7 @@ class Pipeline:
     def start(self) -> None:
         self.batcher.start()
         if self._decode is None:
-            self._decode = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="spiga-decode")
+            self._decode = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="spiga-decode")
             self._streams = ThreadPoolExecutor(self.settings.max_streams, thread_name_prefix="spiga-stream")
 
     async def stop(self) -> None:
