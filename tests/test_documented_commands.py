@@ -92,6 +92,30 @@ def _stand_in_models(cache: Path) -> None:
         random_checkpoint(models / f"spiga_{name}.safetensors", size="tiny", landmark_set=layout, seed=seed)
 
 
+def _page_cache(stand_ins: Path, page_text: str, folder: Path) -> Path:
+    """The page's own copy of the cache (hard links): every named model, except those whose
+    official weights file the page brings itself (it then shows the conversion)."""
+    cache = folder / "spiga-home"
+    shutil.copytree(stand_ins, cache, copy_function=os.link)
+    for name in NAMED_MODELS:
+        if f"spiga_{name}.pt" in page_text:
+            (cache / "models" / f"spiga_{name}.safetensors").unlink()
+    return cache
+
+
+def _official_weights(page_text: str, folder: Path) -> None:
+    """The official weights files the page names (`spiga_wflw.pt`, ...), as the user would have
+    downloaded them: random weights in the official layout, written by ../shared's tool."""
+    tool = SHARED / "tools" / "random_spiga_weights.py"
+    for name, layout in NAMED_MODELS.items():
+        if f"spiga_{name}.pt" in page_text:
+            if not tool.is_file():
+                pytest.skip("needs ../shared/tools/random_spiga_weights.py (official-layout stand-in weights)")
+            points = "98" if layout == "wflw98" else "68"
+            subprocess.run([sys.executable, str(tool), "--landmarks", points, "--seed", "1", "--out",
+                            str(folder / f"spiga_{name}.pt")], check=True, capture_output=True, timeout=600)
+
+
 def _stand_in_user_files(folder: Path) -> None:
     """The user's photo, folder of photos and clip that the pages name."""
     import cv2
@@ -195,6 +219,9 @@ def test_page_runs_as_written(page, stand_in_cache, tmp_path):
     folder = tmp_path / "work"
     folder.mkdir()
     _stand_in_user_files(folder)
+    text = page.read_text(encoding="utf-8")
+    _official_weights(text, folder)
     home = tmp_path / "home"
     home.mkdir()
-    assert _run_page(page, folder, _environment(home, stand_in_cache)) > 0
+    cache = _page_cache(stand_in_cache, text, tmp_path)
+    assert _run_page(page, folder, _environment(home, cache)) > 0
