@@ -163,15 +163,17 @@ def parse_spiga_entries(data: Any, landmark_set: LandmarkSet, source: str) -> An
     return annotations_from_samples(samples, landmark_set, source)
 
 
-def annotations_from_samples(samples: Sequence[Sample], landmark_set: LandmarkSet, source: str) -> Annotations:
+def annotations_from_samples(samples: Sequence[Sample], landmark_set: LandmarkSet, source: str,
+                             headposes: bool = True) -> Annotations:
     """The evaluation's arrays of faces read by a `spiga.data` reader (any format).
 
     `paths` are the image paths as the file writes them where the format has them
-    (SPIGA JSON), else the image files.
+    (SPIGA JSON), else the image files. `headposes=False` leaves poses out (training's
+    validation scores landmarks only).
     """
     if not samples:
         raise DatasetError(f"{source}: no faces to score")
-    has_pose = np.array([s.headpose is not None for s in samples])
+    has_pose = np.array([headposes and s.headpose is not None for s in samples])
     if has_pose.any() and not has_pose.all():
         first = samples[int(np.flatnonzero(~has_pose)[0])]
         raise DatasetError(f"{first.source}: no 'headpose', though other entries have one (give all or none)")

@@ -25,7 +25,7 @@ class Scoring:
 
 
 def resolve_scoring(config: str, norm: str | None = None, threshold: float | None = None,
-                    db_info: DbInfo | None = None) -> Scoring:
+                    db_info: DbInfo | None = None, threshold_option: str = "--threshold") -> Scoring:
     """The scoring of `config`, with the user's norm and threshold where given.
 
     Without a norm: the first one `db_info` lists (as the original evaluator chose), else
@@ -53,7 +53,7 @@ def resolve_scoring(config: str, norm: str | None = None, threshold: float | Non
         elif norm == defaults.norm:
             threshold = defaults.threshold
         else:
-            raise InputError(f"no default threshold for norm {norm!r} on {config!r}; give one (--threshold)")
+            raise InputError(f"no default threshold for norm {norm!r} on {config!r}; give one ({threshold_option})")
     if not (math.isfinite(threshold) and threshold > 0):
         raise InputError(f"the threshold must be a positive number, not {threshold}")
     return Scoring(norm=norm, threshold=float(threshold), merlrav_convention=defaults.merlrav_convention)
@@ -80,15 +80,17 @@ def benchmark_of(fmt: str, landmark_set: LandmarkSet) -> str | None:
     return None
 
 
-def scoring_for(config: str | None, norm: str | None = None, threshold: float | None = None) -> Scoring:
+def scoring_for(config: str | None, norm: str | None = None, threshold: float | None = None,
+                threshold_option: str = "--threshold") -> Scoring:
     """`resolve_scoring` for a benchmark config, or for none (`LAYOUT_FREE_SCORING`)."""
     if config is not None:
-        return resolve_scoring(config, norm, threshold)
+        return resolve_scoring(config, norm, threshold, threshold_option=threshold_option)
     norm = norm or LAYOUT_FREE_SCORING.norm
     if norm not in NORMS:
         raise InputError(f"unknown normalisation {norm!r}; known: {', '.join(NORMS)}")
     if threshold is None and norm != LAYOUT_FREE_SCORING.norm:
-        raise InputError(f"no default threshold for norm {norm!r} on a layout of no benchmark; give one")
+        raise InputError(f"no default threshold for norm {norm!r} on a layout of no benchmark; "
+                         f"give one ({threshold_option})")
     threshold = LAYOUT_FREE_SCORING.threshold if threshold is None else threshold
     if not (math.isfinite(threshold) and threshold > 0):
         raise InputError(f"the threshold must be a positive number, not {threshold}")
