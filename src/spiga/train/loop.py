@@ -27,7 +27,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from .config import TrainConfig
 from .distributed import DistInfo, cleanup_distributed, convert_batch_norm, setup_distributed
 from .losses import adaptive_wing_loss, hourglass_weights, masked_smooth_l1, pose_loss, soft_argmax
 from .recipe import STAGES, LossWeights, apply_freeze, parse_parts, set_train_mode, trainable_parameters, transfer_weights
+
+if TYPE_CHECKING:  # spiga.evaluate is imported where validation runs
+    from ..evaluate import Annotations, NMESummary, Scoring
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +205,12 @@ class ValidationTarget:
         offsets: where each validation set starts in `truth`.
     """
 
-    truth: Any
-    scoring: Any
+    truth: Annotations
+    scoring: Scoring
     benchmark: str | None
     offsets: tuple[int, ...]
 
-    def record(self, summary: Any, epoch: int) -> dict[str, Any]:
+    def record(self, summary: NMESummary, epoch: int) -> dict[str, Any]:
         """The checkpoint header's `validation` object."""
         return {"nme": summary.nme, "norm": self.scoring.norm, "threshold": self.scoring.threshold,
                 "config": self.benchmark, "auc": summary.auc, "fr": summary.fr,
@@ -257,7 +260,8 @@ def predict_validation(model: SPIGA, loader, device: torch.device, target: Valid
     return pred
 
 
-def validate(model: SPIGA, loader, device: torch.device, target: ValidationTarget, autocast=nullcontext):
+def validate(model: SPIGA, loader, device: torch.device, target: ValidationTarget,
+             autocast=nullcontext) -> NMESummary:
     """The validation figures (`spiga.evaluate.NMESummary`) of `model`: the metric of
     `spiga evaluate`, on the faces predicted (all but images skipped under --skip-bad)."""
     from ..evaluate import landmark_report
