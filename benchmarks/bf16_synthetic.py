@@ -33,6 +33,7 @@ import cv2  # noqa: E402
 import torch  # noqa: E402
 
 from spiga.checkpoint import build_model  # noqa: E402
+from spiga.evaluate.metrics import landmark_report  # noqa: E402
 from spiga.geometry.rotations import euler_to_rotation  # noqa: E402
 from spiga.inference.optimize import prepare_for_inference  # noqa: E402
 from spiga.landmarks import WFLW_98, read_mean_face  # noqa: E402
@@ -73,10 +74,11 @@ def batch(rng, n, mean_face, camera):
 
 
 def nme(predicted: np.ndarray, target: np.ndarray) -> float:
-    """Mean point error over the outer-eye-corner distance, in %, over a batch (B, L, 2)."""
-    right, left = WFLW_98.eye_corners
-    norm = np.linalg.norm(target[:, right] - target[:, left], axis=-1)
-    return float(100 * np.mean(np.linalg.norm(predicted - target, axis=-1).mean(1) / norm))
+    """NME over the outer-eye-corner distance, in %, of a batch (B, L, 2): the project's one
+    metric (`spiga.evaluate.metrics`, as `spiga evaluate --norm corners` scores)."""
+    annotated = np.ones(target.shape[:2], bool)
+    boxes = np.tile([0.0, 0.0, 256.0, 256.0], (len(target), 1))  # unused by the corners norm
+    return landmark_report(target, predicted, annotated, boxes, WFLW_98, "corners", 10.0).overall.nme
 
 
 def main(argv: list[str] | None = None) -> int:

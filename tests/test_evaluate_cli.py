@@ -160,8 +160,8 @@ def test_subsets_from_db_info(tmp_path, capsys):
 
 @pytest.mark.parametrize("case, message", [
     ("short", r"pred\.json: has 2 entries but .*gt\.json has 3"),
-    ("nan", r"pred\.json: entry 1 \(img1\.png\): 'landmarks' has a NaN"),
-    ("unknown_id", r"pred\.json: entry 2 \(img2\.png\): unknown landmark id 4242"),
+    ("nan", r"pred\.json: entry 1 \(img1\.png\): no prediction for landmark id"),  # NaN = not predicted
+    ("unknown_id", r"pred\.json, entry 2: unknown landmark id 4242"),
     ("missing", r"pred\.json: entry 0 \(img0\.png\): no prediction for landmark id"),
     ("empty", r"pred\.json: the file is empty"),
 ])

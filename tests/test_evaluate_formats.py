@@ -74,8 +74,22 @@ def test_without_ids_an_entry_lists_the_whole_layout(tmp_path):
     np.testing.assert_allclose(ann.landmarks[0], entry["landmarks"])
     entry["landmarks"] = entry["landmarks"][:60]
     entry["visible"] = entry["visible"][:60]
-    with pytest.raises(DatasetError, match=r"entry 0 .*without ids"):
+    with pytest.raises(DatasetError, match=r"entry 0: .*no 'ids'"):
         F.read_spiga_json(_write(tmp_path / "gt.json", [entry]), IBUG_68)
+
+
+def test_null_points_are_not_annotated(tmp_path):
+    """The fork's files write `[null, null]` for points a data set does not annotate; a NaN
+    coordinate means the same. Both read as "not annotated", as training reads them."""
+    entry = _entry()
+    entry["landmarks"][7] = [None, None]
+    entry["landmarks"][9][0] = float("nan")
+    entry.pop("bbox")  # the annotated points' box, as in training
+    ann = F.read_spiga_json(_write(tmp_path / "gt.json", [entry]), IBUG_68)
+    assert np.flatnonzero(~ann.annotated[0]).tolist() == [7, 9]
+    assert np.isnan(ann.landmarks[0, [7, 9]]).all() and not ann.visible[0, [7, 9]].any()
+    points = np.delete(np.array(entry["landmarks"], dtype=float), [7, 9], axis=0)
+    np.testing.assert_allclose(ann.boxes[0, :2], points.min(axis=0))
 
 
 def test_no_headposes_anywhere_is_fine(tmp_path):
@@ -99,10 +113,9 @@ def _set(key, value):
     (lambda e: e["ids"].__setitem__(5, 999), "unknown landmark id 999"),
     (lambda e: e["ids"].__setitem__(5, e["ids"][4]), "appears twice"),
     (lambda e: e["ids"].pop(), "one id per landmark"),
-    (lambda e: e["landmarks"][7].__setitem__(0, float("nan")), "NaN"),
-    (lambda e: e["landmarks"][7].__setitem__(1, None), "NaN, infinite or missing coordinate at position 7"),
+    (lambda e: e["landmarks"][7].__setitem__(0, float("inf")), "point 7 has an infinite coordinate"),
     (lambda e: e["landmarks"].__setitem__(7, [1.0]), r"\[x, y\] pairs"),
-    (_set("bbox", [0, 0, 0, 10]), "positive width and height"),
+    (_set("bbox", [0, 0, 0, 10]), r"w, h > 0"),
     (_set("bbox", [0, 0, 10]), "'bbox' must be a list of 4 numbers"),
     (lambda e: e.pop("headpose"), "no 'headpose'"),
     (_set("headpose", [1.0, 2.0]), "headpose"),

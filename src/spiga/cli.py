@@ -443,21 +443,31 @@ def _add_benchmark(sub) -> None:
                    help="test set, e.g. spiga-json:test.json or spiga-json:test.json:IMAGE_ROOT")
     p.add_argument("--predictions", required=True, metavar="OUT.json", help="where to write predictions")
     p.add_argument("--config", choices=_dataset_config_choices(),
-                   help="benchmark scoring (default: the one named in --model)")
+                   help="benchmark scoring (default: the one named in --model, else the one spiga train "
+                        "validated the checkpoint as)")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="accept image paths in the annotations that leave the image folder (absolute or ..)")
     p.set_defaults(run=_run_benchmark)
 
 
-def _benchmark_config(args) -> str:
+def _named_benchmark(args) -> str | None:
+    """--config, else the benchmark the model's name names, else None."""
     from .landmarks import DATASET_LANDMARKS
     if args.config:
         return args.config
     named = [name for name in DATASET_LANDMARKS if name in str(args.model).lower()]
-    if len(named) != 1:
-        raise InputError(f"cannot tell the benchmark from model {args.model!r}; give --config "
-                         f"({', '.join(sorted(DATASET_LANDMARKS))})")
-    return named[0]
+    return named[0] if len(named) == 1 else None
+
+
+def _validated_benchmark(args, aligner) -> str:
+    """The benchmark `spiga train` validated the model's checkpoint as (header `validation.config`)."""
+    from .landmarks import DATASET_LANDMARKS
+    header = getattr(getattr(aligner, "checkpoint", None), "metadata", None) or {}
+    validated = header.get("validation") if isinstance(header.get("validation"), dict) else {}
+    if validated.get("config") in DATASET_LANDMARKS:
+        return validated["config"]
+    raise InputError(f"cannot tell the benchmark from model {args.model!r}; give --config "
+                     f"({', '.join(sorted(DATASET_LANDMARKS))})")
 
 
 def _run_benchmark(args) -> int:
@@ -467,11 +477,13 @@ def _run_benchmark(args) -> int:
     _check_positive(args, "max_batch")
     _keep_inputs([_dataset_file(args.dataset), args.model, args.db_info],
                  {"--predictions": args.predictions, "--json": args.json, "--plot": args.plot})
-    config = _benchmark_config(args)
+    config = _named_benchmark(args)
+    aligner = None if config else _load_aligner(args, detector="blazeface")  # its header may say
+    config = config or _validated_benchmark(args, aligner)
     info = read_db_info(args.db_info) if args.db_info else None
     scoring = resolve_scoring(config, args.norm, args.threshold, info)
     test_set = load_test_set(args.dataset, landmark_set_for(config), allow_outside_root=args.allow_outside_root)
-    aligner = _load_aligner(args, detector="blazeface")
+    aligner = aligner or _load_aligner(args, detector="blazeface")
     pred = run_benchmark(aligner, test_set, args.predictions, progress=not args.no_progress)
     subsets = info.test_subsets if info else None
     report = evaluate(test_set.annotations, pred, config, scoring, subsets)
@@ -484,6 +496,7 @@ def _run_benchmark(args) -> int:
 
 @_command
 def _add_train(sub) -> None:
+    from .evaluate.metrics import NORMS
     from .model import MODEL_SIZES
     from .train.config import OPTIMIZERS, TRAIN_PRECISIONS
     from .train.recipe import PARTS, STAGES
@@ -496,6 +509,11 @@ def _add_train(sub) -> None:
     p.add_argument("--train", action="append", metavar="FORMAT:PATH[:ROOT]",
                    help="training data (repeatable): wflw, 300w, cofw68, merlrav, spiga-json, custom")
     p.add_argument("--val", action="append", metavar="FORMAT:PATH[:ROOT]", help="validation data (repeatable)")
+    p.add_argument("--val-norm", choices=NORMS,
+                   help="the validation NME's normalisation, one for the whole set (default: as spiga evaluate "
+                        "scores the data: the benchmark of its format or layout)")
+    p.add_argument("--val-threshold", type=float, metavar="T",
+                   help="FR/AUC threshold of the validation, in percent (default: the norm's)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/spiga)")
     p.add_argument("--init", metavar="MODEL", help="start from a named model or checkpoint (fine-tuning)")
     p.add_argument("--stage", choices=list(STAGES),

@@ -5,8 +5,10 @@ into the same `Sample`, so augmentation, targets and evaluation never see a form
 
 Per point a sample keeps two flags:
 - `annotated`: the point has a position (False for MERL-RAV's `-1 -1` points, for
-  SPIGA-JSON ids that an entry leaves out, for empty cells of the generic format);
-  its landmark row is NaN so that code forgetting the mask fails loudly;
+  SPIGA-JSON ids that an entry leaves out or lists as `[null, null]`, for empty cells of
+  the generic format); its landmark row is NaN so that code forgetting the mask fails
+  loudly. Training masks such points out of losses and targets, and every metric
+  (`spiga.evaluate`, which reads its files through these same readers) leaves them out;
 - `visible`: the point is annotated and not hidden (COFW's occlusion flag, MERL-RAV's
   negative coordinates, SPIGA-JSON's `visible`, random occlusion in augmentation).
 """
@@ -51,6 +53,8 @@ class Sample:
             source gives it (SPIGA-JSON); training recomputes pose labels from landmarks.
         tags: subset names (`train`, `common`, `pose`, ...).
         source: where the annotation is, `file:line` or `file, entry N`, for messages.
+        imgpath: the image path as the annotation file writes it (SPIGA JSON), which
+            evaluation matches predictions by; empty where the format has none.
     """
 
     image_path: Path
@@ -61,6 +65,7 @@ class Sample:
     headpose: np.ndarray | None = None
     tags: frozenset[str] = frozenset()
     source: str = ""
+    imgpath: str = ""
 
     def __post_init__(self) -> None:
         n = len(self.landmarks)
@@ -83,18 +88,23 @@ class Sample:
 def make_sample(image_path: Path, landmarks: np.ndarray, *, source: str,
                 box: np.ndarray | None = None, visible: np.ndarray | None = None,
                 annotated: np.ndarray | None = None, headpose: np.ndarray | None = None,
-                tags: frozenset[str] | set[str] = frozenset()) -> Sample:
+                tags: frozenset[str] | set[str] = frozenset(), imgpath: str = "") -> Sample:
     """Build a `Sample`, filling the optional parts.
 
     Args:
-        landmarks: (L, 2) image pixels; NaN rows count as not annotated.
+        landmarks: (L, 2) image pixels; a row with a NaN (a `null` in the file) is not
+            annotated; an infinite coordinate is an error.
         box: (4,) x, y, w, h; default: the bounding box of the annotated points.
         visible: (L,) bool; default: every annotated point.
         annotated: (L,) bool; default: the rows without NaN.
     Raises:
-        DatasetError: no annotated point (and no box), or inconsistent shapes.
+        DatasetError: no annotated point (and no box), an infinite coordinate, or
+            inconsistent shapes.
     """
     landmarks = np.asarray(landmarks, dtype=np.float64)
+    infinite = np.flatnonzero(np.isinf(landmarks).any(axis=-1)) if landmarks.ndim == 2 else []
+    if len(infinite):  # missing is NaN or null; infinity is a broken value, not a gap
+        raise EntryError(source, f"point {int(infinite[0])} has an infinite coordinate")
     finite = np.all(np.isfinite(landmarks), axis=1)
     annotated = finite if annotated is None else np.asarray(annotated, dtype=bool) & finite
     landmarks = np.where(annotated[:, None], landmarks, np.nan)
@@ -103,7 +113,7 @@ def make_sample(image_path: Path, landmarks: np.ndarray, *, source: str,
         box = box_of_points(landmarks[annotated], source)
     headpose = None if headpose is None else np.asarray(headpose, dtype=np.float64).reshape(6)
     return Sample(Path(image_path), np.asarray(box, dtype=np.float64).reshape(-1), landmarks,
-                  visible, annotated, headpose, frozenset(tags), source)
+                  visible, annotated, headpose, frozenset(tags), source, imgpath)
 
 
 def box_of_points(points: np.ndarray, source: str = "") -> np.ndarray:

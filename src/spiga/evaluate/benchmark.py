@@ -4,10 +4,11 @@ The aligner is any object with `.landmark_set` and `.align(image, boxes) -> list
 each face with `.landmarks` (L, 2) and, optionally, `.headpose` (`.yaw .pitch .roll .tx
 .ty .tz`) -- `spiga.load(...)` returns one; tests pass a fake.
 
-Test sets are named `FORMAT:PATH`; `spiga-json:FILE` reads the original SPIGA JSON with
-image paths relative to the file's folder, `spiga-json:FILE:ROOT` relative to ROOT. The
-training readers' formats (`wflw`, `300w`, `cofw68`, `merlrav`, `custom`, with a
-`/SUBSET` where they have subsets) work too (see `spiga.data.read_dataset`).
+Test sets are named `FORMAT[/SUBSET]:PATH[:ROOT]` and read by the one reader of each format
+(`spiga.data.read_dataset`, training's too): `spiga-json:FILE` reads the original SPIGA JSON
+with image paths relative to the file's folder, `spiga-json:FILE:ROOT` relative to ROOT;
+`wflw`, `300w`, `cofw68`, `merlrav` and `custom` work too. Points a file does not annotate
+(`[null, null]` in SPIGA JSON) are left out of the figures.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -26,12 +27,15 @@ from ..errors import DatasetError, InputError, SpigaError
 from ..face import POSE_FIELDS
 from ..io import is_file
 from ..landmarks import LandmarkSet
-from .formats import Annotations, read_spiga_json, write_spiga_json
+from .formats import Annotations, annotations_from_samples, write_spiga_json
 
 log = logging.getLogger(__name__)
 
 
-class Aligner(Protocol):
+class CropPredictor(Protocol):
+    """What the benchmark needs of a model: its layout and landmarks from given face boxes
+    (`spiga.Aligner` is one; tests pass a fake)."""
+
     landmark_set: LandmarkSet
 
     def align(self, image: Any, boxes: Sequence[Sequence[float]] | None = None) -> list: ...
@@ -39,78 +43,26 @@ class Aligner(Protocol):
 
 @dataclass(frozen=True)
 class TestSet:
-    """Annotations of a test set and the folder its image paths are relative to.
-
-    Image paths that leave `image_root` (absolute, or `..` above it) are refused unless
-    `allow_outside_root`.
-    """
+    """Annotations of a test set and the image file of each face (in the same order)."""
 
     annotations: Annotations
-    image_root: Path
-    allow_outside_root: bool = False
+    image_paths: list[Path]
 
     def image_path(self, index: int) -> Path:
-        from ..data.formats.common import image_inside
-
-        return image_inside(self.image_root, self.annotations.paths[index],
-                            f"{self.annotations.source}, entry {index}", self.allow_outside_root)
-
-
-def _read_spiga_json_set(location: str, landmark_set: LandmarkSet) -> TestSet:
-    file, _, root = location.partition(":")
-    annotations = read_spiga_json(file, landmark_set)
-    return TestSet(annotations, Path(root) if root else Path(file).parent)
-
-
-def _read_training_format(fmt: str) -> Callable[[str, LandmarkSet], TestSet]:
-    """A test set in one of the training readers' formats (`spiga.data`), as annotations."""
-
-    def read(location: str, landmark_set: LandmarkSet) -> TestSet:
-        from ..data import read_dataset
-
-        data = read_dataset(f"{fmt}:{location}", landmark_set)
-        samples = data.samples
-        nan = np.full((data.landmark_set.num_landmarks, 2), np.nan)
-        poses = [s.headpose for s in samples]
-        return TestSet(Annotations(
-            source=f"{fmt}:{location}", landmark_set=data.landmark_set,
-            paths=[str(Path(s.image_path).resolve()) for s in samples],
-            boxes=np.array([s.box for s in samples], dtype=np.float64).reshape(-1, 4),
-            landmarks=np.array([np.where(s.annotated[:, None], s.landmarks, nan) for s in samples]),
-            annotated=np.array([s.annotated for s in samples]), visible=np.array([s.visible for s in samples]),
-            headposes=np.array(poses, dtype=np.float64) if all(p is not None for p in poses) else None,
-        ), Path(""), allow_outside_root=True)  # the reader has already kept its paths inside its root
-
-    return read
-
-
-#: Test-set formats: name -> reader(location after "NAME:", landmark set).
-DATASET_FORMATS: dict[str, Callable[[str, LandmarkSet], TestSet]] = {
-    "spiga-json": _read_spiga_json_set,
-    **{fmt: _read_training_format(fmt) for fmt in ("wflw", "300w", "cofw68", "merlrav", "custom")},
-}
+        return self.image_paths[index]
 
 
 def load_test_set(spec: str, landmark_set: LandmarkSet, allow_outside_root: bool = False) -> TestSet:
-    """Read a test set named `FORMAT:PATH` (e.g. `spiga-json:data/cofw68/test.json`).
+    """Read a test set named `FORMAT[/SUBSET]:PATH[:ROOT]` (e.g. `spiga-json:data/cofw68/test.json`)
+    with the format's one reader (`spiga.data.read_dataset`, training's too).
 
     allow_outside_root: accept image paths that leave the image folder.
     """
-    fmt, sep, location = spec.partition(":")
-    if not sep or not location:
-        raise InputError(f"dataset {spec!r}: expected FORMAT:PATH, e.g. spiga-json:test.json "
-                         f"(formats: {', '.join(sorted(DATASET_FORMATS))})")
-    base = fmt.partition("/")[0]
-    if fmt not in DATASET_FORMATS and base in DATASET_FORMATS and base != "spiga-json":
-        return _read_training_format(fmt)(location, landmark_set)
-    if fmt not in DATASET_FORMATS:
-        raise InputError(f"dataset {spec!r}: unknown format {fmt!r}; known: {', '.join(sorted(DATASET_FORMATS))}")
-    test_set = DATASET_FORMATS[fmt](location, landmark_set)
-    if allow_outside_root:
-        test_set = replace(test_set, allow_outside_root=True)
-    for index in range(len(test_set.annotations)):
-        test_set.image_path(index)  # refuse an escaping path now, naming its entry
-    return test_set
+    from ..data import read_dataset
+
+    data = read_dataset(spec, landmark_set, require_images=False, allow_outside_root=allow_outside_root)
+    annotations = annotations_from_samples(data.samples, data.landmark_set, spec)
+    return TestSet(annotations, [Path(s.image_path) for s in data.samples])
 
 
 def _check_images_exist(test_set: TestSet) -> None:
@@ -119,11 +71,11 @@ def _check_images_exist(test_set: TestSet) -> None:
     if missing:
         shown = ", ".join(str(test_set.image_path(i)) for i in missing[:3])
         raise DatasetError(f"{test_set.annotations.source}: {len(missing)} of {len(test_set.annotations)} "
-                           f"images are missing under {test_set.image_root} (entry {missing[0]}: {shown}"
+                           f"images are missing ({test_set.annotations.label(missing[0])}: {shown}"
                            f"{', ...' if len(missing) > 3 else ''})")
 
 
-def predict_test_set(aligner: Aligner, test_set: TestSet, progress: bool = True) -> Annotations:
+def predict_test_set(aligner: CropPredictor, test_set: TestSet, progress: bool = True) -> Annotations:
     """Predictions of `aligner` for every face of `test_set`, from the annotation boxes.
 
     All faces of an image go to the aligner in one call (one batch); the result follows
@@ -167,7 +119,7 @@ def predict_test_set(aligner: Aligner, test_set: TestSet, progress: bool = True)
                        headposes=poses if has_pose.all() else None)
 
 
-def run_benchmark(aligner: Aligner, test_set: TestSet, predictions_path: str | os.PathLike,
+def run_benchmark(aligner: CropPredictor, test_set: TestSet, predictions_path: str | os.PathLike,
                   progress: bool = True) -> Annotations:
     """Predict every face of `test_set` and write the predictions as SPIGA JSON (atomically)."""
     pred = predict_test_set(aligner, test_set, progress=progress)

@@ -12,6 +12,9 @@ face, in a fixed order:
 
 Only the annotated landmarks are listed (MERLRAV leaves out self-occluded ones); `ids` says
 which they are. Without `ids`, an entry must list every point of the layout in its order.
+A point written `[null, null]` (as the fork's Charlotte-ThermalFace, FaceDB and SF-TL54
+files do) is not annotated either: it is left out of every metric. The format has one
+reader, `spiga.data.formats.spiga_json`, shared with training and `spiga benchmark`.
 
 db_info.json (one per dataset in the original release) holds `norm` (normalisation ->
 default threshold) and `test_subsets` (subset name -> image indices into the test list).
@@ -29,17 +32,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import PurePath
-from typing import Any
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ..io import read_json_file, write_json
-from ..io.spiga_json import check_finite, check_finite_points, entry_label, entry_record, parse_entry
+from ..io.spiga_json import entry_record
 from ..errors import DatasetError
 from ..face import POSE_FIELDS
 from ..geometry.boxes import box_iou
 from ..landmarks import LandmarkSet
+
+if TYPE_CHECKING:
+    from ..data.sample import Sample
 
 HEADPOSE_KEYS = POSE_FIELDS
 
@@ -58,6 +64,7 @@ class Annotations:
         visible: (N, L) bool visibility flags (True where the file has none).
         headposes: (N, 6) float64 (yaw, pitch, roll, tx, ty, tz), NaN for a missing
             translation; None when the file has no head poses.
+        labels: (N,) how messages name each face (`file, entry 3`); None: by index.
     """
 
     source: str
@@ -68,9 +75,16 @@ class Annotations:
     annotated: np.ndarray
     visible: np.ndarray
     headposes: np.ndarray | None = None
+    labels: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def label(self, index: int) -> str:
+        """How messages name face `index`."""
+        if self.labels is not None:
+            return self.labels[index]
+        return f"{self.source}, entry {index}" + (f" ({self.paths[index]})" if self.paths[index] else "")
 
 
 @dataclass(frozen=True)
@@ -127,50 +141,50 @@ def _check_box(box: np.ndarray, what: str = "bbox") -> None:
 
 
 def read_spiga_json(path: str | os.PathLike, landmark_set: LandmarkSet) -> Annotations:
-    """Read a SPIGA JSON file (ground truth or predictions) onto `landmark_set`.
+    """Read a SPIGA JSON file (ground truth or predictions) onto `landmark_set`, with the
+    one reader of the format (`spiga.data.formats.spiga_json`, training's too).
 
     Raises:
         DatasetError: naming the file and the entry, for a missing or empty file, a
-            malformed entry, an unknown or repeated landmark id, or a non-finite value.
+            malformed entry, an unknown or repeated landmark id, or an infinite value.
     """
-    data = load_json(path)
-    return parse_spiga_entries(data, landmark_set, str(path))
+    return parse_spiga_entries(load_json(path), landmark_set, str(path))
 
 
 def parse_spiga_entries(data: Any, landmark_set: LandmarkSet, source: str) -> Annotations:
-    """Validate a parsed SPIGA JSON list (`spiga.io.spiga_json`) for scoring: every entry
-    needs a box with a positive size, every value must be finite, and head poses are given
-    for all entries or none."""
-    if not isinstance(data, list):
-        raise DatasetError(f"{source}: expected a list of entries (SPIGA JSON), found a JSON {type(data).__name__}")
-    if not data:
-        raise DatasetError(f"{source}: the file has no entries")
-    entries = []
-    for i, raw in enumerate(data):
-        try:
-            entry = parse_entry(raw, landmark_set)
-            if entry.bbox is None:
-                raise ValueError("missing 'bbox'")
-            check_finite(entry.bbox, "'bbox'")
-            _check_box(entry.bbox)
-            listed = np.asarray(raw["landmarks"], dtype=np.float64)  # in the entry's order, for the message
-            check_finite_points(listed)
-            if entry.headpose is not None:
-                given = np.asarray(raw["headpose"], dtype=np.float64)
-                check_finite(given, "'headpose'")
-        except ValueError as exc:
-            raise DatasetError(f"{source}: {entry_label(i, raw)}: {exc}") from None
-        entries.append(entry)
-    has_pose = np.array([e.headpose is not None for e in entries])
+    """The annotations of a parsed SPIGA JSON list. Points listed as `[null, null]` (or
+    with a NaN) are not annotated; an entry without `bbox` gets its annotated points' box;
+    head poses are given for all entries or none."""
+    from ..data.formats import spiga_json
+    from ..data.sample import BadEntries
+
+    # evaluation opens no image: paths only name faces, wherever they point
+    bad = BadEntries(skip_bad=False, require_images=False, allow_outside_root=True)
+    _, samples = spiga_json.parse_entries(data, Path(source), None, landmark_set, bad)
+    return annotations_from_samples(samples, landmark_set, source)
+
+
+def annotations_from_samples(samples: Sequence[Sample], landmark_set: LandmarkSet, source: str,
+                             headposes: bool = True) -> Annotations:
+    """The evaluation's arrays of faces read by a `spiga.data` reader (any format).
+
+    `paths` are the image paths as the file writes them where the format has them
+    (SPIGA JSON), else the image files. `headposes=False` leaves poses out (training's
+    validation scores landmarks only).
+    """
+    if not samples:
+        raise DatasetError(f"{source}: no faces to score")
+    has_pose = np.array([headposes and s.headpose is not None for s in samples])
     if has_pose.any() and not has_pose.all():
-        first = int(np.flatnonzero(~has_pose)[0])
-        raise DatasetError(f"{source}: {entry_label(first, data[first])}: no 'headpose', "
-                           "though other entries have one (give all or none)")
-    return Annotations(source=source, landmark_set=landmark_set, paths=[e.imgpath for e in entries],
-                       boxes=np.stack([e.bbox for e in entries]), landmarks=np.stack([e.landmarks for e in entries]),
-                       annotated=np.stack([e.annotated for e in entries]),
-                       visible=np.stack([e.visible for e in entries]),
-                       headposes=np.stack([e.headpose for e in entries]) if has_pose.all() else None)
+        first = samples[int(np.flatnonzero(~has_pose)[0])]
+        raise DatasetError(f"{first.source}: no 'headpose', though other entries have one (give all or none)")
+    return Annotations(source=source, landmark_set=landmark_set,
+                       paths=[s.imgpath or str(s.image_path) for s in samples],
+                       boxes=np.stack([s.box for s in samples]), landmarks=np.stack([s.landmarks for s in samples]),
+                       annotated=np.stack([s.annotated for s in samples]),
+                       visible=np.stack([s.visible for s in samples]),
+                       headposes=np.stack([s.headpose for s in samples]) if has_pose.all() else None,
+                       labels=[s.source for s in samples])
 
 
 def spiga_entries(annotations: Annotations) -> list[dict]:

@@ -64,13 +64,40 @@ DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
 # --------------------------------------------------------------------------- per image
 
 
-def _require_annotated(annotated: np.ndarray, indices: Sequence[int], norm: str) -> None:
-    missing = ~annotated[:, list(indices)].all(axis=1)
+def norm_points(norm: str, landmark_set: LandmarkSet) -> tuple[int, ...]:
+    """The landmark rows a normalisation measures (empty for the box-based ones).
+
+    Raises:
+        InputError: the layout lacks the points the norm needs.
+    """
+    if norm == "corners":
+        if landmark_set.eye_corners is None:
+            raise InputError(f"layout {landmark_set.name!r} defines no eye corners for the 'corners' norm")
+        return tuple(landmark_set.eye_corners)
+    if norm == "pupils":
+        eyes = landmark_set.eyes
+        if eyes is None or any(len(eye) != 6 for eye in eyes):
+            raise InputError(f"the 'pupils' norm uses six points per eye (68-point layouts); "
+                             f"layout {landmark_set.name!r} has none such")
+        return (*eyes[0], *eyes[1])
+    return ()
+
+
+def lacking_norm_points(annotated: np.ndarray, norm: str, landmark_set: LandmarkSet) -> np.ndarray:
+    """(N,) bool: the faces that do not annotate every point `norm` measures."""
+    rows = list(norm_points(norm, landmark_set))
+    annotated = np.asarray(annotated, bool)
+    return ~annotated[:, rows].all(axis=1) if rows else np.zeros(len(annotated), bool)
+
+
+def _require_annotated(annotated: np.ndarray, norm: str, landmark_set: LandmarkSet) -> None:
+    missing = lacking_norm_points(annotated, norm, landmark_set)
     if missing.any():
-        first = int(np.flatnonzero(missing)[0])
-        raise InputError(f"entry {first}: the {norm!r} normalisation needs landmarks "
-                         f"{list(indices)}, which are not all annotated "
-                         f"({int(missing.sum())} entries lack them)")
+        shown = ", ".join(str(int(i)) for i in np.flatnonzero(missing)[:5])
+        ids = [landmark_set.ids[k] for k in norm_points(norm, landmark_set)]
+        raise InputError(f"the {norm!r} normalisation needs landmark ids {ids}, which {int(missing.sum())} of "
+                         f"{len(missing)} entries do not all annotate (entr{'y' if missing.sum() == 1 else 'ies'} {shown}"
+                         f"{', ...' if missing.sum() > 5 else ''})")
 
 
 def normalisation_distances(gt: np.ndarray, annotated: np.ndarray, boxes: np.ndarray, norm: str,
@@ -94,20 +121,14 @@ def normalisation_distances(gt: np.ndarray, annotated: np.ndarray, boxes: np.nda
     gt = np.asarray(gt, np.float64)
     boxes = np.asarray(boxes, np.float64)
     annotated = np.asarray(annotated, bool)
-    if norm == "corners":
-        if landmark_set.eye_corners is None:
-            raise InputError(f"layout {landmark_set.name!r} defines no eye corners for the 'corners' norm")
-        right, left = landmark_set.eye_corners
-        _require_annotated(annotated, (right, left), norm)
-        dist = np.linalg.norm(gt[:, right] - gt[:, left], axis=-1)
-    elif norm == "pupils":
-        eyes = landmark_set.eyes
-        if eyes is None or any(len(eye) != 6 for eye in eyes):
-            raise InputError(f"the 'pupils' norm uses six points per eye (68-point layouts); "
-                             f"layout {landmark_set.name!r} has none such")
-        _require_annotated(annotated, (*eyes[0], *eyes[1]), norm)
-        centres = [gt[:, list(eye)].mean(axis=1) for eye in eyes]
-        dist = np.linalg.norm(centres[0] - centres[1], axis=-1)
+    if norm in ("corners", "pupils"):
+        _require_annotated(annotated, norm, landmark_set)
+        if norm == "corners":
+            right, left = norm_points(norm, landmark_set)
+            dist = np.linalg.norm(gt[:, right] - gt[:, left], axis=-1)
+        else:
+            centres = [gt[:, list(eye)].mean(axis=1) for eye in landmark_set.eyes]
+            dist = np.linalg.norm(centres[0] - centres[1], axis=-1)
     elif norm == "lnd_bbox":
         # Only the annotated points span the box: masked-out points must not widen it.
         masked = np.where(annotated[..., None], gt, np.nan)

@@ -12,7 +12,7 @@ from ..errors import DatasetError, InputError
 from ..landmarks import LandmarkSet, landmark_set_for
 from .formats import Annotations, DbInfo, read_annotations, read_db_info, read_predictions
 from .metrics import (ANGLE_NAMES, DATASET_DEFAULTS, NORMS, PERCENTILES, HeadposeReport, LandmarkReport,
-                      NMESummary, headpose_report, landmark_report)
+                      NMESummary, headpose_report, lacking_norm_points, landmark_report, norm_points)
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,12 @@ class Scoring:
 
 
 def resolve_scoring(config: str, norm: str | None = None, threshold: float | None = None,
-                    db_info: DbInfo | None = None) -> Scoring:
+                    db_info: DbInfo | None = None, threshold_option: str = "--threshold") -> Scoring:
     """The scoring of `config`, with the user's norm and threshold where given.
 
-    Without a threshold: the config's default when the norm is its default, else the one
-    `db_info` lists for that norm.
+    Without a norm: the first one `db_info` lists (as the original evaluator chose), else
+    the config's. Without a threshold: the one `db_info` lists for the norm, else the
+    config's when the norm is its default.
 
     Raises:
         InputError: an unknown config or norm, a non-positive threshold, or a norm with no
@@ -38,22 +39,80 @@ def resolve_scoring(config: str, norm: str | None = None, threshold: float | Non
     if config not in DATASET_DEFAULTS:
         raise InputError(f"unknown configuration {config!r}; known: {', '.join(sorted(DATASET_DEFAULTS))}")
     defaults = DATASET_DEFAULTS[config]
-    norm = norm or defaults.norm
+    listed = db_info.norms if db_info is not None else {}
+    norm = norm or next(iter(listed), None) or defaults.norm
     if norm not in NORMS:
-        raise InputError(f"unknown normalisation {norm!r}; known: {', '.join(NORMS)}")
+        source = f"{db_info.source}: " if db_info is not None and norm in listed else ""
+        raise InputError(f"{source}unknown normalisation {norm!r}; known: {', '.join(NORMS)}")
     eyes = landmark_set_for(config).eyes
     if norm == "pupils" and (eyes is None or any(len(eye) != 6 for eye in eyes)):
         raise InputError(f"the 'pupils' norm is defined for 68-point layouts only, not for {config!r}")
     if threshold is None:
-        if norm == defaults.norm:
+        if norm in listed:
+            threshold = listed[norm]
+        elif norm == defaults.norm:
             threshold = defaults.threshold
-        elif db_info is not None and norm in db_info.norms:
-            threshold = db_info.norms[norm]
         else:
-            raise InputError(f"no default threshold for norm {norm!r} on {config!r}; give one (--threshold)")
+            raise InputError(f"no default threshold for norm {norm!r} on {config!r}; give one ({threshold_option})")
     if not (math.isfinite(threshold) and threshold > 0):
         raise InputError(f"the threshold must be a positive number, not {threshold}")
     return Scoring(norm=norm, threshold=float(threshold), merlrav_convention=defaults.merlrav_convention)
+
+
+#: The benchmark whose scoring a training format's validation set takes by default.
+FORMAT_BENCHMARKS = {"wflw": "wflw", "300w": "300wpublic", "cofw68": "cofw68", "merlrav": "merlrav"}
+#: The benchmark of a layout read from a format that names none (SPIGA JSON, custom):
+#: 68-point files are scored as 300W private (the landmark box, which faces without
+#: eye corners allow), 98-point ones as WFLW.
+LAYOUT_BENCHMARKS = ("300wprivate", "wflw")
+#: The scoring of a layout no benchmark uses: the landmark box at 7 %, which every face
+#: with two annotated points allows (as 300W private, COFW68 and MERLRAV are scored).
+LAYOUT_FREE_SCORING = Scoring("lnd_bbox", 7.0)
+
+
+def benchmark_of(fmt: str, landmark_set: LandmarkSet) -> str | None:
+    """The benchmark (`DATASET_DEFAULTS` key) a data set of format `fmt` is scored as, or None."""
+    if fmt in FORMAT_BENCHMARKS:
+        return FORMAT_BENCHMARKS[fmt]
+    for config in LAYOUT_BENCHMARKS:
+        if tuple(landmark_set.ids) == tuple(landmark_set_for(config).ids):
+            return config
+    return None
+
+
+def scoring_for(config: str | None, norm: str | None = None, threshold: float | None = None,
+                threshold_option: str = "--threshold") -> Scoring:
+    """`resolve_scoring` for a benchmark config, or for none (`LAYOUT_FREE_SCORING`)."""
+    if config is not None:
+        return resolve_scoring(config, norm, threshold, threshold_option=threshold_option)
+    norm = norm or LAYOUT_FREE_SCORING.norm
+    if norm not in NORMS:
+        raise InputError(f"unknown normalisation {norm!r}; known: {', '.join(NORMS)}")
+    if threshold is None and norm != LAYOUT_FREE_SCORING.norm:
+        raise InputError(f"no default threshold for norm {norm!r} on a layout of no benchmark; "
+                         f"give one ({threshold_option})")
+    threshold = LAYOUT_FREE_SCORING.threshold if threshold is None else threshold
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise InputError(f"the threshold must be a positive number, not {threshold}")
+    return Scoring(norm, float(threshold))
+
+
+def check_norm_applies(gt: Annotations, norm: str, hint: str = "--norm") -> None:
+    """Refuse, in one line naming the faces, a norm that needs points some faces lack.
+
+    Raises:
+        DatasetError: naming the file (or data set), the first faces and how many.
+    """
+    try:
+        lacking = np.flatnonzero(lacking_norm_points(gt.annotated, norm, gt.landmark_set))
+    except InputError as exc:
+        raise DatasetError(f"{gt.source}: {exc}") from None
+    if lacking.size:
+        ids = [gt.landmark_set.ids[k] for k in norm_points(norm, gt.landmark_set)]
+        shown = "; ".join(gt.label(int(i)) for i in lacking[:3])
+        raise DatasetError(f"{gt.source}: the {norm!r} normalisation needs landmark ids {ids}, which "
+                           f"{lacking.size} of {len(gt)} faces do not annotate ({shown}"
+                           f"{'; ...' if lacking.size > 3 else ''}); choose another with {hint}")
 
 
 @dataclass
@@ -102,6 +161,7 @@ def evaluate(gt: Annotations, pred: Annotations, config: str, scoring: Scoring,
         DatasetError: a problem of the data (a norm's points not annotated, a zero
             normalisation distance, a subset index past the end), naming the file.
     """
+    check_norm_applies(gt, scoring.norm)
     try:
         landmarks = landmark_report(gt.landmarks, pred.landmarks, gt.annotated, gt.boxes, gt.landmark_set,
                                     scoring.norm, scoring.threshold, subsets=subsets,

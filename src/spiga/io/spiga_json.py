@@ -64,18 +64,6 @@ def _vector(value: Any, what: str, lengths: range) -> np.ndarray:
     return array
 
 
-def check_finite_points(points: np.ndarray, what: str = "'landmarks'") -> None:
-    """ValueError naming the first (x, y) of `points` (N, 2) that is not two finite numbers."""
-    bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
-    if bad.size:
-        raise ValueError(f"{what} has a NaN, infinite or missing coordinate at position {int(bad[0])}")
-
-
-def check_finite(values: np.ndarray, what: str) -> None:
-    if not np.isfinite(values).all():
-        raise ValueError(f"{what} has a NaN, infinite or missing value")
-
-
 def integral(value: Any) -> bool:
     """An int, or a float with an integer value (JSON writers differ); never a bool."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -146,12 +134,6 @@ def _rows(ids: Any, count: int, landmark_set: LandmarkSet) -> list[int]:
         repeated = next(landmark_set.ids[row] for row in rows if row in seen or seen.add(row))
         raise ValueError(f"landmark id {repeated} appears twice")
     return rows
-
-
-def entry_label(index: int, entry: Any) -> str:
-    """`entry 3 (images/x.jpg)`: how messages name an entry."""
-    path = entry.get("imgpath") if isinstance(entry, dict) else None
-    return f"entry {index}" + (f" ({path})" if isinstance(path, str) and path else "")
 
 
 def entry_record(landmark_set: LandmarkSet, imgpath: str, landmarks: np.ndarray, annotated: np.ndarray,

@@ -61,6 +61,9 @@ class TrainConfig:
     augment: bool = True
     loss_weights: dict[str, float] = field(default_factory=dict)
     val_every: int = 1
+    # validation NME: one normalisation for the whole set (None: as `spiga evaluate` scores the data)
+    val_norm: str | None = None
+    val_threshold: float | None = None  # its FR/AUC threshold, in percent (None: the norm's default)
     progress: bool = True
     resume: str | None = None
 
@@ -83,6 +86,12 @@ class TrainConfig:
             DepthScaling.parse(self.depth_scaling)
         except SpigaError as exc:
             problems.append(str(exc))
+        from ..evaluate.metrics import NORMS
+
+        if self.val_norm is not None and self.val_norm not in NORMS:
+            problems.append(f"val_norm must be one of {', '.join(NORMS)}, not {self.val_norm!r}")
+        if self.val_threshold is not None and not (0 < self.val_threshold < float("inf")):
+            problems.append(f"val_threshold must be a positive number, not {self.val_threshold}")
         unknown = set(self.loss_weights) - {"heatmaps", "coordinates", "pose", "cascade"}
         if unknown:
             problems.append(f"unknown loss weights {sorted(unknown)}")

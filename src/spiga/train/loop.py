@@ -28,7 +28,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from .config import TrainConfig
 from .distributed import DistInfo, cleanup_distributed, convert_batch_norm, setup_distributed
 from .losses import adaptive_wing_loss, hourglass_weights, masked_smooth_l1, pose_loss, soft_argmax
 from .recipe import STAGES, LossWeights, apply_freeze, parse_parts, set_train_mode, trainable_parameters, transfer_weights
+
+if TYPE_CHECKING:  # spiga.evaluate is imported where validation runs
+    from ..evaluate import Annotations, NMESummary, Scoring
 
 log = logging.getLogger(__name__)
 
@@ -199,34 +202,86 @@ def loss_terms(out: dict, batch: dict[str, torch.Tensor], weights: LossWeights,
 # --------------------------------------------------------------------------- validation
 
 
-def nme_per_sample(pred: np.ndarray, truth: np.ndarray, annotated: np.ndarray, landmarks: LandmarkSet) -> np.ndarray:
-    """NME (percent) per sample: corners normalisation when the set has eye corners,
-    else sqrt of the ground-truth landmarks' bounding-box area."""
-    errors = np.linalg.norm(pred - truth, axis=-1)
-    out = np.zeros(len(pred))
-    for i in range(len(pred)):
-        mask = annotated[i]
-        if landmarks.eye_corners and mask[list(landmarks.eye_corners)].all():
-            a, b = landmarks.eye_corners
-            norm = np.linalg.norm(truth[i, a] - truth[i, b])
-        else:
-            span = truth[i, mask].max(0) - truth[i, mask].min(0)
-            norm = math.sqrt(max(span[0] * span[1], 1e-12))
-        out[i] = errors[i, mask].mean() / max(norm, 1e-12) * 100
-    return out
+@dataclass(frozen=True)
+class ValidationTarget:
+    """What validation scores against: every validation face in image pixels (the order of
+    the validation loader), and ONE scoring for all of them, chosen as `spiga evaluate`
+    chooses it (the benchmark of the data's format or layout) unless `--val-norm` says.
+
+    Attributes:
+        truth: the faces (`spiga.evaluate.Annotations`, read by the same readers).
+        scoring: the normalisation and threshold.
+        benchmark: the `spiga evaluate --config` the scoring is that of (None: no benchmark).
+        offsets: where each validation set starts in `truth`.
+    """
+
+    truth: Annotations
+    scoring: Scoring
+    benchmark: str | None
+    offsets: tuple[int, ...]
+
+    def record(self, summary: NMESummary, epoch: int) -> dict[str, Any]:
+        """The checkpoint header's `validation` object."""
+        return {"nme": summary.nme, "norm": self.scoring.norm, "threshold": self.scoring.threshold,
+                "config": self.benchmark, "auc": summary.auc, "fr": summary.fr,
+                "faces": summary.num_images, "epoch": epoch}
+
+
+def validation_target(datasets, norm: str | None = None, threshold: float | None = None) -> ValidationTarget:
+    """The validation faces and their scoring; refuses (one line naming the faces) a norm
+    that some faces cannot be scored by, before any training step."""
+    from ..errors import InputError
+    from ..evaluate import annotations_from_samples, benchmark_of, check_norm_applies, scoring_for
+
+    landmarks = datasets[0].landmark_set
+    source = "validation data " + ", ".join(d.name for d in datasets)
+    truth = annotations_from_samples([s for d in datasets for s in d.samples], landmarks, source, headposes=False)
+    benchmark = benchmark_of(datasets[0].name.partition(":")[0].partition("/")[0], landmarks)
+    try:
+        scoring = scoring_for(benchmark, norm, threshold, threshold_option="--val-threshold")
+    except InputError as exc:
+        raise SpigaError(f"{source}: {exc}") from None
+    check_norm_applies(truth, scoring.norm, hint="--val-norm")
+    offsets = tuple(int(v) for v in np.cumsum([0] + [len(d) for d in datasets[:-1]]))
+    return ValidationTarget(truth, scoring, benchmark, offsets)
 
 
 @torch.no_grad()
-def validate(model: SPIGA, loader, device: torch.device, landmarks: LandmarkSet, autocast) -> float:
+def predict_validation(model: SPIGA, loader, device: torch.device, target: ValidationTarget,
+                       autocast=nullcontext) -> np.ndarray:
+    """(N, L, 2) landmarks predicted for every validation face, in image pixels (the plain
+    crop mapped back); NaN for a face whose image was skipped (`--skip-bad`)."""
+    from bisect import bisect_right
+
+    from ..geometry.crop import invert_affine, transform_points
+
     model.eval()
-    values = []
+    pred = np.full(target.truth.landmarks.shape, np.nan)
+    position = 0
     for batch in loader:
-        images = batch["image"].to(device)
         with autocast():
-            out = model(images)
-        pred = out["landmarks"][-1].float().cpu().numpy()
-        values.append(nme_per_sample(pred, batch["landmarks"].numpy(), batch["annotated"].numpy(), landmarks))
-    return float(np.concatenate(values).mean()) if values else float("nan")
+            out = model(batch["image"].to(device))
+        crop = out["landmarks"][-1].float().cpu().numpy().astype(np.float64) * model.config.image_size
+        points = transform_points(crop, invert_affine(batch["matrix"].numpy()))
+        for k, index in enumerate(batch["index"].tolist()):  # index: within its validation set
+            part = bisect_right(target.offsets, position) - 1
+            pred[target.offsets[part] + index] = points[k]
+            position += 1
+    return pred
+
+
+def validate(model: SPIGA, loader, device: torch.device, target: ValidationTarget,
+             autocast=nullcontext) -> NMESummary:
+    """The validation figures (`spiga.evaluate.NMESummary`) of `model`: the metric of
+    `spiga evaluate`, on the faces predicted (all but images skipped under --skip-bad)."""
+    from ..evaluate import landmark_report
+
+    pred = predict_validation(model, loader, device, target, autocast)
+    done = np.isfinite(pred).all(axis=(1, 2))
+    truth, scoring = target.truth, target.scoring
+    return landmark_report(truth.landmarks[done], pred[done], truth.annotated[done], truth.boxes[done],
+                           truth.landmark_set, scoring.norm, scoring.threshold,
+                           merlrav_convention=scoring.merlrav_convention).overall
 
 
 # --------------------------------------------------------------------------- schedule and state
@@ -436,6 +491,7 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
                 if config.val else [])
     val_set = (_face_dataset(val_sets, mean_face, model.config, False, config.seed, config.skip_bad, scaling)
                if val_sets else None)
+    validation = validation_target(val_sets, config.val_norm, config.val_threshold) if val_sets else None
 
     if config.batch_size % dist_info.world_size:
         raise SpigaError(f"batch size {config.batch_size} is not divisible by the {dist_info.world_size} processes")
@@ -500,11 +556,12 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
              "depth_scaling": scaling.text()}
     if state is None and val_loader is not None:
         # the starting point, for comparison (epoch 0)
-        last_nme = validate(model, val_loader, device, landmarks, autocast)
+        last_nme = validate(model, val_loader, device, validation, autocast).nme
         history.append({"epoch": 0, "step": 0, "val_nme": last_nme, "time": time.time()})
         _append_metrics(out, history[-1])
-        log.info("before training: validation NME %.3f", last_nme)
+        log.info("before training: validation NME %.3f (%s)", last_nme, validation.scoring.norm)
     last_nme = history[-1]["val_nme"] if history else None
+    last_record: dict[str, Any] = {}  # the `validation` header of the latest validation, for last.safetensors
     stopped = False
     with _StopRequest() as stop:
         log.info("training from step %d to %d (%d per epoch); SIGTERM or Ctrl-C saves a resumable state",
@@ -566,17 +623,18 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
             is_last = step >= total_steps or epoch == epochs - 1
             if dist_info.is_main:
                 if val_loader is not None and ((epoch + 1) % config.val_every == 0 or is_last):
-                    last_nme = validate(model, val_loader, device, landmarks, autocast)
+                    summary = validate(model, val_loader, device, validation, autocast)
+                    last_nme = summary.nme
+                    last_record = {"validation": validation.record(summary, epoch + 1)}
                     history.append({"epoch": epoch + 1, "step": step, "val_nme": last_nme, "time": time.time()})
                     _append_metrics(out, history[-1])
                     if writer is not None:
                         writer.add_scalar("val/nme", last_nme, step)
-                    log.info("epoch %d: validation NME %.3f", epoch + 1, last_nme)
+                    log.info("epoch %d: validation NME %.3f (%s)", epoch + 1, last_nme, validation.scoring.norm)
                     if best is None or last_nme < best:
                         best = last_nme
-                        save_checkpoint(out / "best.safetensors", model, landmarks,
-                                        {**extra, "validation": {"nme": last_nme, "epoch": epoch + 1}})
-                save_checkpoint(out / "last.safetensors", model, landmarks, extra)
+                        save_checkpoint(out / "best.safetensors", model, landmarks, {**extra, **last_record})
+                save_checkpoint(out / "last.safetensors", model, landmarks, {**extra, **last_record})
                 if val_loader is None:  # without validation the latest weights are the best we know
                     save_checkpoint(out / "best.safetensors", model, landmarks, extra)
                 # a run that stops within an epoch (--max-steps) saves where it is, so more steps continue it

@@ -1,8 +1,10 @@
 """The original SPIGA annotation JSON (`spiga-json` on the command line).
 
-The format and its one parser are in `spiga.io.spiga_json`; this reader adds training's
-rules: `bbox` may be null (the points' box is used), a head pose is all 6 numbers, and
-the image must lie inside the image folder.
+The format and its one parser are in `spiga.io.spiga_json`; this is its one reader, for
+training, `spiga evaluate` and `spiga benchmark` alike: a point listed as `[null, null]`
+(or with a NaN) is not annotated, `bbox` may be null (the annotated points' box is used),
+a head pose is 3 to 6 numbers (yaw, pitch, roll, then tx, ty, tz when given), and the
+image must lie inside the image folder.
 
 Images are relative to the JSON file's folder, or to ROOT (`spiga-json:FILE:ROOT`).
 Without a landmark set, entries with 98 ids use WFLW's, others 300W's (68).
@@ -11,6 +13,7 @@ Without a landmark set, entries with 98 ids use WFLW's, others 300W's (68).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,25 +45,33 @@ def guess_landmark_set(entries: list) -> LandmarkSet | None:
 
 def parse_sample(raw: dict, landmark_set: LandmarkSet, image_root: Path, source: str,
                  allow_outside_root: bool = False) -> Sample:
-    """One JSON entry (`spiga.io.spiga_json.parse_entry`) -> `Sample`; a head pose, when
-    given, must be all 6 numbers. Raises EntryError naming `source`."""
+    """One JSON entry (`spiga.io.spiga_json.parse_entry`) -> `Sample`; the numbers a head
+    pose gives must be finite. Raises EntryError naming `source`."""
     try:
         entry = parse_entry(raw, landmark_set)
-        if entry.headpose is not None and not np.isfinite(entry.headpose).all():
-            raise ValueError("'headpose' must be 6 numbers [yaw, pitch, roll, tx, ty, tz] (or null)")
+        if entry.headpose is not None and not np.isfinite(np.asarray(raw["headpose"], np.float64)).all():
+            raise ValueError("'headpose' has a NaN, infinite or missing value "
+                             "(give [yaw, pitch, roll, tx, ty, tz], or null)")
     except ValueError as exc:
         raise EntryError(source, str(exc)) from None
     image = image_inside(image_root, entry.imgpath, source, allow_outside_root)
     return make_sample(image, entry.landmarks, box=entry.bbox, visible=entry.visible & entry.annotated,
-                       headpose=entry.headpose, source=source)
+                       headpose=entry.headpose, source=source, imgpath=entry.imgpath)
 
 
 def read(path: Path, root: Path | None, landmark_set: LandmarkSet | None,
          bad: BadEntries) -> tuple[LandmarkSet, list[Sample]]:
     """Read a SPIGA annotation JSON; see the module docstring."""
-    entries = read_json_file(path, DatasetError)
+    return parse_entries(read_json_file(path, DatasetError), path, root, landmark_set, bad)
+
+
+def parse_entries(entries: Any, path: Path, root: Path | None, landmark_set: LandmarkSet | None,
+                  bad: BadEntries) -> tuple[LandmarkSet, list[Sample]]:
+    """The samples of a parsed SPIGA JSON list read from `path` (named in messages)."""
     if not isinstance(entries, list):
-        raise DatasetError(f"{path}: expected a JSON list of annotation entries")
+        raise DatasetError(f"{path}: expected a list of entries (SPIGA JSON), found a JSON {type(entries).__name__}")
+    if not entries:
+        raise DatasetError(f"{path}: the file has no entries")
     landmark_set = landmark_set or guess_landmark_set(entries)
     if landmark_set is None:
         raise DatasetError(f"{path}: cannot tell the landmark set from the ids; give one "
