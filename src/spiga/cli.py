@@ -22,6 +22,7 @@ import argparse
 import logging
 import sys
 
+from . import choices
 from .errors import InputError, SpigaError
 
 _COMMANDS: list = []
@@ -37,7 +38,7 @@ def _command(add):
 
 def _model_options(default: str | None = "wflw", onnx: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    names = "wflw, 300wpublic, 300wprivate, merlrav, cofw68"
+    names = ", ".join(choices.DATASET_CONFIGS)
     what = f"named official model ({names}), spiga checkpoint" + (", or .onnx file (--backend onnxruntime)"
                                                                   if onnx else "")
     if default is None:
@@ -54,16 +55,13 @@ def _device_options() -> argparse.ArgumentParser:
 
 
 def _runtime_options(max_batch: int = 32) -> argparse.ArgumentParser:
-    """How the network runs; the choices come from the library."""
-    from .inference.backends import BACKENDS
-    from .inference.optimize import PRECISIONS
-
+    """How the network runs; the choices come from `spiga.choices` (cheap to import)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--precision", default="float32", choices=list(PRECISIONS),
+    p.add_argument("--precision", default="float32", choices=list(choices.PRECISIONS),
                    help="arithmetic of the network: float32 (default), bfloat16 (fast on CPUs with AVX-512 BF16 or "
                         "AMX, and on CUDA; emulated elsewhere), float16 (CUDA only), float64 (the exact reference, "
                         "slow)")
-    p.add_argument("--backend", default="torch", choices=list(BACKENDS),
+    p.add_argument("--backend", default="torch", choices=list(choices.BACKENDS),
                    help="torch (default) or onnxruntime (--model may then be an .onnx file from `spiga export`)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (slow first call; pays off for long runs only)")
@@ -76,11 +74,9 @@ def _runtime_options(max_batch: int = 32) -> argparse.ArgumentParser:
 
 
 def _detector_options(none: bool = False) -> argparse.ArgumentParser:
-    from .detection import DETECTOR_NAMES
-
     p = argparse.ArgumentParser(add_help=False)
     names = ", ".join(("blazeface (default)" if n == "blazeface" else "file:BOXES" if n == "file" else n)
-                      for n in DETECTOR_NAMES)
+                      for n in choices.DETECTORS)
     p.add_argument("--detector", default="blazeface",
                    help=f"face detector when no boxes are given: {names}" + (", none" if none else ""))
     return p
@@ -93,18 +89,17 @@ def _progress_options() -> argparse.ArgumentParser:
 
 
 def _dataset_config_choices() -> list[str]:
-    from .landmarks import DATASET_LANDMARKS
-
-    return sorted(DATASET_LANDMARKS)
+    return sorted(choices.DATASET_CONFIGS)
 
 
 def _load_aligner(args, detector=None):
     """`spiga.load` with the shared options of `args`."""
     import spiga
 
+    # the commands own their process: its CPU-wide speed settings are theirs to make
     return spiga.load(args.model, device=args.device, precision=args.precision, backend=args.backend,
                       compile=args.compile, max_batch=args.max_batch, depth_scaling=args.depth_scaling,
-                      detector=args.detector if detector is None else detector)
+                      detector=args.detector if detector is None else detector, tune_process=True)
 
 
 def _check_positive(args, *names: str) -> None:
@@ -308,11 +303,9 @@ def _run_convert(args) -> int:
 
 
 def _scoring_options() -> argparse.ArgumentParser:
-    from .evaluate.metrics import NORMS
-
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--db-info", metavar="FILE", help="the original db_info.json: test subsets and per-norm thresholds")
-    p.add_argument("--norm", choices=NORMS, help="NME normalisation (default: the dataset's)")
+    p.add_argument("--norm", choices=choices.NORMS, help="NME normalisation (default: the dataset's)")
     p.add_argument("--threshold", type=float, metavar="T", help="FR/AUC threshold in percent (default: the dataset's)")
     p.add_argument("--json", metavar="OUT.json", help="write the figures as JSON")
     p.add_argument("--plot", metavar="CED.png", help="draw the CED curves (needs matplotlib)")
@@ -404,10 +397,6 @@ def _run_benchmark(args) -> int:
 
 @_command
 def _add_train(sub) -> None:
-    from .model import MODEL_SIZES
-    from .train.config import OPTIMIZERS, TRAIN_PRECISIONS
-    from .train.recipe import PARTS, STAGES
-
     p = sub.add_parser(
         "train", help="train or fine-tune a model (also under torchrun for DDP)",
         description="Train SPIGA from scratch or fine-tune it. Options override the YAML --config-file. "
@@ -418,16 +407,16 @@ def _add_train(sub) -> None:
     p.add_argument("--val", action="append", metavar="FORMAT:PATH[:ROOT]", help="validation data (repeatable)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/spiga)")
     p.add_argument("--init", metavar="MODEL", help="start from a named model or checkpoint (fine-tuning)")
-    p.add_argument("--stage", choices=list(STAGES),
+    p.add_argument("--stage", choices=list(choices.TRAIN_STAGES),
                    help="1: CNN, 2: CNN + pose, 3: cascade with CNN and pose frozen, full (default): everything")
     p.add_argument("--freeze", metavar="PARTS",
-                   help=f"parts to freeze, comma-separated: {','.join(PARTS)} (default: the stage's)")
+                   help=f"parts to freeze, comma-separated: {','.join(choices.TRAIN_PARTS)} (default: the stage's)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--optimizer", choices=list(OPTIMIZERS), help="default adamw (sgd: momentum 0.9)")
-    p.add_argument("--model-size", choices=list(MODEL_SIZES))
+    p.add_argument("--optimizer", choices=list(choices.OPTIMIZERS), help="default adamw (sgd: momentum 0.9)")
+    p.add_argument("--model-size", choices=list(choices.MODEL_SIZES))
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--workers", type=int, help="data-loading worker processes")
     p.add_argument("--seed", type=int)
@@ -436,7 +425,7 @@ def _add_train(sub) -> None:
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip bad entries and images with a warning")
     p.add_argument("--allow-outside-root", action="store_true", default=None,
                    help="accept image paths in annotation files that leave the image folder (absolute or ..)")
-    p.add_argument("--precision", choices=list(TRAIN_PRECISIONS), help="bfloat16: mixed precision (autocast)")
+    p.add_argument("--precision", choices=list(choices.TRAIN_PRECISIONS), help="bfloat16: mixed precision (autocast)")
     p.add_argument("--depth-scaling", metavar="RULE",
                    help="images deeper than 8 bits (16-bit thermal): percentile[:LOW:HIGH] (default percentile:1:99), "
                         "range:LOW:HIGH or full; recorded in the checkpoint, so inference scales the same way")
