@@ -24,7 +24,7 @@ round runs each command for each source in turn: before/after comparisons under 
 load. The model is a random-weight checkpoint written to a temporary folder (`tiny`; with
 `--full` also the official network's size), the photo the shared fixture with its box.
 Each source gets its own `SPIGA_HOME` (its caches, such as the CPU probe's answer), filled
-by one untimed warm-up round.
+by one untimed `spiga align` per source and model.
 """
 
 from __future__ import annotations
@@ -58,6 +58,27 @@ aligner.align(sys.argv[2], boxes=[box])
 second = time.perf_counter()
 print(json.dumps({"import spiga (in process)": imported - start, "spiga.load": loaded - imported,
                   "first align": first - loaded, "next align": second - first}))
+"""
+
+#: `--profile`: where `spiga.load`'s time goes (cProfile, cumulative seconds per phase).
+PROFILE = """
+import cProfile, json, pstats, sys
+import spiga
+profile = cProfile.Profile()
+profile.enable()
+spiga.load(sys.argv[1], device="cpu")
+profile.disable()
+phases = {"spiga.load": ("aligner.py", "load"), "load_checkpoint": ("checkpoint.py", "load_checkpoint"),
+          "  build the network": ("checkpoint.py", "build_model"), "  load the weights": ("checkpoint.py", "_load_state"),
+          "prepare_for_inference": ("optimize.py", "prepare_for_inference"), "  copy the model": ("copy.py", "deepcopy"),
+          "  fold batch norms": ("optimize.py", "fold_batch_norms"), "  fuse and prepack": ("optimize.py", "fuse_module"),
+          "    conv input sizes": ("optimize.py", "_conv_input_sizes"), "  CPU probe": ("cpu.py", "_probe")}
+stats = pstats.Stats(profile).stats
+found = {}
+for label, (file, name) in phases.items():
+    times = [value[3] for (path, _, function), value in stats.items() if path.endswith(file) and function == name]
+    found[label] = max(times) if times else 0.0
+print(json.dumps(found))
 """
 
 
@@ -159,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds; figures are medians (3)")
     parser.add_argument("--full", action="store_true", help="also the official-size network (random weights)")
     parser.add_argument("--json", metavar="OUT.json", help="also write the figures as JSON")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: where spiga.load's time goes (cProfile per phase, one process per source "
+                             "and model after a warm-up load)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="spiga-startup-"))
@@ -174,14 +198,21 @@ def main(argv: list[str] | None = None) -> int:
         models["official size"] = random_checkpoint(work, "official")
     image, box = photo(work)
     table = commands(models, image, box, work / "out.json")
+    if args.profile:
+        profile_load(sources, models)
+        shutil.rmtree(work, ignore_errors=True)
+        return 0
 
-    print(f"{cpu_name()}, {os.cpu_count()} logical CPUs; {args.rounds} rounds after a warm-up round",
+    print(f"{cpu_name()}, {os.cpu_count()} logical CPUs; {args.rounds} rounds after a warm-up `spiga align`",
           file=sys.stderr)
-    one_round(sources, table, models, image, box)  # warm-up: page cache, caches under SPIGA_HOME
+    for size in models:  # warm-up: the page cache, and the caches under each SPIGA_HOME
+        for env in sources.values():
+            timed(table[f"spiga align ({size})"], env)
     rounds = []
     for index in range(args.rounds):
         rounds.append(one_round(sources, table, models, image, box))
-        print(f"  round {index + 1}/{args.rounds} done", file=sys.stderr)
+        # each round's figures as they come: a long run on a busy machine can be read before its end
+        print(f"  round {index + 1}/{args.rounds}: {json.dumps(rounds[-1])}", file=sys.stderr)
     report = summarise(rounds, sources)
     print_report(report)
     if args.json:
@@ -189,6 +220,22 @@ def main(argv: list[str] | None = None) -> int:
                                               indent=1) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def profile_load(sources: dict[str, dict[str, str]], models: dict[str, Path]) -> None:
+    """Print the seconds of each phase of `spiga.load` for every source and model."""
+    print(f"{cpu_name()}, {os.cpu_count()} logical CPUs; cProfile, seconds (cumulative)", file=sys.stderr)
+    results = {}
+    for size, model in models.items():
+        for name, env in sources.items():
+            timed([sys.executable, "-c", PROFILE, str(model)], env)  # warm-up: page cache, the probe's cache
+            line = timed([sys.executable, "-c", PROFILE, str(model)], env)[1]
+            results[f"{name} ({size})"] = json.loads(line.strip().splitlines()[-1])
+    columns = list(results)
+    print("| phase | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for phase in results[columns[0]]:
+        print(f"| {phase} | " + " | ".join(f"{results[c][phase]:.3f}" for c in columns) + " |")
 
 
 def summarise(rounds: list[dict[str, dict[str, float]]], sources) -> dict[str, dict[str, dict[str, float]]]:
