@@ -45,7 +45,7 @@ def main() -> None:
 
     config = ModelConfig.sized(args.size, WFLW_98.num_landmarks, WFLW_98.num_edges)
     model = build_model(config, WFLW_98, np.random.default_rng(0).normal(size=(98, 3)) * 0.3)
-    aligner = Aligner(Checkpoint(model.eval(), WFLW_98, config), device=args.device)
+    aligner = Aligner(Checkpoint(model.eval(), WFLW_98, config), device=args.device, tune_process=True)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(720, 1280, 3), dtype=np.uint8)
     boxes = [(60 + 150 * i, 200 + 20 * (i % 3), 140, 160) for i in range(8)]

@@ -239,7 +239,7 @@ def worker(conn, impl: Impl, threads: int, paths: dict, clock_name: str = "wall"
 
             model = paths["onnx"] if impl.backend == "onnxruntime" else paths["checkpoint"]
             aligner = spiga.load(model, device="cpu", precision=impl.precision, compile=impl.compile,
-                                 backend=impl.backend, max_batch=64)
+                                 backend=impl.backend, max_batch=64, tune_process=True)  # as the commands do
 
             def run(image, boxes):
                 faces = aligner.align(image, boxes)

@@ -61,7 +61,8 @@ def main() -> None:
 
     config = ModelConfig.sized(args.size, WFLW_98.num_landmarks, WFLW_98.num_edges)
     model = build_model(config, WFLW_98, np.random.default_rng(0).normal(size=(98, 3)) * 0.3).eval()
-    aligner = Aligner(Checkpoint(model, WFLW_98, config), device=args.device, detector="blazeface")
+    aligner = Aligner(Checkpoint(model, WFLW_98, config), device=args.device, detector="blazeface",
+                      tune_process=True)  # as `spiga video` does
     print(f"model size {args.size}, device {args.device}, {args.threads} threads, torch {torch.__version__}, "
           f"{args.width}x{args.height}, {args.frames} frames, BlazeFace (full, min_face_size 24)")
     print(f"{'K':>4} {'frames':>6} {'detections':>10} {'seconds':>8} {'fps':>6}")

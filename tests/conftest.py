@@ -99,12 +99,3 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _plain_float_state():
-    """Aligners flush denormal floats process-wide (a speed setting, see
-    `spiga.inference.tune_cpu_process`); tests after them, hypothesis's above all, expect
-    IEEE arithmetic, so each test ends with the default restored."""
-    yield
-    torch.set_flush_denormal(False)

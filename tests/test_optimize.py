@@ -286,10 +286,52 @@ def test_cli_precision(tiny_checkpoint, image_file, tmp_path, capsys):
     assert np.abs(results["float32"] - results["float64"]).max() < 0.01
 
 
-@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
-                    reason="torch flushes denormals on x86 only")
-def test_cpu_backend_flushes_denormals(tiny_checkpoint, face_image):
-    torch.set_flush_denormal(False)
-    spiga.load(tiny_checkpoint, device="cpu").align(face_image, [(70, 35, 100, 130)])
+X86 = __import__("platform").machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.mark.skipif(not X86, reason="torch flushes denormals on x86 only")
+def test_denormals_are_flushed_within_the_block_only():
+    from spiga.inference.cpu import denormals_flushed, flushed_denormals
+
     denormal = torch.tensor([1e-39], dtype=torch.float32)
-    assert (denormal * 1.0).item() == 0.0  # flushed to zero (x86 with SSE; the switch is process-wide)
+    assert not denormals_flushed() and (denormal * 1.0).item() != 0.0
+    with flushed_denormals():
+        assert denormals_flushed() and (denormal * 1.0).item() == 0.0
+        with flushed_denormals():  # nested: the outer block's setting survives the inner one
+            pass
+        assert denormals_flushed()
+    assert not denormals_flushed() and (denormal * 1.0).item() != 0.0
+
+
+@pytest.mark.skipif(not X86, reason="torch flushes denormals on x86 only")
+@pytest.mark.parametrize("tune_process", [False, True])
+def test_cpu_backend_leaves_the_callers_arithmetic_alone(tiny_checkpoint, face_image, tune_process, monkeypatch):
+    """The network flushes denormals during its own calls only (tune_process), and the
+    process-wide malloc settings are applied only when asked for (the commands ask)."""
+    from spiga.inference import backends
+    from spiga.inference.cpu import denormals_flushed
+
+    tuned, seen = [], []
+    monkeypatch.setattr(backends, "tune_cpu_process", lambda: tuned.append(True))
+    aligner = spiga.load(tiny_checkpoint, device="cpu", tune_process=tune_process)
+    run = aligner.backend._predict_crops
+    monkeypatch.setattr(aligner.backend, "_predict_crops", lambda crops: (seen.append(denormals_flushed()),
+                                                                          run(crops))[1])
+    aligner.align(face_image, [(70, 35, 100, 130)])
+    assert tuned == ([True] if tune_process else []) and seen == [tune_process]
+    assert not denormals_flushed()
+
+
+@pytest.mark.skipif(not X86, reason="torch flushes denormals on x86 only")
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_the_detector_leaves_the_callers_arithmetic_alone(runtime):
+    """onnxruntime's denormal option flushes the thread that creates a session, for good:
+    the detector restores it, and flushes during its own calls only."""
+    from spiga.detection import make_detector
+    from spiga.detection.runtime import _onnx_session
+    from spiga.inference.cpu import denormals_flushed
+
+    _onnx_session.cache_clear()  # a session made in this test, on this thread
+    detector = make_detector("blazeface", backend=runtime)
+    detector.detect(np.zeros((120, 160, 3), np.uint8))
+    assert not denormals_flushed()

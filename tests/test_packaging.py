@@ -59,15 +59,20 @@ def test_the_original_packages_metadata_is_refused(monkeypatch):
         about.check_installation()
 
 
-def test_the_original_packages_files_beside_ours_make_import_fail(tmp_path):
+def test_the_original_packages_files_beside_ours_are_refused(tmp_path):
     """A wheel of the original installed over ours leaves its files in our folder: `import
-    spiga` then fails with a message saying what to do, not somewhere deep inside."""
+    spiga` scans no files, but the first `spiga.load` and every `spiga` command then fail
+    with a message saying what to do, not somewhere deep inside."""
     package = tmp_path / "site" / "spiga"
     shutil.copytree(Path(spiga.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
     (package / "models").mkdir(exist_ok=True)
     (package / "models" / "spiga.py").write_text("# the original package's model\n")
-    run = subprocess.run([sys.executable, "-c", "import spiga"], cwd=tmp_path, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"})
+    env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-c", "import spiga; spiga.load('wflw')"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env)
     assert run.returncode != 0
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError:") and "original SPIGA package" in last and "pip uninstall" in last
+    run = subprocess.run([sys.executable, "-m", "spiga", "--version"], cwd=tmp_path, capture_output=True, text=True,
+                         env=env)
+    assert run.returncode == 2 and run.stderr.startswith("spiga: error:") and "pip uninstall" in run.stderr

@@ -51,3 +51,15 @@ def check_installation() -> None:
             f"{problem}: it and {DISTRIBUTION} both provide the module `spiga` and cannot be installed together. "
             f"Remove both and reinstall this one: pip uninstall -y {ORIGINAL_DISTRIBUTION} {DISTRIBUTION} && "
             f"{install_hint()}")
+
+
+_installation_checked = False
+
+
+def check_installation_once() -> None:
+    """`check_installation`, the first time it passes in this process (the first `spiga.load`;
+    importing `spiga` scans no files)."""
+    global _installation_checked
+    if not _installation_checked:
+        check_installation()
+        _installation_checked = True

@@ -10,6 +10,7 @@ tensors, and official `.pt` files are read with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -52,14 +53,35 @@ class Checkpoint:
     path: Path | None = None
 
 
-def build_model(config: ModelConfig, landmarks: LandmarkSet, mean_face_3d: np.ndarray | None = None) -> SPIGA:
-    """A SPIGA network for `landmarks`, with the mean face set when given."""
+def build_model(config: ModelConfig, landmarks: LandmarkSet, mean_face_3d: np.ndarray | None = None,
+                initialise: bool = True) -> SPIGA:
+    """A SPIGA network for `landmarks`, with the mean face set when given.
+
+    `initialise=False` leaves the learned weights unset (uninitialised memory, never
+    touched) for a caller that loads them next: the random initialisation of a full-size
+    network costs about a quarter of a second. Constant buffers are made as always.
+    """
     if (config.num_landmarks, config.num_edges) != (landmarks.num_landmarks, landmarks.num_edges):
         raise SpigaError(
             f"model configuration is for {config.num_landmarks} points / {config.num_edges} edges but landmark set "
             f"{landmarks.name!r} has {landmarks.num_landmarks} / {landmarks.num_edges}")
     mean_face = None if mean_face_3d is None else torch.as_tensor(np.asarray(mean_face_3d), dtype=torch.float32)
-    return SPIGA(config, torch.from_numpy(landmarks.edge_matrix()), mean_face)
+    with contextlib.nullcontext() if initialise else _SkipInit():
+        return SPIGA(config, torch.from_numpy(landmarks.edge_matrix()), mean_face)
+
+
+class _SkipInit(torch.overrides.TorchFunctionMode):
+    """Within the block, PyTorch's weight initialisers (`torch.nn.init`, the random fills
+    they use) leave their tensor as it is. A torch function mode is per thread: other
+    threads building models meanwhile initialise as usual."""
+
+    _SKIPPED = frozenset({torch.nn.init.uniform_, torch.nn.init.normal_, torch.nn.init.kaiming_uniform_,
+                          torch.nn.init.constant_, torch.Tensor.uniform_, torch.Tensor.normal_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self._SKIPPED:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
 def save_checkpoint(path: str | os.PathLike, model: SPIGA, landmarks: LandmarkSet,
@@ -240,10 +262,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     mean_face = tensors.pop(MEAN_FACE_KEY)
     _check_mean_face(mean_face, source)
     try:
-        model = build_model(config, landmarks)
+        model = build_model(config, landmarks, initialise=False)  # every learned value comes from the file
     except SpigaError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
-    _load_state(model, tensors, source)
+    _load_state(model, tensors, source, assign=True)
     try:
         model.set_mean_face(mean_face)
     except ValueError as exc:
@@ -252,8 +274,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return Checkpoint(model, landmarks, config, header, path)
 
 
-def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict state_dict loading with a readable account of what does not fit."""
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
+    """Strict state_dict loading with a readable account of what does not fit. `assign`: the
+    model takes the file's tensors as its own (cast to its dtypes) instead of copying them
+    into its own, for a model built without initialisation."""
     state = dict(state)
     official_to_own(state)  # official layout (or checkpoints written in it) -> the model's
     expected = model.state_dict()
@@ -272,7 +296,9 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
         raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
     for key, value in state.items():
         _check_values(key, value, expected[key].dtype, source)
-    model.load_state_dict(state, strict=True)
+    if assign:
+        state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 def _dtype_fits(stored: torch.dtype, expected: torch.dtype) -> bool:

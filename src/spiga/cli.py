@@ -22,6 +22,7 @@ import argparse
 import logging
 import sys
 
+from . import choices
 from .errors import InputError, SpigaError
 
 _COMMANDS: list = []
@@ -37,7 +38,7 @@ def _command(add):
 
 def _model_options(default: str | None = "wflw", onnx: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    names = "wflw, 300wpublic, 300wprivate, merlrav, cofw68"
+    names = ", ".join(choices.DATASET_CONFIGS)
     what = f"named official model ({names}), spiga checkpoint" + (", or .onnx file (--backend onnxruntime)"
                                                                   if onnx else "")
     if default is None:
@@ -54,16 +55,13 @@ def _device_options() -> argparse.ArgumentParser:
 
 
 def _runtime_options(max_batch: int = 32) -> argparse.ArgumentParser:
-    """How the network runs; the choices come from the library."""
-    from .inference.backends import BACKENDS
-    from .inference.optimize import PRECISIONS
-
+    """How the network runs; the choices come from `spiga.choices` (cheap to import)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--precision", default="float32", choices=list(PRECISIONS),
+    p.add_argument("--precision", default="float32", choices=list(choices.PRECISIONS),
                    help="arithmetic of the network: float32 (default), bfloat16 (fast on CPUs with AVX-512 BF16 or "
                         "AMX, and on CUDA; emulated elsewhere), float16 (CUDA only), float64 (the exact reference, "
                         "slow)")
-    p.add_argument("--backend", default="torch", choices=list(BACKENDS),
+    p.add_argument("--backend", default="torch", choices=list(choices.BACKENDS),
                    help="torch (default), onnxruntime or openvino (--model may then be an .onnx file from `spiga export`)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (slow first call; pays off for long runs only)")
@@ -76,11 +74,9 @@ def _runtime_options(max_batch: int = 32) -> argparse.ArgumentParser:
 
 
 def _detector_options(none: bool = False) -> argparse.ArgumentParser:
-    from .detection import DETECTOR_NAMES
-
     p = argparse.ArgumentParser(add_help=False)
     names = ", ".join(("blazeface (default)" if n == "blazeface" else "file:BOXES" if n == "file" else n)
-                      for n in DETECTOR_NAMES)
+                      for n in choices.DETECTORS)
     p.add_argument("--detector", default="blazeface",
                    help=f"face detector when no boxes are given: {names}" + (", none" if none else ""))
     return p
@@ -101,18 +97,17 @@ def _image_options() -> argparse.ArgumentParser:
 
 
 def _dataset_config_choices() -> list[str]:
-    from .landmarks import DATASET_LANDMARKS
-
-    return sorted(DATASET_LANDMARKS)
+    return sorted(choices.DATASET_CONFIGS)
 
 
 def _load_aligner(args, detector=None):
     """`spiga.load` with the shared options of `args`."""
     import spiga
 
+    # the commands own their process: its CPU-wide speed settings are theirs to make
     return spiga.load(args.model, device=args.device, precision=args.precision, backend=args.backend,
                       compile=args.compile, max_batch=args.max_batch, depth_scaling=args.depth_scaling,
-                      detector=args.detector if detector is None else detector,
+                      detector=args.detector if detector is None else detector, tune_process=True,
                       allow_damaged=getattr(args, "allow_damaged", False))
 
 
@@ -384,11 +379,9 @@ def _run_convert(args) -> int:
 
 
 def _scoring_options() -> argparse.ArgumentParser:
-    from .evaluate.metrics import NORMS
-
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--db-info", metavar="FILE", help="the original db_info.json: test subsets and per-norm thresholds")
-    p.add_argument("--norm", choices=NORMS, help="NME normalisation (default: the dataset's)")
+    p.add_argument("--norm", choices=choices.NORMS, help="NME normalisation (default: the dataset's)")
     p.add_argument("--threshold", type=float, metavar="T", help="FR/AUC threshold in percent (default: the dataset's)")
     p.add_argument("--json", metavar="OUT.json", help="write the figures as JSON")
     p.add_argument("--plot", metavar="CED.png", help="draw the CED curves (needs matplotlib)")
@@ -496,11 +489,6 @@ def _run_benchmark(args) -> int:
 
 @_command
 def _add_train(sub) -> None:
-    from .evaluate.metrics import NORMS
-    from .model import MODEL_SIZES
-    from .train.config import OPTIMIZERS, TRAIN_PRECISIONS
-    from .train.recipe import PARTS, STAGES
-
     p = sub.add_parser(
         "train", help="train or fine-tune a model (also under torchrun for DDP)",
         description="Train SPIGA from scratch or fine-tune it. Options override the YAML --config-file. "
@@ -509,22 +497,22 @@ def _add_train(sub) -> None:
     p.add_argument("--train", action="append", metavar="FORMAT:PATH[:ROOT]",
                    help="training data (repeatable): wflw, 300w, cofw68, merlrav, spiga-json, custom")
     p.add_argument("--val", action="append", metavar="FORMAT:PATH[:ROOT]", help="validation data (repeatable)")
-    p.add_argument("--val-norm", choices=NORMS,
+    p.add_argument("--val-norm", choices=choices.NORMS,
                    help="the validation NME's normalisation, one for the whole set (default: as spiga evaluate "
                         "scores the data: the benchmark of its format or layout)")
     p.add_argument("--val-threshold", type=float, metavar="T",
                    help="FR/AUC threshold of the validation, in percent (default: the norm's)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/spiga)")
     p.add_argument("--init", metavar="MODEL", help="start from a named model or checkpoint (fine-tuning)")
-    p.add_argument("--stage", choices=list(STAGES),
+    p.add_argument("--stage", choices=list(choices.TRAIN_STAGES),
                    help="1: CNN, 2: CNN + pose, 3: cascade with CNN and pose frozen, full (default): everything")
     p.add_argument("--freeze", metavar="PARTS",
-                   help=f"parts to freeze, comma-separated: {','.join(PARTS)} (default: the stage's)")
+                   help=f"parts to freeze, comma-separated: {','.join(choices.TRAIN_PARTS)} (default: the stage's)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--optimizer", choices=list(OPTIMIZERS),
+    p.add_argument("--optimizer", choices=list(choices.OPTIMIZERS),
                    help="default adamw; adam: Adam (with --weight-decay 0, plain Adam); sgd: momentum 0.9")
     p.add_argument("--weight-decay", type=float, metavar="W", help="weight decay (default 1e-4)")
     p.add_argument("--milestones", type=int, nargs="+", metavar="N",
@@ -534,7 +522,7 @@ def _add_train(sub) -> None:
     p.add_argument("--smooth-l1-beta", type=float, metavar="BETA",
                    help="Smooth L1 beta of the coordinate and cascade losses, in crop units (crop width 1; default "
                         "0.01 = 2.56 px of a 256-px crop; 1/64 of a 64-px feature-map pixel is 0.000244)")
-    p.add_argument("--model-size", choices=list(MODEL_SIZES))
+    p.add_argument("--model-size", choices=list(choices.MODEL_SIZES))
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--workers", type=int, help="data-loading worker processes")
     p.add_argument("--seed", type=int)
@@ -545,7 +533,7 @@ def _add_train(sub) -> None:
                    help="accept image paths in annotation files that leave the image folder (absolute or ..)")
     p.add_argument("--allow-random-frozen", action="store_true", default=None,
                    help="accept a frozen CNN (--stage 3, --freeze cnn) without --init: it stays random")
-    p.add_argument("--precision", choices=list(TRAIN_PRECISIONS), help="bfloat16: mixed precision (autocast)")
+    p.add_argument("--precision", choices=list(choices.TRAIN_PRECISIONS), help="bfloat16: mixed precision (autocast)")
     p.add_argument("--depth-scaling", metavar="RULE",
                    help="images deeper than 8 bits (16-bit thermal): percentile[:LOW:HIGH] (default percentile:1:99), "
                         "range:LOW:HIGH or full; recorded in the checkpoint, so inference scales the same way")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .. import choices
 from ..errors import InputError
 
 __all__ = [
@@ -86,7 +87,7 @@ def _detector_classes() -> dict[str, type]:
             "file": FileBoxDetector}
 
 
-DETECTOR_NAMES = ("blazeface", "haar", "dlib", "file")
+DETECTOR_NAMES = choices.DETECTORS
 
 
 def make_detector(name: str = "blazeface", **options) -> Detector:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, InputError, SpigaError
+from ..inference.cpu import denormal_mode_kept, flushed_denormals
 from .blazeface_net import NETWORKS
 
 logger = logging.getLogger(__name__)
@@ -95,9 +96,11 @@ class TorchRuntime:
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         batch = torch.from_numpy(images).to(self.device)
         if self.device.type == "cpu":
-            flush_denormals()
             batch = batch.contiguous(memory_format=torch.channels_last)
-        regressors, logits = self.network(batch)
+            with flushed_denormals():  # see `flushed_denormals` below
+                regressors, logits = self.network(batch)
+        else:
+            regressors, logits = self.network(batch)
         return regressors.float().cpu().numpy(), logits.float().cpu().numpy()
 
 
@@ -122,17 +125,17 @@ class OnnxRuntime:
         self.session = _onnx_session(variant, self.threads)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        flush_denormals()  # the calling thread computes too; the pool's threads are set by the session
-        return tuple(self.session.run(["regressors", "logits"],
-                                      {"images": np.ascontiguousarray(images, dtype=np.float32)}))
+        # the calling thread computes too (flushed for the call only); the pool's threads are set by the session
+        with flushed_denormals():
+            return tuple(self.session.run(["regressors", "logits"],
+                                          {"images": np.ascontiguousarray(images, dtype=np.float32)}))
 
 
-def flush_denormals() -> None:
-    """Flush denormal floats to zero on this thread (x86; elsewhere a no-op). A real photo's
-    activations go denormal in BlazeFace's later layers, where x86 arithmetic on them is
-    10-100x slower: measured, the finest pyramid level of a 640x480 photo took 35 ms
-    instead of 17.5 ms. The aligner does the same (`spiga.inference.backends.tune_cpu_process`)."""
-    torch.set_flush_denormal(True)
+# Denormal floats are flushed to zero during each call, on the calling thread, and the
+# thread's setting restored after (`spiga.inference.cpu.flushed_denormals`): a real photo's
+# activations go denormal in BlazeFace's later layers, where x86 arithmetic on them is
+# 10-100x slower: measured, the finest pyramid level of a 640x480 photo took 35 ms instead
+# of 17.5 ms.
 
 
 @lru_cache(maxsize=8)
@@ -151,10 +154,11 @@ def _onnx_session(variant: str, threads: int):
     options.log_severity_level = 3  # errors only: no notes about folded Cast nodes
     # idle threads sleep instead of spinning: they would take the cores from PyTorch
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # denormals flushed in the pool's threads too (see `flush_denormals`)
+    # denormals flushed in the pool's threads too (see `flushed_denormals` above)
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
     try:
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        with denormal_mode_kept():  # the option would flush this thread's arithmetic for good
+            session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise CheckpointError(f"blazeface_{variant}.onnx: onnxruntime cannot load it "
                               f"({type(exc).__name__}: {exc})") from None

@@ -23,11 +23,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .. import choices
 from ..errors import InputError
 from ..landmarks import LandmarkSet
 
 #: The normalisations an NME can use.
-NORMS = ("corners", "pupils", "lnd_bbox", "bbox", "height", "diagonal")
+NORMS = choices.NORMS
 #: NME percentiles reported for every dataset.
 PERCENTILES = (90, 95, 99)
 #: Angles (degrees) at which the head-pose success rate is reported.

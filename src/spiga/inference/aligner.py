@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..about import check_installation_once
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import BoxError, BoxOutsideImage, InputError, SpigaError
 from ..face import Face, HeadPose
@@ -63,7 +64,9 @@ class Aligner:
 
     Use `spiga.load(...)` rather than building one directly. The network runs in a
     backend (`predict_crops`: crops in, landmarks in crop pixels and pose out); cropping,
-    back-projection and `Face` construction are the same for every backend.
+    back-projection and `Face` construction are the same for every backend. `model` is
+    the network the backend runs from (`spiga.load` prepares the checkpoint's model in
+    place: it is then the inference network itself).
     """
 
     #: Accept JPEG files whose data is damaged or cut short (see `spiga.io.read_image`)
@@ -72,12 +75,14 @@ class Aligner:
 
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device | None = None,
                  precision: str = "float32", max_batch: int = 32, detector: Any = "blazeface", compile: bool = False,
-                 tune_process: bool = True, depth_scaling: str | DepthScaling | None = None):
+                 tune_process: bool = False, depth_scaling: str | DepthScaling | None = None,
+                 in_place: bool = False):
         if precision not in PRECISIONS:
             raise SpigaError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
         device = _pick_device(device)
+        # in_place: the checkpoint's model becomes the inference network (no copy of the weights)
         backend = TorchBackend(checkpoint.model.eval(), device, precision, max_batch=max_batch, compile=compile,
-                               tune_process=tune_process)
+                               tune_process=tune_process, in_place=in_place)
         name = str(checkpoint.path) if checkpoint.path else "<in memory>"
         self._setup(backend, checkpoint.landmarks, checkpoint.config, name, detector,
                     model_depth_scaling(checkpoint.metadata, name) if depth_scaling is None else depth_scaling)
@@ -315,14 +320,16 @@ def load(model: str | os.PathLike = "wflw", device: str | torch.device | None = 
         options: `max_batch` (faces per network call, default 32), `detector` (the face
             detector used when `align` gets no boxes: a name for `spiga.detection.make_detector`,
             `blazeface` by default, `haar`, `dlib`, `file:PATH`; a `Detector`; or None),
-            `tune_process` (torch backend on CPU: flush denormal floats to zero and keep large
-            freed blocks in the heap, process-wide; default True; see `tune_cpu_process`),
+            `tune_process` (torch backend on CPU: keep large freed blocks in the heap, a
+            process-wide setting, and flush denormal floats to zero during each network call;
+            default False, the `spiga` commands pass True; see `tune_cpu_process`),
             `depth_scaling` (how images deeper than 8 bits, e.g. 16-bit thermal, are scaled:
             a `spiga.io.DepthScaling` rule such as "percentile:1:99"; default: the rule the
             model was trained with, recorded in its checkpoint, else uint16 / 257),
             `allow_damaged` (accept JPEG files whose data is damaged or cut short, the
             missing part gray; default False: refused with `ImageError`).
     """
+    check_installation_once()  # the mixed-install check, here rather than at `import spiga`
     allow_damaged = bool(options.pop("allow_damaged", False))
     aligner = _load(model, device, precision, backend, compile, **options)
     aligner.allow_damaged = allow_damaged
@@ -344,4 +351,6 @@ def _load(model: str | os.PathLike, device: str | torch.device | None, precision
         return Aligner.from_backend(onnx, onnx.landmark_set, onnx.config, name, options.get("detector", "blazeface"),
                                     model_depth_scaling(onnx.header, name) if depth is None else depth)
     path = resolve_model(model)
-    return Aligner(load_checkpoint(path), device=device, precision=precision, compile=compile, **options)
+    # the checkpoint is this load's own: its model is prepared in place, not copied
+    return Aligner(load_checkpoint(path), device=device, precision=precision, compile=compile, in_place=True,
+                   **options)

@@ -22,12 +22,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .. import choices
 from ..model import SPIGA
+from .cpu import flushed_denormals
 from .optimize import precision_dtype, prepare_for_inference
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
+BACKENDS = choices.BACKENDS
 
 _GLIBC_M_TRIM_THRESHOLD = -1
 _GLIBC_M_MMAP_THRESHOLD = -3
@@ -35,14 +37,17 @@ _process_tuned = False
 
 
 def tune_cpu_process() -> None:
-    """Process-wide settings that make CPU inference faster (applied once):
+    """Process-wide settings that make CPU inference faster (applied once; `spiga.load(...,
+    tune_process=True)`, which the `spiga` commands pass):
 
-    - denormal floats are flushed to zero (`torch.set_flush_denormal`): x86 arithmetic on
-      values below 1.2e-38 is 10-100x slower, and flushing them moves no landmark;
     - with glibc, large freed blocks stay in the heap (`mallopt` M_MMAP_THRESHOLD and
       M_TRIM_THRESHOLD at 1 GiB): otherwise every activation above 32 MiB (a batch of 4 or
       more faces) is a fresh `mmap` whose pages fault in on every call, which measured
-      about 20% of the time per face at batch 8. The process then keeps its peak memory.
+      about 20% of the time per face at batch 8. The process then keeps its peak memory;
+    - what loading and preparing the model freed goes back to the system (`malloc_trim`).
+
+    With it the backend also flushes denormal floats to zero during each network call
+    (`spiga.inference.cpu.flushed_denormals`, restored after the call).
     """
     global _process_tuned
     libc = _glibc()
@@ -52,7 +57,6 @@ def tune_cpu_process() -> None:
     if _process_tuned:
         return
     _process_tuned = True
-    torch.set_flush_denormal(True)
     if libc is not None:
         limit = 1 << 30
         ok = libc.mallopt(_GLIBC_M_MMAP_THRESHOLD, limit) and libc.mallopt(_GLIBC_M_TRIM_THRESHOLD, limit)
@@ -96,21 +100,23 @@ class TorchBackend:
     """PyTorch inference on an optimised copy of a `SPIGA`.
 
     Args:
-        model: the network (unchanged; the backend keeps an optimised copy).
+        model: the network (unchanged, the backend keeps an optimised copy; with `in_place`
+            the backend prepares the model itself, which then no longer trains or exports).
         device: where it runs.
         precision: "float32", "bfloat16", "float16" (CUDA only) or "float64".
         max_batch: faces per network call (larger inputs are split).
         compile: `torch.compile` with frozen weights. Each new batch size compiles once
             (about a minute for the official model on a small CPU); batches are padded to a
             power of two so that few sizes occur.
-        tune_process: on CPUs, apply `tune_cpu_process()` (flush denormals to zero, keep
-            large freed blocks in the heap): process-wide settings.
+        tune_process: on CPUs, apply `tune_cpu_process()` (keep large freed blocks in the
+            heap: a process-wide setting) and flush denormals to zero during each call.
+        in_place: prepare `model` itself instead of a copy (`spiga.load`: the model is its own).
     """
 
     name = "torch"
 
     def __init__(self, model: SPIGA, device: torch.device, precision: str = "float32", max_batch: int = 32,
-                 compile: bool = False, tune_process: bool = True):
+                 compile: bool = False, tune_process: bool = False, in_place: bool = False):
         self.device = torch.device(device)
         self.precision = precision
         self.dtype = precision_dtype(precision, self.device)
@@ -122,7 +128,8 @@ class TorchBackend:
         self.image_size = model.config.image_size
         self.num_landmarks = model.config.num_landmarks
         # torch.compile does its own oneDNN fusion, on the plain (unfused) module
-        self.network = prepare_for_inference(model, precision, self.device, fuse=False if compile else None)
+        self.network = prepare_for_inference(model, precision, self.device, fuse=False if compile else None,
+                                             in_place=in_place)
         self.flush_denormal = tune_process and self.device.type == "cpu"
         if self.flush_denormal:
             tune_cpu_process()
@@ -131,12 +138,16 @@ class TorchBackend:
         if compile:
             self._run = torch.compile(self.network, dynamic=False, options={"freezing": True})
 
-    @torch.inference_mode()
     def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.flush_denormal:
-            # the switch is per thread (this call may come from another thread than the one
-            # that loaded the model) and other libraries (onnxruntime) may reset it
-            torch.set_flush_denormal(True)
+            # per call and per thread (this call may come from another thread than the one
+            # that loaded the model), restored after: the caller's arithmetic stays IEEE
+            with flushed_denormals():
+                return self._predict_crops(crops)
+        return self._predict_crops(crops)
+
+    @torch.inference_mode()
+    def _predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         landmarks, poses = [], []
         for start in range(0, len(crops), self.max_batch):
             chunk = crops[start:start + self.max_batch]

@@ -9,9 +9,17 @@ probe has *run* it on this machine and compared it with the public operator it r
 Everywhere else the inference transforms keep the public operators (`F.conv2d`,
 `F.linear`), which compute the same numbers.
 
-The probe (`cpu_features()`) is cached per process. `SPIGA_CPU_FAST_PATHS=0` in the
-environment turns the private operators off; `forced_cpu_features(...)` overrides any
-field for a block of code (the tests use it to run every branch on every machine).
+The probe (`cpu_features()`) runs once per process, and its answer is kept on disk under
+`$SPIGA_HOME/cpu-probe/` for the next processes, keyed by what it depends on (PyTorch's
+version, the CPU's model and flags, spiga's version, the oneDNN ISA limit): a change of any
+of them probes again, and so does `SPIGA_CPU_PROBE=refresh` in the environment
+(`SPIGA_CPU_PROBE=off`: probe, neither read nor write the file). A cache that cannot be
+read or written is ignored. `SPIGA_CPU_FAST_PATHS=0` in the environment turns the private
+operators off; `forced_cpu_features(...)` overrides any field for a block of code (the
+tests use it to run every branch on every machine).
+
+`flushed_denormals()` flushes denormal floats to zero on the calling thread for a block of
+code and restores the thread's previous setting after it.
 """
 
 from __future__ import annotations
@@ -19,9 +27,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import os
-from typing import Iterator
+import platform
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +42,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 FAST_PATHS_ENV = "SPIGA_CPU_FAST_PATHS"
+#: `refresh`: probe again and rewrite the cached answer; `off`: probe without the cache.
+PROBE_ENV = "SPIGA_CPU_PROBE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,11 +110,130 @@ def _probe() -> CpuFeatures:
     if os.environ.get(FAST_PATHS_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         log.info("%s is off: public operators only", FAST_PATHS_ENV)
         return CpuFeatures(isa, False, False, _native_bfloat16())
-    onednn = _trial(torch.float32)
-    onednn_bf16 = onednn and _trial(torch.bfloat16)
+    mode = os.environ.get(PROBE_ENV, "").strip().lower()
+    key = _probe_key(isa)
+    cached = None if mode in ("refresh", "off") else _read_cached(key)
+    if cached is not None:
+        log.debug("CPU probe (cached): %s", cached.describe())
+        return cached
+    features = _run_trials(isa)
+    if mode != "off":
+        _write_cached(key, features)
+    return features
+
+
+def _run_trials(isa: str) -> CpuFeatures:
+    # the trial layers' initialisation draws from a forked generator: the caller's random
+    # sequence stays as it was
+    with torch.random.fork_rng(devices=[]):
+        onednn = _trial(torch.float32)
+        onednn_bf16 = onednn and _trial(torch.bfloat16)
     features = CpuFeatures(isa, onednn, onednn_bf16, onednn_bf16 and _native_bfloat16())
     log.debug("CPU probe: %s", features.describe())
     return features
+
+
+# --- the probe's answer on disk ----------------------------------------------------------
+
+
+def _cpu_identity() -> dict[str, str]:
+    """The CPU's model name and feature flags (Linux: the first processor of /proc/cpuinfo)."""
+    identity = {"machine": platform.machine(), "model": platform.processor(), "flags": ""}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if not line.strip():
+                    break  # the first processor's block ends: the others repeat it
+                name, _, value = line.partition(":")
+                name = name.strip()
+                if name in ("model name", "Processor", "CPU part"):
+                    identity["model"] = f"{identity['model']} {value.strip()}".strip()
+                elif name in ("flags", "Features"):
+                    identity["flags"] = hashlib.sha256(value.strip().encode()).hexdigest()[:16]
+    except OSError:
+        pass
+    return identity
+
+
+#: environment variables that cap the instruction sets oneDNN and MKL use: part of the key
+_ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def _probe_key(isa: str) -> dict[str, Any]:
+    """What the probe's answer depends on."""
+    from ..about import __version__
+
+    return {"torch": torch.__version__, "spiga": __version__, "isa": isa, **_cpu_identity(),
+            "limits": {name: os.environ.get(name, "") for name in _ISA_LIMITS}}
+
+
+def _cache_file(key: dict[str, Any]) -> Path:
+    from ..hub import spiga_home
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return spiga_home() / "cpu-probe" / f"{digest}.json"
+
+
+def _read_cached(key: dict[str, Any]) -> CpuFeatures | None:
+    """The answer stored for `key`, or None (none stored, unreadable, or another key's)."""
+    try:
+        stored = json.loads(_cache_file(key).read_text(encoding="utf-8"))
+        fields = stored["features"]
+        if stored["key"] != key or set(fields) != {f.name for f in dataclasses.fields(CpuFeatures)}:
+            return None
+        if not isinstance(fields["isa"], str) or not all(isinstance(fields[name], bool) for name in fields
+                                                         if name != "isa"):
+            return None
+        return CpuFeatures(**fields)
+    except Exception:  # a missing, unreadable or malformed file: probe instead
+        return None
+
+
+def _write_cached(key: dict[str, Any], features: CpuFeatures) -> None:
+    """Store the answer for `key`; a cache that cannot be written is skipped silently."""
+    try:
+        from ..io.files import write_atomic
+
+        text = json.dumps({"key": key, "features": dataclasses.asdict(features)}, indent=1)
+        write_atomic(_cache_file(key), text + "\n")
+    except Exception as exc:  # a read-only or full disk must never fail a load
+        log.debug("CPU probe answer not cached: %s: %s", type(exc).__name__, exc)
+
+
+# --- denormals -------------------------------------------------------------------------------
+
+_TINY_DOUBLE = 5e-324  # the smallest denormal double: multiplied by one, it is 0.0 where denormals are flushed
+_ONE = 1.0
+
+
+def denormals_flushed() -> bool:
+    """Whether this thread flushes denormal floats to zero now (x86 FTZ/DAZ)."""
+    return _TINY_DOUBLE * _ONE == 0.0
+
+
+@contextlib.contextmanager
+def denormal_mode_kept() -> Iterator[None]:
+    """This thread's denormal setting after the block as before it, whatever the block's
+    code changes (onnxruntime's `session.set_denormal_as_zero` sets it on the thread that
+    creates the session, for good)."""
+    flushed = denormals_flushed()
+    try:
+        yield
+    finally:
+        if denormals_flushed() != flushed:
+            torch.set_flush_denormal(flushed)
+
+
+@contextlib.contextmanager
+def flushed_denormals() -> Iterator[None]:
+    """Denormal floats flushed to zero on this thread within the block (`torch.set_flush_denormal`,
+    x86; elsewhere nothing changes), the thread's previous setting restored after it.
+
+    x86 arithmetic on values below 1.2e-38 is 10-100x slower, and flushing them moves no
+    landmark; scoped to the block, the setting does not leak into the caller's own code."""
+    with denormal_mode_kept():
+        torch.set_flush_denormal(True)
+        yield
 
 
 def _native_bfloat16() -> bool:

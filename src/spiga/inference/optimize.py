@@ -1,7 +1,8 @@
 """Inference transforms of a trained `SPIGA`: the same module, rearranged for speed.
 
 `prepare_for_inference(model, precision, device)` returns a copy of `model` (a `SPIGA`,
-whose forward code is the model's own) after these transforms, none of which changes the
+whose forward code is the model's own; with `in_place=True` the model itself, as
+`spiga.load` does, saving a copy) after these transforms, none of which changes the
 mathematics (in float64 the result equals the model's to rounding):
 
 - `fold_batch_norms`: every batch norm that follows a convolution or linear layer is
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
+from .. import choices
 from ..errors import SpigaError
 from ..model import SPIGA
 from ..model.cascade import WINDOW_SAMPLERS
@@ -40,8 +42,7 @@ from .cpu import FusedConv, FusedConvBlock, FusedLinear, cpu_features
 
 log = logging.getLogger(__name__)
 
-PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                                      "float16": torch.float16, "float64": torch.float64}
+PRECISIONS: dict[str, torch.dtype] = {name: getattr(torch, name) for name in choices.PRECISIONS}
 
 _warned_slow_bfloat16 = False
 
@@ -192,8 +193,9 @@ class StemConv(nn.Module):
                                 conv.padding)
             if conv.bias is not None:
                 constant = constant + conv.bias.double().view(1, -1, 1, 1)
-        self.conv = nn.Conv2d(image_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                              bias=False)
+        # built without initialisation (its weight is set next; no draw from the random generator)
+        self.conv = nn.utils.skip_init(nn.Conv2d, image_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                       conv.padding, bias=False, device=conv.weight.device)
         self.conv.weight = nn.Parameter(conv.weight[:, :image_channels].detach().clone(), requires_grad=False)
         self.register_buffer("constant", constant[0].to(conv.weight.dtype))
         self.relu = block.relu is not None
@@ -236,17 +238,28 @@ def to_channels_last(model: SPIGA) -> SPIGA:
 
 
 def _conv_input_sizes(model: SPIGA, example: torch.Tensor) -> dict[nn.Module, list[int]]:
-    """The input size of every convolution of the CNN on `example`."""
+    """The input size of every convolution of the CNN on `example`.
+
+    The CNN runs on PyTorch's meta device (shapes only, no arithmetic: a real pass of the
+    full-size network costs a third of a second), or for real where that fails."""
     sizes: dict[nn.Module, list[int]] = {}
 
     def record(module: nn.Module, args: tuple) -> None:
         sizes.setdefault(module, list(args[0].shape))
 
+    cnn = model.visual_cnn
     hooks = [module.register_forward_pre_hook(record)
-             for module in model.visual_cnn.modules() if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))]
+             for module in cnn.modules() if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))]
     try:
         with torch.no_grad():
-            model.visual_cnn(example)
+            try:
+                shapes_only = {name: torch.empty_like(value, device="meta")
+                               for name, value in [*cnn.named_parameters(), *cnn.named_buffers()]}
+                torch.func.functional_call(cnn, shapes_only, (example.to("meta"),))
+            except Exception as exc:  # an operator without a meta kernel: the real pass gives the same sizes
+                log.debug("shapes on the meta device failed (%s: %s); running the CNN", type(exc).__name__, exc)
+                sizes.clear()
+                cnn(example)
     finally:
         for hook in hooks:
             hook.remove()
@@ -304,11 +317,11 @@ def fuse_module(model: SPIGA) -> SPIGA:
 
 def prepare_for_inference(model: SPIGA, precision: str = "float32", device: str | torch.device = "cpu",
                           channels_last: bool = True, cascade_precision: str | None = None,
-                          fuse: bool | None = None, sampler: str | None = None) -> SPIGA:
+                          fuse: bool | None = None, sampler: str | None = None, in_place: bool = False) -> SPIGA:
     """An inference copy of `model` on `device`, transformed for speed (module docstring).
 
     Args:
-        model: a `SPIGA` (left unchanged).
+        model: a `SPIGA` (left unchanged unless `in_place`).
         precision: "float32", "bfloat16" (CPU or CUDA), "float16" (CUDA only) or "float64":
             the CNN's arithmetic (float64: everything's).
         device: where the copy runs.
@@ -320,6 +333,8 @@ def prepare_for_inference(model: SPIGA, precision: str = "float32", device: str 
             copied, exported or compiled: use `fuse=False` for those.
         sampler: how the cascade reads its windows: "embedding_bag" (the default on CPUs) or
             "gather" (plain Gather/MatMul operators; the default elsewhere and for ONNX).
+        in_place: transform `model` itself instead of a copy (no copy of its weights; the
+            model is then the inference network, no longer one to train, save or export).
     Returns:
         a `SPIGA` in eval mode without gradients; its forward takes images in any float
         dtype and returns what `SPIGA.forward` returns.
@@ -342,7 +357,7 @@ def prepare_for_inference(model: SPIGA, precision: str = "float32", device: str 
         raise SpigaError(f"the fused oneDNN operators are not available for {precision} on {device} "
                          f"(CPU probe: {features.describe()})")
 
-    prepared = copy.deepcopy(model).eval()
+    prepared = (model if in_place else copy.deepcopy(model)).eval()
     if dtype == torch.float64:
         set_precision(prepared, dtype)
     fold_batch_norms(prepared)

@@ -7,15 +7,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .. import choices
 from ..about import install_hint
 from ..io.images import DepthScaling
 from ..errors import SpigaError
 
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
+OPTIMIZERS = choices.OPTIMIZERS
 SCHEDULES = ("cosine", "constant", "step")
 # the arithmetic of a training step: float32, or bfloat16 mixed precision (autocast)
-TRAIN_PRECISIONS = ("float32", "bfloat16")
+TRAIN_PRECISIONS = choices.TRAIN_PRECISIONS
 
 
 @dataclass

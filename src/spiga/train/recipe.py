@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import choices
 from ..errors import SpigaError
 from ..model import SPIGA, official_to_own
 
 log = logging.getLogger(__name__)
 
-PARTS = ("cnn", "pose", "window", "shape", "gat")
+PARTS = choices.TRAIN_PARTS
 
 
 @dataclass(frozen=True)
