@@ -12,11 +12,12 @@ write atomic.
 
 from .faces import FaceCsvWriter, pts_text, write_pts_files
 from .files import is_file, parse_json, read_json_file, write_atomic, write_json_atomic
-from .images import HEIF_SUPPORT, MAX_PIXELS, DepthScaling, read_image, read_image_bytes, to_bgr8, write_image
+from .images import (HEIF_SUPPORT, MAX_PIXELS, DepthScaling, read_image, read_image_array, read_image_bytes, to_bgr8,
+                     write_image)
 from .jsonl import JsonlWriter, read_jsonl_records
 
 __all__ = [
     "DepthScaling", "FaceCsvWriter", "HEIF_SUPPORT", "JsonlWriter", "MAX_PIXELS", "is_file", "parse_json", "pts_text",
-    "read_image", "read_image_bytes", "read_json_file", "read_jsonl_records", "to_bgr8", "write_atomic",
+    "read_image", "read_image_array", "read_image_bytes", "read_json_file", "read_jsonl_records", "to_bgr8", "write_atomic",
     "write_image", "write_json_atomic", "write_pts_files",
 ]
