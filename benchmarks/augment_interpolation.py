@@ -3,6 +3,7 @@
 
     python benchmarks/augment_interpolation.py                  # 400 steps per run
     python benchmarks/augment_interpolation.py --steps 100      # shorter
+    python benchmarks/augment_interpolation.py --data syn --only nearest   # one run, data kept in syn/
 
 Trains a `tiny` SPIGA twice on the same synthetic faces (`spiga.data.synthetic`), same
 seed, once with the augmentation warp sampling bilinearly and once with nearest
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
@@ -39,7 +42,7 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def run(folder: Path, interpolation: str, steps: int, seed: int) -> tuple[float, float]:
+def run(folder: Path, interpolation: str, steps: int, seed: int, batch_size: int) -> tuple[float, float]:
     """Train once with the given warp sampling; (best validation NME, seconds)."""
     original = augment_module.AugmentConfig
     # the training loop builds `AugmentConfig()` itself: give it this run's sampling
@@ -49,7 +52,7 @@ def run(folder: Path, interpolation: str, steps: int, seed: int) -> tuple[float,
             train=[f"custom:{folder}/train/faces.jsonl:{folder}/train"],
             val=[f"custom:{folder}/val/faces.jsonl:{folder}/val"],
             landmark_set=str(folder / "train" / "landmark_set.json"), mean_face=str(folder / "train" / "mean_face.txt"),
-            model_size="tiny", max_steps=steps, batch_size=16, lr=2e-3, workers=0, device="cpu", seed=seed,
+            model_size="tiny", max_steps=steps, batch_size=batch_size, lr=2e-3, workers=0, device="cpu", seed=seed,
             progress=False, out=str(folder / f"run-{interpolation}"))
         start = time.perf_counter()
         result = train(config)
@@ -64,15 +67,22 @@ def main() -> None:
     parser.add_argument("--train-faces", type=int, default=800)
     parser.add_argument("--val-faces", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--only", choices=("bilinear", "nearest"), help="one of the two runs")
+    parser.add_argument("--data", help="folder for the synthetic sets, kept (default: a temporary one)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="spiga-interp-") as tmp:
-        folder = Path(tmp)
-        write_synthetic_dataset(folder / "train", args.train_faces, seed=1)
-        write_synthetic_dataset(folder / "val", args.val_faces, seed=2)
-        print(f"{cpu_name()}; tiny model, {args.steps} steps of 16, {args.train_faces} training faces, "
+        folder = Path(args.data or tmp)
+        for part, count, seed in (("train", args.train_faces, 1), ("val", args.val_faces, 2)):
+            if not (folder / part / "faces.jsonl").is_file():  # written once, shared by both runs
+                write_synthetic_dataset(folder / part, count, seed=seed)
+        print(f"{cpu_name()}; tiny model, {args.steps} steps of {args.batch_size}, {args.train_faces} training faces, "
               f"{args.val_faces} validation faces, seed {args.seed}")
-        for interpolation in ("bilinear", "nearest"):
-            nme, seconds = run(folder, interpolation, args.steps, args.seed)
+        for interpolation in [args.only] if args.only else ["bilinear", "nearest"]:
+            nme, seconds = run(folder, interpolation, args.steps, args.seed, args.batch_size)
             print(f"augmentation warp {interpolation:8s}: validation NME {nme:.2f} %  ({seconds:.0f} s)", flush=True)
 
 

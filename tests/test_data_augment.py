@@ -183,3 +183,22 @@ def test_dataset_draws_are_reproducible(tmp_path):
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["landmarks"], b["landmarks"])
     first.set_epoch(1)
     assert not torch.equal(first[0]["landmarks"], a["landmarks"])
+
+
+def test_warp_interpolation_is_a_choice_and_the_plain_crop_is_the_inference_crop():
+    """Nearest-neighbour augmentation warps copy source pixels; the plain crop is always
+    `crop_images` with the model's preprocessing, whatever the augmentation samples with."""
+    image = np.random.default_rng(3).random((360, 400, 3)).astype(np.float32)
+    visible = annotated = np.ones(6, bool)
+    draw = GeometricDraw(angle=17.0, scale=1.1)
+    nearest = geometric_crop(image, POINTS, visible, annotated, BOX, draw, SIX.flip_order, CROP, "nearest")
+    bilinear = geometric_crop(image, POINTS, visible, annotated, BOX, draw, SIX.flip_order, CROP, "bilinear")
+    np.testing.assert_array_equal(nearest.matrix, bilinear.matrix)
+    inside = nearest.image[nearest.image.any(axis=2)]
+    assert np.isin(inside[:, 0], image[..., 0]).all()  # every value is a source pixel's
+    assert not np.isin(bilinear.image[bilinear.image.any(axis=2)][:, 0], image[..., 0]).all()
+    tiny = Preprocessing(crop_size=128)
+    plain = augment(image, POINTS, visible, annotated, BOX, SIX.flip_order, None, np.random.default_rng(0), tiny)
+    np.testing.assert_array_equal(plain.image, crop_images(image, BOX[None], tiny)[0][0])
+    with pytest.raises(SpigaError, match="augmentation interpolation 'cubic'"):
+        AugmentConfig(interpolation="cubic")
