@@ -64,7 +64,8 @@ class FaceDataset(TorchDataset):
         preprocessing: the model's crop (`ModelConfig.preprocessing`): the plain crop is
             the inference crop, the augmentation composes its warp with it.
         targets: the targets' settings.
-        scaling: the rule for images deeper than 8 bits.
+        scaling: the rule for images deeper than 8 bits; None: the preprocessing's, else
+            `percentile` (what `spiga train` records in the model's preprocessing).
         skip_bad: an unreadable image is replaced by the next readable sample (with a
             warning, listed in `skipped`) instead of raising `ImageError`.
         seed: see the module docstring.
@@ -73,7 +74,7 @@ class FaceDataset(TorchDataset):
     def __init__(self, data: Dataset, mean_face: np.ndarray | str | os.PathLike | None = None,
                  augment: AugmentConfig | None = None, preprocessing: Preprocessing = Preprocessing(),
                  targets: TargetConfig = TargetConfig(),
-                 scaling: DepthScaling = DEFAULT_SCALING, skip_bad: bool = False,
+                 scaling: DepthScaling | None = None, skip_bad: bool = False,
                  seed: int | None = None) -> None:
         if len(data) == 0:
             raise SpigaError(f"{data.name}: no samples")
@@ -90,7 +91,7 @@ class FaceDataset(TorchDataset):
         self.augment = augment
         self.preprocessing = preprocessing
         self.targets = targets
-        self.scaling = scaling
+        self.scaling = scaling or preprocessing.depth_scaling or DEFAULT_SCALING
         self.skip_bad = skip_bad
         self.seed = seed
         self.epoch = 0
