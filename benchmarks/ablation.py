@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     from spiga.geometry.crop import crop_images
     from spiga.inference.optimize import prepare_for_inference
 
-    model = load_checkpoint(checkpoint_path).model.eval()
-    crops, _ = crop_images(np.load(image_path), np.load(boxes_path))
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = checkpoint.model.eval()
+    crops, _ = crop_images(np.load(image_path), np.load(boxes_path), checkpoint.config.preprocessing)
     images = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
 
     def module(grad: bool):

@@ -36,6 +36,9 @@ from spiga.landmarks.mean_face import write_mean_face  # noqa: E402
 from spiga.data.targets import boundary_heatmaps, fit_pose, point_heatmaps, pose_points, project_mean_face  # noqa: E402
 from spiga.geometry import crop_matrices, invert_affine, transform_points  # noqa: E402
 from spiga.landmarks import IBUG_68  # noqa: E402
+from spiga.preprocess import Preprocessing  # noqa: E402
+
+CROP = Preprocessing()  # the official crop
 
 
 def synthetic_set(folder: Path, count: int, width: int, height: int) -> tuple[str, Path]:
@@ -53,8 +56,8 @@ def synthetic_set(folder: Path, count: int, width: int, height: int) -> tuple[st
         side = rng.uniform(0.3, 0.6) * min(width, height)
         box = np.array([rng.uniform(0, width - side), rng.uniform(0, height - side), side, side])
         pose = np.array([*rng.uniform([-40, -20, -20], [40, 20, 20]), 0.0, 0.0, 3.0])
-        in_crop = project_mean_face(world, pose)
-        points = transform_points(in_crop[None], invert_affine(crop_matrices(box[None])))[0]
+        in_crop = project_mean_face(world, pose, CROP)
+        points = transform_points(in_crop[None], invert_affine(crop_matrices(box[None], CROP)))[0]
         cv2.imwrite(str(folder / f"{i:04d}.jpg"), image)
         lines.append(json.dumps({"image": f"{i:04d}.jpg", "landmarks": points.tolist(), "box": box.tolist()}))
     (folder / "faces.jsonl").write_text("\n".join(lines) + "\n")
@@ -73,7 +76,7 @@ def stage_breakdown(dataset: FaceDataset, count: int) -> dict[str, float]:
         image = read_image_float(sample.image_path)
         t1 = time.perf_counter()
         crop = augment(image, sample.landmarks, sample.visible, sample.annotated, sample.box,
-                       layout.flip_order, dataset.augment, rng)
+                       layout.flip_order, dataset.augment, rng, dataset.preprocessing)
         t2 = time.perf_counter()
         on_map = crop.landmarks / 4.0
         point_heatmaps(on_map, crop.annotated)
@@ -81,7 +84,7 @@ def stage_breakdown(dataset: FaceDataset, count: int) -> dict[str, float]:
         boundary_heatmaps(on_map, crop.annotated, layout.edge_groups)
         t4 = time.perf_counter()
         if dataset.mean_face is not None:
-            fit_pose(crop.landmarks, crop.annotated & mask, dataset.mean_face)
+            fit_pose(crop.landmarks, crop.annotated & mask, dataset.mean_face, dataset.preprocessing)
         t5 = time.perf_counter()
         for key, seconds in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             totals[key] += seconds

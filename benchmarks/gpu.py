@@ -140,7 +140,7 @@ def worker(conn, spec: dict, paths: dict, batches: list[int], args: dict) -> Non
                                  compile=spec.get("compile", False), max_batch=max(batches))
             for batch in batches:
                 boxes = np.resize(all_boxes, (batch, 4))
-                crops, _ = crop_images(image, boxes, aligner.config.image_size, aligner.config.crop_enlarge)
+                crops, _ = crop_images(image, boxes, aligner.preprocessing)
                 _reset_peak()
                 try:
                     network = _time(lambda: aligner.predict_crops(crops), args["warmup"], args["runs"],

@@ -126,10 +126,11 @@ def test_unknown_model():
 def test_head_position_on_known_geometry():
     from spiga.face import Face, HeadPose
     from spiga.geometry import crop_matrices
+    from spiga.preprocess import Preprocessing
 
     box = (100.0, 50.0, 80.0, 100.0)
     face = Face(box=box, landmarks=np.zeros((98, 2)), headpose=HeadPose(5, 0, 0, 0.0, 0.0, 3.0),
-                crop_matrix=crop_matrices(np.array([box]))[0])
+                crop_matrix=crop_matrices(np.array([box]), Preprocessing())[0])
     x, y, scale = face.head_position()
     assert (x, y) == pytest.approx((140.0, 100.0))  # centred translation: the box centre
     side = 1.6 * 100.0
@@ -142,6 +143,8 @@ def test_deep_images_are_scaled_by_the_models_rule(tmp_path):
     import cv2
     import torch
 
+    from dataclasses import replace
+
     from spiga.checkpoint import build_model, load_checkpoint, save_checkpoint
     from spiga.io import DepthScaling
     from spiga.landmarks import WFLW_98
@@ -150,10 +153,11 @@ def test_deep_images_are_scaled_by_the_models_rule(tmp_path):
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     mean_face = np.column_stack([rng.uniform(-0.3, 0.1, 98), rng.uniform(-0.8, 0.8, 98), rng.uniform(-1, 1, 98)])
-    model = build_model(ModelConfig.sized("tiny", 98, 15), WFLW_98, mean_face).eval()
+    config = replace(ModelConfig.sized("tiny", 98, 15), depth_scaling="percentile:1:99")
+    model = build_model(config, WFLW_98, mean_face).eval()
     path = tmp_path / "thermal.safetensors"
-    save_checkpoint(path, model, WFLW_98, {"depth_scaling": "percentile:1:99"})
-    assert load_checkpoint(path).metadata["depth_scaling"] == "percentile:1:99"
+    save_checkpoint(path, model, WFLW_98)
+    assert load_checkpoint(path).config.preprocessing.depth_scaling == DepthScaling.parse("percentile:1:99")
     # a dim 16-bit "thermal" image: its values span a small part of the 16-bit range
     thermal = (rng.random((160, 200)) * 3000 + 29000).astype(np.uint16)
     cv2.ellipse(thermal, (100, 80), (40, 50), 0, 0, 360, 31000, -1)

@@ -209,6 +209,14 @@ MALFORMED_HEADERS = {
     "landmarks-infinite": (_set("landmarks", "ids", [float("inf")] * 98), r"header field 'landmarks'"),
     "landmarks-other-count": (_set("model_config", "num_landmarks", 68),
                               r"header fields 'model_config' \(68 points.*'landmarks' \(98 points.*disagree"),
+    "preprocessing-list": (_set(None, "preprocessing", [1.6]), r"'preprocessing': preprocessing must be a JSON"),
+    "preprocessing-bad-rule": (_set("preprocessing", "depth_scaling", "gamma:2"),
+                               r"'preprocessing': depth scaling 'gamma:2'"),
+    "preprocessing-other-size": (_set("preprocessing", "crop_size", 256),
+                                 r"'preprocessing': preprocessing crop_size 256 differs .* input size 128"),
+    "preprocessing-bilinear": (_set("preprocessing", "interpolation", "cubic"),
+                               r"'preprocessing': .*interpolation must be one of nearest"),
+    "preprocessing-huge-enlarge": (_set("preprocessing", "enlarge", 1e9), r"enlarge must be a number in 0\.1\.\.10"),
 }
 
 
@@ -296,3 +304,47 @@ def test_model_config_bounds_cover_every_named_size():
         ModelConfig(num_stacks=9)
     with pytest.raises(SpigaError, match="channels must be an integer, got True"):
         ModelConfig(channels=True)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def test_preprocessing_round_trips_through_a_checkpoint(tmp_path):
+    """The preprocessing object is saved with the weights and read back equal."""
+    from dataclasses import replace
+
+    from spiga.io import DepthScaling
+    from spiga.preprocess import Preprocessing
+
+    config = ModelConfig.sized("tiny", 98, 15)
+    preprocessing = Preprocessing(config.image_size, enlarge=1.4, focal_ratio=2.0,
+                                  depth_scaling=DepthScaling.parse("range:29315:31315"))
+    model = build_model(config.with_preprocessing(preprocessing), WFLW_98)
+    path = save_checkpoint(tmp_path / "p.safetensors", model, WFLW_98)
+    loaded = load_checkpoint(path)
+    assert loaded.config.preprocessing == preprocessing
+    assert Preprocessing.from_dict(loaded.metadata["preprocessing"]) == preprocessing
+    assert Preprocessing.from_dict(json.loads(json.dumps(preprocessing.to_dict()))) == preprocessing
+    assert replace(preprocessing, depth_scaling=None).to_dict()["depth_scaling"] is None
+
+
+def test_checkpoint_of_the_earlier_format_loads_with_the_defaults(tmp_path, stored):
+    """A header written before the `preprocessing` field (crop and camera sections, a
+    top-level depth rule, no preprocessing fields in model_config) loads as it meant."""
+    from spiga.io import DepthScaling
+    from spiga.preprocess import Preprocessing
+
+    tensors, header = stored
+    old = copy.deepcopy(header)
+    del old["preprocessing"]
+    for name in ("crop_interpolation", "depth_scaling"):
+        del old["model_config"][name]
+    size = old["model_config"]["image_size"]
+    old["crop"] = {"size": size, "enlarge": old["model_config"]["crop_enlarge"]}
+    old["camera"] = {"focal_ratio": old["model_config"]["focal_ratio"], "feature_size": size // 4}
+    plain = load_checkpoint(_with_header(tmp_path / "old.safetensors", tensors, old))
+    assert plain.config.preprocessing == Preprocessing(crop_size=size)
+    old["depth_scaling"] = "percentile:2:98"
+    thermal = load_checkpoint(_with_header(tmp_path / "old-thermal.safetensors", tensors, old))
+    assert thermal.config.preprocessing == Preprocessing(crop_size=size,
+                                                         depth_scaling=DepthScaling("percentile", 2.0, 98.0))

@@ -9,6 +9,7 @@ import pytest
 
 from spiga.errors import BoxError
 from spiga.geometry import crop_images, crop_matrices
+from spiga.preprocess import Preprocessing
 
 
 @pytest.mark.parametrize("box", [
@@ -18,13 +19,13 @@ from spiga.geometry import crop_images, crop_matrices
 ])
 def test_an_uncroppable_box_is_a_box_error(box):
     with pytest.raises(BoxError, match="box 1 .* cannot be cropped"):
-        crop_matrices(np.array([(10.0, 10.0, 50.0, 50.0), box]))
+        crop_matrices(np.array([(10.0, 10.0, 50.0, 50.0), box]), Preprocessing())
 
 
 def test_a_huge_but_representable_box_crops_without_warnings():
     image = np.full((20, 30, 3), 7, np.uint8)
     with np.errstate(all="raise"):  # no overflow in the index arithmetic either
-        crops, matrices = crop_images(image, np.array([(0.0, 0.0, 1e300, 1e300)]), size=8)
+        crops, matrices = crop_images(image, np.array([(0.0, 0.0, 1e300, 1e300)]), Preprocessing(crop_size=8))
     assert np.isfinite(matrices).all() and crops.shape == (1, 8, 8, 3)
 
 

@@ -18,6 +18,7 @@ from spiga.data.dataset import FaceDataset
 from spiga.errors import SpigaError
 from spiga.geometry import crop_images, crop_matrices, transform_points
 from spiga.landmarks import IBUG_68, WFLW_98, LandmarkSet
+from spiga.preprocess import Preprocessing
 
 # six well separated points: eyes (0, 1), mouth corners (2, 3), nose (4), chin (5)
 SIX = LandmarkSet(name="six", ids=tuple(range(6)), flip_order=(1, 0, 3, 2, 4, 5),
@@ -25,6 +26,7 @@ SIX = LandmarkSet(name="six", ids=tuple(range(6)), flip_order=(1, 0, 3, 2, 4, 5)
 POINTS = np.array([[140.3, 150.7], [201.6, 148.2], [150.9, 221.4], [195.2, 219.9],
                    [171.4, 185.5], [173.8, 251.1]])
 BOX = np.array([125.0, 130.0, 95.0, 130.0])
+CROP = Preprocessing()  # the official crop
 
 
 def blob_image(points: np.ndarray, shape=(360, 400), sigma=1.5) -> np.ndarray:
@@ -53,7 +55,7 @@ def centroid(image: np.ndarray, near: np.ndarray, radius: int = 9) -> np.ndarray
 def test_warp_moves_image_and_points_together(draw):
     image = blob_image(POINTS)
     visible = annotated = np.ones(6, bool)
-    crop = geometric_crop(image, POINTS, visible, annotated, BOX, draw, SIX.flip_order)
+    crop = geometric_crop(image, POINTS, visible, annotated, BOX, draw, SIX.flip_order, CROP)
     assert crop.image.shape == (256, 256, 3)
     for point in crop.landmarks:
         np.testing.assert_allclose(centroid(crop.image, point), point, atol=0.15)
@@ -71,9 +73,9 @@ def mirror_crop(crop: CropSample, flip_order, size=256) -> tuple[np.ndarray, np.
 def test_flip_twice_is_the_identity():
     image = blob_image(POINTS) + np.linspace(0, 1, 400, dtype=np.float32)[None, :, None]
     visible = annotated = np.ones(6, bool)
-    plain = geometric_crop(image, POINTS, visible, annotated, BOX, GeometricDraw(angle=10), SIX.flip_order)
+    plain = geometric_crop(image, POINTS, visible, annotated, BOX, GeometricDraw(angle=10), SIX.flip_order, CROP)
     flipped = geometric_crop(image, POINTS, visible, annotated, BOX, GeometricDraw(flip=True, angle=-10),
-                             SIX.flip_order)
+                             SIX.flip_order, CROP)
     back_image, back_points = mirror_crop(flipped, SIX.flip_order)
     np.testing.assert_allclose(back_points, plain.landmarks, atol=1e-9)
     # OpenCV rounds sample positions to 1/32 px, so steep blob flanks differ slightly
@@ -90,12 +92,12 @@ def test_flip_order_swaps_sides(layout):
 
 
 def test_identity_draw_is_the_inference_crop():
-    matrix = augmentation_matrix(BOX, GeometricDraw())
-    np.testing.assert_allclose(matrix, crop_matrices(BOX[None])[0])
+    matrix = augmentation_matrix(BOX, GeometricDraw(), CROP)
+    np.testing.assert_allclose(matrix, crop_matrices(BOX[None], CROP)[0])
     image = blob_image(POINTS)
     visible = annotated = np.ones(6, bool)
-    crop = geometric_crop(image, POINTS, visible, annotated, BOX, None, SIX.flip_order)
-    expected, matrices = crop_images(image, BOX[None])
+    crop = geometric_crop(image, POINTS, visible, annotated, BOX, None, SIX.flip_order, CROP)
+    expected, matrices = crop_images(image, BOX[None], CROP)
     np.testing.assert_array_equal(crop.image, expected[0])
     np.testing.assert_allclose(crop.landmarks, transform_points(POINTS[None], matrices)[0])
 
@@ -106,7 +108,7 @@ def test_warp_at_unit_scale_copies_pixels():
     image = np.random.default_rng(0).random((300, 300, 3)).astype(np.float32)
     box = np.array([50.0, 40.0, 160.0, 160.0])  # crop region starts at (2, -8)
     crop = geometric_crop(image, np.zeros((6, 2)), np.ones(6, bool), np.ones(6, bool), box,
-                          GeometricDraw(), SIX.flip_order)
+                          GeometricDraw(), SIX.flip_order, CROP)
     np.testing.assert_allclose(crop.image[8:, :], image[:248, 2:258], atol=1e-6)
     assert (crop.image[:8] == 0).all()
 
@@ -148,8 +150,8 @@ def test_no_augmentation_config_is_the_identity():
     image = blob_image(POINTS)
     visible = annotated = np.ones(6, bool)
     crop = augment(image, POINTS, visible, annotated, BOX, SIX.flip_order, NO_AUGMENTATION,
-                   np.random.default_rng(0))
-    expected = crop_matrices(BOX[None])[0]
+                   np.random.default_rng(0), CROP)
+    expected = crop_matrices(BOX[None], CROP)[0]
     np.testing.assert_allclose(crop.matrix, expected)
     np.testing.assert_allclose(crop.image, cv2.warpAffine(image, crop_to_cv(expected), (256, 256)), atol=1e-6)
 
@@ -181,3 +183,22 @@ def test_dataset_draws_are_reproducible(tmp_path):
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["landmarks"], b["landmarks"])
     first.set_epoch(1)
     assert not torch.equal(first[0]["landmarks"], a["landmarks"])
+
+
+def test_warp_interpolation_is_a_choice_and_the_plain_crop_is_the_inference_crop():
+    """Nearest-neighbour augmentation warps copy source pixels; the plain crop is always
+    `crop_images` with the model's preprocessing, whatever the augmentation samples with."""
+    image = np.random.default_rng(3).random((360, 400, 3)).astype(np.float32)
+    visible = annotated = np.ones(6, bool)
+    draw = GeometricDraw(angle=17.0, scale=1.1)
+    nearest = geometric_crop(image, POINTS, visible, annotated, BOX, draw, SIX.flip_order, CROP, "nearest")
+    bilinear = geometric_crop(image, POINTS, visible, annotated, BOX, draw, SIX.flip_order, CROP, "bilinear")
+    np.testing.assert_array_equal(nearest.matrix, bilinear.matrix)
+    inside = nearest.image[nearest.image.any(axis=2)]
+    assert np.isin(inside[:, 0], image[..., 0]).all()  # every value is a source pixel's
+    assert not np.isin(bilinear.image[bilinear.image.any(axis=2)][:, 0], image[..., 0]).all()
+    tiny = Preprocessing(crop_size=128)
+    plain = augment(image, POINTS, visible, annotated, BOX, SIX.flip_order, None, np.random.default_rng(0), tiny)
+    np.testing.assert_array_equal(plain.image, crop_images(image, BOX[None], tiny)[0][0])
+    with pytest.raises(SpigaError, match="augmentation interpolation 'cubic'"):
+        AugmentConfig(interpolation="cubic")

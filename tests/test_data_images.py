@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from spiga.data.images import DepthScaling, read_image_float
-from spiga.errors import ImageError, SpigaError
+from spiga.errors import ImageError, PixelLimitError, SpigaError
+from spiga.io import read_image, read_image_array
 
 
 def test_8bit_colour_is_divided_by_255(tmp_path):
@@ -69,7 +70,7 @@ def test_scaling_rule_errors():
 
 
 def test_unreadable_images_name_the_file(tmp_path):
-    with pytest.raises(ImageError, match=r"missing\.png: cannot read image"):
+    with pytest.raises(ImageError, match=r"missing\.png: no such file"):
         read_image_float(tmp_path / "missing.png")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(ImageError, match=r"broken\.jpg: not a readable image"):
@@ -82,3 +83,23 @@ def test_deep_images_become_float32_whatever_the_scaling(mode):
     image = np.random.default_rng(0).integers(0, 65535, (20, 30), dtype=np.uint16)
     scaled = DepthScaling.parse(mode).apply(image)
     assert scaled.dtype == np.float32 and 0.0 <= scaled.min() and scaled.max() <= 1.0
+
+
+def test_training_reads_through_the_inference_decoder(tmp_path):
+    """One decoder: the pixel limit, EXIF orientation and 16-bit data as `spiga.io` has them."""
+    deep = np.random.default_rng(1).integers(0, 65535, (12, 10), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    np.testing.assert_array_equal(read_image_array(tmp_path / "deep.png"), deep)
+    with pytest.raises(PixelLimitError, match=r"deep\.png: .* exceeds the limit of 100 pixels"):
+        read_image_float(tmp_path / "deep.png", max_pixels=100)
+    from PIL import Image
+
+    pixels = np.zeros((4, 8, 3), np.uint8)
+    pixels[:, :4] = 255  # left half white: rotated by the EXIF tag, it ends up on top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(pixels).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    expected = read_image(tmp_path / "turned.jpg").astype(np.float32) / 255
+    result = read_image_float(tmp_path / "turned.jpg")
+    assert result.shape == (8, 4, 3)
+    np.testing.assert_allclose(result, expected, atol=1e-6)

@@ -15,6 +15,7 @@ from spiga.data.targets import fit_pose, project_mean_face
 from spiga.errors import SpigaError
 from spiga.geometry import crop_matrices, transform_points
 from spiga.landmarks import read_landmark_set, read_mean_face
+from spiga.preprocess import Preprocessing
 
 # A symmetric face in the face frame (x to the subject's left, y up, z out of the face).
 PAIRS = {  # subject's right point (x < 0); its mirror has +x
@@ -25,6 +26,7 @@ PAIRS = {  # subject's right point (x < 0); its mirror has +x
 MIDLINE = {"nose_tip": (0.0, 0.0, 0.0), "nose_bridge": (0.0, 0.30, -0.20), "lip": (0.0, -0.38, -0.12),
            "chin": (0.0, -1.00, -0.45)}
 
+CROP = Preprocessing()  # the official crop
 
 def face_layout() -> tuple[np.ndarray, dict]:
     names, points, mirror = [], [], []
@@ -70,7 +72,7 @@ def test_recovers_a_known_shape_from_projections():
     face, description = face_layout()
     layout = read_landmark_set_from(description)
     poses = random_poses(150, depth=30.0)  # far away: nearly the scaled orthographic camera
-    shapes = np.stack([project_mean_face(to_world(face), pose) for pose in poses])
+    shapes = np.stack([project_mean_face(to_world(face), pose, CROP) for pose in poses])
     shapes += np.random.default_rng(1).normal(0, 0.05, shapes.shape)
     fit = estimate_mean_face(shapes, layout.flip_order, frontal_fraction=1.0)
     assert similarity_error(face, fit.points) < 0.02
@@ -93,7 +95,7 @@ def test_frontal_selection_drops_profiles():
     poses = random_poses(120, depth=30.0)
     profiles = random_poses(20, seed=5, depth=30.0)
     profiles[:, 0] = np.where(profiles[:, 0] > 0, 85.0, -85.0)
-    shapes = np.stack([project_mean_face(to_world(face), p) for p in np.vstack([poses, profiles])])
+    shapes = np.stack([project_mean_face(to_world(face), p, CROP) for p in np.vstack([poses, profiles])])
     # profiles annotated with a sliding jaw contour: not the rigid shape
     shapes[120:, 8:14] += np.random.default_rng(2).normal(0, 8.0, shapes[120:, 8:14].shape)
     fit = estimate_mean_face(shapes, layout.flip_order, frontal_fraction=120 / 140)
@@ -108,10 +110,10 @@ def test_dataset_estimate_gives_pose_labels_at_the_right_scale(tmp_path):
     lines, boxes = [], []
     for pose in poses:
         # a face box around the projected points, then the points back in image pixels
-        in_crop = project_mean_face(to_world(face), pose)
+        in_crop = project_mean_face(to_world(face), pose, CROP)
         low, high = in_crop.min(0), in_crop.max(0)
         box = np.array([low[0], low[1], *(high - low)])
-        matrix = crop_matrices(box[None])[0]
+        matrix = crop_matrices(box[None], CROP)[0]
         inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
         image_points = transform_points(in_crop[None], inverse[None])[0] * 2.0 + 40.0  # any image frame
         boxes.append(box * 2.0 + [40.0, 40.0, 0.0, 0.0])
@@ -122,8 +124,8 @@ def test_dataset_estimate_gives_pose_labels_at_the_right_scale(tmp_path):
     world = to_world(fit.points)
     labels = []
     for sample in data:
-        points = transform_points(sample.landmarks[None], crop_matrices(sample.box[None]))[0]
-        labels.append(fit_pose(points, np.ones(len(face), bool), world).pose)
+        points = transform_points(sample.landmarks[None], crop_matrices(sample.box[None], CROP))[0]
+        labels.append(fit_pose(points, np.ones(len(face), bool), world, CROP).pose)
     labels = np.array(labels)
     assert np.median(labels[:, 5]) == pytest.approx(3.0, rel=1e-6)
     # the estimated face gives the generating angles back (perspective at tz 3 costs a little)
@@ -145,7 +147,7 @@ def test_errors():
     layout = read_landmark_set_from(description)
     with pytest.raises(SpigaError, match="at least 3"):
         estimate_mean_face(np.zeros((2, len(face), 2)), layout.flip_order)
-    frontal = np.stack([project_mean_face(to_world(face), np.array([0, 0, 0, 0, 0, 30.0]))] * 10)
+    frontal = np.stack([project_mean_face(to_world(face), np.array([0, 0, 0, 0, 0, 30.0]), CROP)] * 10)
     with pytest.raises(SpigaError, match="too little pose variation"):
         estimate_mean_face(frontal, layout.flip_order, frontal_fraction=1.0)
 
@@ -153,7 +155,7 @@ def test_errors():
 def test_cli_estimate_mean_face(tmp_path, capsys):
     face, description = face_layout()
     (tmp_path / "layout.json").write_text(json.dumps(description))
-    lines = [json.dumps({"image": "x.png", "landmarks": project_mean_face(to_world(face), pose).tolist()})
+    lines = [json.dumps({"image": "x.png", "landmarks": project_mean_face(to_world(face), pose, CROP).tolist()})
              for pose in random_poses(40)]
     (tmp_path / "faces.jsonl").write_text("\n".join(lines))
     out = tmp_path / "mean_face.txt"

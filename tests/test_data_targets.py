@@ -17,8 +17,11 @@ from spiga.data.targets import (
 )
 from spiga.geometry import crop_matrices, transform_points
 from spiga.landmarks import IBUG_68, WFLW_98, read_mean_face
+from spiga.preprocess import Preprocessing
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+CROP = Preprocessing()  # the official crop
 
 
 def shared(*parts: str) -> Path:
@@ -97,8 +100,8 @@ POSES = [
 @pytest.mark.parametrize("pose", POSES)
 def test_pose_round_trip_synthetic(pose):
     face = synthetic_face()
-    points = project_mean_face(face, np.array(pose))
-    label = fit_pose(points, np.ones(len(face), bool), face)
+    points = project_mean_face(face, np.array(pose), CROP)
+    label = fit_pose(points, np.ones(len(face), bool), face, CROP)
     assert label.valid and label.error < 1e-6 and label.points == len(face)
     np.testing.assert_allclose(label.pose[:3], pose[:3], atol=0.1)
     np.testing.assert_allclose(label.pose[3:], pose[3:], atol=1e-3)
@@ -107,10 +110,10 @@ def test_pose_round_trip_synthetic(pose):
 @pytest.mark.parametrize("pose", POSES)
 def test_pose_round_trip_official_mean_face(pose):
     face = read_mean_face(shared("fixtures", "upstream", "models3D", "mean_face_3D_98.txt"), WFLW_98)
-    # rendered on the 64 x 64 map as the model does (K = intrinsics(64, 1.5)), fitted in the 256 crop
-    on_map = project_mean_face(face, np.array(pose), size=64.0)
+    # rendered on the 64 x 64 map as the model does (K = intrinsics(64, focal ratio)), fitted in the 256 crop
+    on_map = project_mean_face(face, np.array(pose), CROP, size=64.0)
     mask = pose_points(WFLW_98)
-    label = fit_pose(on_map * 4.0, mask, face, size=256.0)
+    label = fit_pose(on_map * 4.0, mask, face, CROP)
     assert label.valid and label.points == 22
     np.testing.assert_allclose(label.pose[:3], pose[:3], atol=0.1)
     np.testing.assert_allclose(label.pose[3:], pose[3:], atol=1e-3)
@@ -123,12 +126,12 @@ def test_pose_points():
 
 def test_pose_label_needs_four_points_and_flags_bad_fits():
     face = synthetic_face()
-    points = project_mean_face(face, np.array(POSES[1]))
+    points = project_mean_face(face, np.array(POSES[1]), CROP)
     mask = np.zeros(len(face), bool)
     mask[:3] = True
-    assert not fit_pose(points, mask, face).valid
+    assert not fit_pose(points, mask, face, CROP).valid
     noisy = points + np.random.default_rng(0).normal(0, 30, points.shape)  # ~12 % of the crop
-    label = fit_pose(noisy, np.ones(len(face), bool), face)
+    label = fit_pose(noisy, np.ones(len(face), bool), face, CROP)
     assert label.error > 0.08 and not label.valid
 
 
@@ -140,9 +143,9 @@ def test_pose_labels_agree_with_the_original_implementation():
     mask = pose_points(IBUG_68)
     differences = []
     for entry in annotations[:200]:
-        matrix = crop_matrices(np.array(entry["bbox"])[None])
+        matrix = crop_matrices(np.array(entry["bbox"])[None], CROP)
         points = transform_points(np.array(entry["landmarks"])[None], matrix)[0]
-        label = fit_pose(points, mask, face)
+        label = fit_pose(points, mask, face, CROP)
         assert label.valid
         differences.append(label.pose - np.array(entry["headpose"]))
     median = np.median(np.abs(differences), axis=0)
@@ -158,8 +161,8 @@ def test_face_dataset_item(tmp_path):
     box = np.array([100.0, 90.0, 120.0, 130.0])
     # a face rendered at a known pose into this box's crop, back in image pixels
     pose = np.array([20.0, -10.0, 5.0, 0.02, -0.03, 3.0])
-    in_crop = project_mean_face(face, pose)
-    inverse = np.linalg.inv(np.vstack([crop_matrices(box[None])[0], [0, 0, 1]]))[:2]
+    in_crop = project_mean_face(face, pose, CROP)
+    inverse = np.linalg.inv(np.vstack([crop_matrices(box[None], CROP)[0], [0, 0, 1]]))[:2]
     landmarks = transform_points(in_crop[None], inverse[None])[0]
     cv2.imwrite(str(tmp_path / "a.png"), image)
     (tmp_path / "a.jsonl").write_text(json.dumps({"image": "a.png", "landmarks": landmarks.tolist(),

@@ -72,9 +72,10 @@ PATHS = [
 def test_every_cascade_step_matches_original(equivalence_model, path, features):
     reference, model_path, _ = equivalence_model
     expected = reference["float64"]
-    model = load_checkpoint(model_path).model
+    checkpoint = load_checkpoint(model_path)
+    model = checkpoint.model
     image = read_image(SHARED / "fixtures" / reference["image"])
-    crops, _ = crop_images(image, np.array(reference["bboxes_xywh"]))
+    crops, _ = crop_images(image, np.array(reference["bboxes_xywh"]), checkpoint.config.preprocessing)
     # float32 crops in every precision, as the original feeds them
     images = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
     with forced_cpu_features(**features), torch.inference_mode():
@@ -91,9 +92,10 @@ def test_the_model_in_float64_is_the_originals_mathematics(equivalence_model):
     """The plain training module, cast to float64, meets the float64 answer too."""
     reference, model_path, _ = equivalence_model
     expected = reference["float64"]
-    model = load_checkpoint(model_path).model.double()
+    checkpoint = load_checkpoint(model_path)
+    model = checkpoint.model.double()
     image = read_image(SHARED / "fixtures" / reference["image"])
-    crops, _ = crop_images(image, np.array(reference["bboxes_xywh"]))
+    crops, _ = crop_images(image, np.array(reference["bboxes_xywh"]), checkpoint.config.preprocessing)
     images = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
     with torch.inference_mode():
         out = model(images)

@@ -12,8 +12,11 @@ from spiga.geometry import (
     invert_affine, project_points, project_points_torch, rotation_to_euler, transform_points,
 )
 from spiga.landmarks import IBUG_68, read_mean_face
+from spiga.preprocess import Preprocessing
 
 from conftest import shared_path
+
+CROP = Preprocessing()  # the official crop: 256 px, 1.6 x the box, focal ratio 1.5
 
 
 def test_rotations_are_proper():
@@ -43,7 +46,7 @@ def test_torch_twin_matches_numpy():
     assert np.allclose(got, expected, atol=1e-12)
     points = rng.normal(size=(20, 7, 3))
     translation = np.column_stack([rng.normal(size=(20, 2)) * 0.1, rng.uniform(2, 4, 20)])
-    camera = intrinsics(64)
+    camera = intrinsics(64, CROP.focal_ratio)
     a = project_points(points * 0.3, expected, translation, camera)
     b = project_points_torch(torch.tensor(points * 0.3), torch.tensor(expected), torch.tensor(translation),
                              torch.tensor(camera)).numpy()
@@ -64,7 +67,7 @@ def _mean_face_68():
 
 def _project(mean_face, yaw=0.0, pitch=0.0, roll=0.0):
     rotation = euler_to_rotation(np.array([yaw, pitch, roll]))
-    return project_points(mean_face, rotation, np.array([0.0, 0.0, 3.0]), intrinsics(64)) / 64
+    return project_points(mean_face, rotation, np.array([0.0, 0.0, 3.0]), intrinsics(64, CROP.focal_ratio)) / 64
 
 
 def test_frontal_mean_face_nose_tip_at_crop_centre():
@@ -90,7 +93,7 @@ def test_pose_sign_conventions():
 
 
 def test_crop_box_is_square_and_centred():
-    region = crop_boxes(np.array([[10.0, 20.0, 100.0, 50.0]]))[0]
+    region = crop_boxes(np.array([[10.0, 20.0, 100.0, 50.0]]), CROP.enlarge)[0]
     assert region[2] == region[3] == pytest.approx(160.0)
     assert region[0] + region[2] / 2 == pytest.approx(60.0)
     assert region[1] + region[3] / 2 == pytest.approx(45.0)
@@ -98,20 +101,20 @@ def test_crop_box_is_square_and_centred():
 
 def test_crop_and_back_round_trip():
     boxes = np.array([[10.0, 20.0, 100.0, 50.0], [-30.0, 5.0, 40.0, 80.0]])
-    matrices = crop_matrices(boxes, 256)
+    matrices = crop_matrices(boxes, CROP)
     points = np.random.default_rng(4).uniform(0, 300, size=(2, 9, 2))
     back = transform_points(transform_points(points, matrices), invert_affine(matrices))
     assert np.allclose(back, points, atol=1e-9)
     # the box centre goes to the crop centre, the crop region's corners to the crop's corners
     centres = boxes[:, :2] + boxes[:, 2:] / 2
     assert np.allclose(transform_points(centres[:, None], matrices)[:, 0], 128.0)
-    regions = crop_boxes(boxes)
+    regions = crop_boxes(boxes, CROP.enlarge)
     assert np.allclose(transform_points(regions[:, None, :2], matrices)[:, 0], 0.0, atol=1e-9)
 
 
 def _pillow_crop(image: np.ndarray, box) -> np.ndarray:
     """The original implementation's crop: Pillow's affine transform, nearest neighbour."""
-    inverse = invert_affine(crop_matrices(np.array([box]), 256))[0]
+    inverse = invert_affine(crop_matrices(np.array([box]), CROP))[0]
     pil = Image.fromarray(image)
     return np.asarray(pil.transform((256, 256), Image.AFFINE, inverse.flatten(), resample=Image.NEAREST))
 
@@ -125,7 +128,7 @@ def test_crop_matches_pillow_exactly(seed):
     for _ in range(5):
         w, h = rng.uniform(5, 1.5 * max(width, height), 2)
         boxes.append([rng.uniform(-w, width), rng.uniform(-h, height), w, h])
-    crops, _ = crop_images(image, np.array(boxes))
+    crops, _ = crop_images(image, np.array(boxes), CROP)
     for crop, box in zip(crops, boxes):
         assert np.array_equal(crop, _pillow_crop(image, box))
 
@@ -136,17 +139,17 @@ def test_crop_of_fixture_photo_matches_pillow():
 
     image = cv2.imread(str(shared_path("fixtures", "images", "image_sportsfan.jpg")))
     box = json.loads(shared_path("fixtures", "images", "bbox_sportsfan.json").read_text())["bbox"]
-    crops, _ = crop_images(image, np.array([box]))
+    crops, _ = crop_images(image, np.array([box]), CROP)
     assert np.array_equal(crops[0], _pillow_crop(image, box))
     # and OpenCV's nearest warp indeed samples differently (why we do not use it)
-    matrix = crop_matrices(np.array([box]))[0]
+    matrix = crop_matrices(np.array([box]), CROP)[0]
     warped = cv2.warpAffine(image, matrix, (256, 256), flags=cv2.INTER_NEAREST)
     assert (warped != crops[0]).any(axis=2).mean() > 0.1
 
 
 def test_crop_outside_pixels_are_black():
     image = np.full((20, 20, 3), 200, np.uint8)
-    crops, _ = crop_images(image, np.array([[-10.0, -10.0, 20.0, 20.0]]))
+    crops, _ = crop_images(image, np.array([[-10.0, -10.0, 20.0, 20.0]]), CROP)
     assert crops[0, 0, 0].tolist() == [0, 0, 0]
     assert crops[0, 200, 200].tolist() == [200, 200, 200]
 

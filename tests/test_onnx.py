@@ -50,6 +50,27 @@ def test_graph_uses_plain_operators_and_carries_metadata(tiny_onnx, tiny_checkpo
     assert header["onnx"]["dynamic_batch"] is True
 
 
+def test_preprocessing_round_trips_through_the_onnx_header(tmp_path):
+    """Export -> the onnxruntime backend reads the same preprocessing object."""
+    from spiga.checkpoint import build_model, save_checkpoint
+    from spiga.io import DepthScaling
+    from spiga.landmarks import WFLW_98
+    from spiga.model import ModelConfig
+    from spiga.preprocess import Preprocessing
+
+    config = ModelConfig.sized("tiny", 98, 15)
+    preprocessing = Preprocessing(config.image_size, enlarge=1.3, focal_ratio=1.8,
+                                  depth_scaling=DepthScaling.parse("full"))
+    path = save_checkpoint(tmp_path / "p.safetensors", build_model(config.with_preprocessing(preprocessing), WFLW_98),
+                           WFLW_98)
+    onnx_path = export_onnx(path, tmp_path / "p.onnx")
+    assert Preprocessing.from_dict(read_onnx_header(onnx_path)["preprocessing"]) == preprocessing
+    backend = OnnxBackend(onnx_path)
+    assert backend.config.preprocessing == preprocessing
+    aligner = spiga.load(onnx_path, backend="onnxruntime", device="cpu", detector=None)
+    assert aligner.preprocessing == preprocessing
+
+
 def test_onnxruntime_matches_torch(tiny_onnx, tiny_checkpoint, crops):
     torch_backend = TorchBackend(load_checkpoint(tiny_checkpoint).model, torch.device("cpu"))
     onnx_backend = OnnxBackend(tiny_onnx)

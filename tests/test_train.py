@@ -220,4 +220,6 @@ def test_checkpoints_record_the_depth_rule(trained):
     from spiga.checkpoint import load_checkpoint
 
     for name in ("last.safetensors", "best.safetensors"):
-        assert load_checkpoint(trained.out / name).metadata["depth_scaling"] == "percentile:1:99"
+        checkpoint = load_checkpoint(trained.out / name)
+        assert checkpoint.config.preprocessing.depth_rule == "percentile:1:99"
+        assert checkpoint.metadata["preprocessing"] == checkpoint.config.preprocessing.to_dict()

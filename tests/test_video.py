@@ -69,9 +69,10 @@ def test_filter_first_sample_and_bad_shapes():
 
 def _face(landmarks, box=(10.0, 10.0, 40.0, 40.0), pose=(5.0, -3.0, 2.0, 0.1, -0.05, 3.0)) -> Face:
     from spiga.geometry.crop import crop_matrices
+    from spiga.preprocess import Preprocessing
 
     return Face(box=box, landmarks=np.asarray(landmarks, float), headpose=HeadPose(*pose),
-                crop_matrix=crop_matrices(np.array([box]))[0])
+                crop_matrix=crop_matrices(np.array([box]), Preprocessing())[0])
 
 
 def test_face_smoother_keeps_a_still_face_and_its_head_position():
@@ -83,10 +84,11 @@ def test_face_smoother_keeps_a_still_face_and_its_head_position():
     np.testing.assert_allclose(out.headpose.as_array(), face.headpose.as_array(), atol=1e-9)
     # the same head position seen through another crop gives the same image position
     from spiga.geometry.crop import crop_matrices
+    from spiga.preprocess import Preprocessing
     from spiga.video.smoothing import _translation_for_crop
 
     moved = Face(box=(14.0, 8.0, 50.0, 50.0), landmarks=face.landmarks, headpose=face.headpose,
-                 crop_matrix=crop_matrices(np.array([[14.0, 8.0, 50.0, 50.0]]))[0])
+                 crop_matrix=crop_matrices(np.array([[14.0, 8.0, 50.0, 50.0]]), Preprocessing())[0])
     x, y, s = face.head_position()
     tx, ty, tz = _translation_for_crop(moved, x, y, s)
     again = Face(box=moved.box, landmarks=face.landmarks, headpose=HeadPose(0, 0, 0, tx, ty, tz),

@@ -24,12 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from spiga.draw import part_colours  # noqa: E402
 from spiga.geometry import euler_to_rotation, intrinsics, project_points  # noqa: E402
 from spiga.io import write_image  # noqa: E402
+from spiga.preprocess import OFFICIAL_FOCAL_RATIO  # noqa: E402
 from spiga.landmarks import IBUG_68, WFLW_98, official_mean_face, read_mean_face  # noqa: E402
 
 
 def draw_layout(mean_face_path: str, landmarks, size: int = 900) -> np.ndarray:
     world = read_mean_face(mean_face_path, landmarks)
-    points = project_points(world, euler_to_rotation(np.zeros(3)), np.array([0.0, 0.0, 2.6]), intrinsics(size))
+    points = project_points(world, euler_to_rotation(np.zeros(3)), np.array([0.0, 0.0, 2.6]),
+                            intrinsics(size, OFFICIAL_FOCAL_RATIO))
     canvas = np.full((size, size, 3), 255, np.uint8)
     colours = part_colours(landmarks)
     for group in landmarks.edge_groups:
@@ -56,7 +58,7 @@ def draw_pose_signs(mean_face_path: str, size: int = 300) -> np.ndarray:
                           ("roll +30", (0, 0, 30))]:
         rotation = euler_to_rotation(np.array(angles, float))
         translation = np.array([0.0, 0.0, 3.2])
-        camera = intrinsics(size)
+        camera = intrinsics(size, OFFICIAL_FOCAL_RATIO)
         points = project_points(world, rotation, translation, camera)
         axes = project_points(np.vstack([np.zeros((1, 3)), AXES_WORLD * 0.8]), rotation, translation, camera)
         panel = np.full((size, size, 3), 255, np.uint8)

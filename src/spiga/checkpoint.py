@@ -3,8 +3,8 @@
 A checkpoint is one safetensors file: the model's state_dict, the 3D mean face under
 the key `spiga.mean_face_3d`, and a JSON header (safetensors metadata key `spiga`)
 with everything else needed to run the weights: format version, model sizes
-(`ModelConfig`), the landmark set (ids, mirror order, edge groups), and crop and
-camera settings. Loading never executes code from the file: safetensors holds only
+(`ModelConfig`), the landmark set (ids, mirror order, edge groups), and the
+preprocessing (`spiga.preprocess.Preprocessing`: crop, camera, depth rule). Loading never executes code from the file: safetensors holds only
 tensors, and official `.pt` files are read with `torch.load(weights_only=True)`.
 """
 
@@ -30,6 +30,7 @@ from .errors import CheckpointError, SpigaError
 from .io import parse_json, write_output
 from .landmarks import LandmarkSet, landmark_set_for, read_mean_face
 from .model import SPIGA, ModelConfig, official_to_own
+from .preprocess import Preprocessing
 
 FORMAT_NAME = "spiga-checkpoint"
 FORMAT_VERSION = 1
@@ -95,8 +96,7 @@ def save_checkpoint(path: str | os.PathLike, model: SPIGA, landmarks: LandmarkSe
         "version": FORMAT_VERSION,
         "model_config": model.config.to_dict(),
         "landmarks": landmarks.to_dict(),
-        "crop": {"size": model.config.image_size, "enlarge": model.config.crop_enlarge},
-        "camera": {"focal_ratio": model.config.focal_ratio, "feature_size": model.config.feature_size},
+        "preprocessing": model.config.preprocessing.to_dict(),
         "input": {"color": "bgr", "range": [0.0, 1.0]},
         **(extra or {}),
     }
@@ -209,6 +209,23 @@ def _read_sizes(header: dict[str, Any], source: str) -> tuple[ModelConfig, Landm
     return config, landmarks
 
 
+def read_preprocessing(header: dict[str, Any], config: ModelConfig, source: str,
+                       error: type[SpigaError] = CheckpointError) -> ModelConfig:
+    """`config` with the preprocessing a checkpoint or ONNX header records (field
+    `preprocessing`; files written before it: the crop and camera of `model_config` and the
+    top-level `depth_scaling`)."""
+    try:
+        if "preprocessing" in header:
+            preprocessing = Preprocessing.from_dict(header["preprocessing"])
+        else:
+            preprocessing = Preprocessing.from_legacy_header(header, config.preprocessing)
+        return config.with_preprocessing(preprocessing)
+    except SpigaError as exc:
+        raise error(f"{source}: header field 'preprocessing': {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise error(f"{source}: header field 'preprocessing' is malformed ({_first_line(exc)})") from None
+
+
 def parameter_count(config: ModelConfig) -> int:
     """Learned values of a network of `config`, counted without allocating it (PyTorch's
     meta device; the first call in a process imports PyTorch's meta kernels, about a second)."""
@@ -250,6 +267,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         header = _read_header(handle.metadata(), source)
         _check_format(header, source)
         config, landmarks = _read_sizes(header, source)
+        config = read_preprocessing(header, config, source, CheckpointError)
         keys = list(handle.keys())
         if MEAN_FACE_KEY not in keys:
             raise CheckpointError(f"{source}: no 3D mean face stored (key {MEAN_FACE_KEY!r})")

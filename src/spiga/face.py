@@ -8,6 +8,7 @@ import numpy as np
 
 from .geometry.crop import invert_affine, transform_points
 from .geometry.rotations import euler_to_rotation
+from .preprocess import OFFICIAL_CROP_SIZE, OFFICIAL_FOCAL_RATIO
 
 #: The head-pose fields, in order: their one definition (records, CSV columns, the server's
 #: schema and the prediction readers take the names from here).
@@ -59,8 +60,8 @@ class Face:
     headpose: HeadPose
     score: float | None = None
     crop_matrix: np.ndarray | None = field(default=None, repr=False)
-    crop_size: int = 256
-    focal_ratio: float = 1.5
+    crop_size: int = OFFICIAL_CROP_SIZE  # the model's `Preprocessing` (the aligner fills both in)
+    focal_ratio: float = OFFICIAL_FOCAL_RATIO
     id: int | None = None
 
     def head_position(self) -> tuple[float, float, float]:

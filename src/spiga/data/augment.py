@@ -4,10 +4,11 @@ The geometric part composes, in image pixels,
 
     crop(box shifted)  @  similarity(angle, scale, about the box centre)  @  flip(about the box centre)
 
-into one 2 x 3 matrix and warps the image once with OpenCV (bilinear, black outside),
-so the image is resampled a single time. `crop` is the inference crop
-(`spiga.geometry.crop.crop_matrices`: a square of side 1.6 * max(w, h) around the box), so
-an un-augmented sample is exactly what inference sees. A flip also reorders the points
+into one 2 x 3 matrix and warps the image once with OpenCV (`AugmentConfig.interpolation`,
+black outside), so the image is resampled a single time. `crop` is the inference crop
+(`spiga.geometry.crop.crop_matrices` with the model's `Preprocessing`), and an
+un-augmented sample is made by the inference crop itself (`crop_images`), so it is
+exactly what inference sees. A flip also reorders the points
 with the landmark set's `flip_order`, so point i stays "the subject's right eye corner".
 
 Then, in the crop: a random occlusion rectangle over the face (points under it become
@@ -29,6 +30,11 @@ import numpy as np
 
 from ..errors import SpigaError
 from ..geometry import crop_images, crop_matrices, transform_points
+from ..preprocess import Preprocessing
+
+
+#: OpenCV's flag for each interpolation of the augmentation warp.
+WARP_FLAGS = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,9 @@ class AugmentConfig:
         brightness, contrast, saturation: factors 1 + uniform(-x, x).
         hue: hue shift, uniform in +-`hue` turns.
         blur_probability: chance of a Gaussian blur with a 3 x 3 or 5 x 5 kernel.
+        interpolation: how the augmentation warp samples the image, "bilinear" or
+            "nearest" (the plain crop is always the inference crop's, `Preprocessing`;
+            docs/training.md gives the measured difference).
     """
 
     flip_probability: float = 0.5
@@ -58,6 +67,7 @@ class AugmentConfig:
     saturation: float = 0.5
     hue: float = 0.05
     blur_probability: float = 0.5
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         probabilities = (self.flip_probability, self.occlusion_probability, self.blur_probability)
@@ -70,6 +80,8 @@ class AugmentConfig:
             raise SpigaError("occlusion_size must be 0 < low <= high <= 1")
         if not all(0.0 <= x < 1.0 for x in (self.brightness, self.contrast, self.saturation)):
             raise SpigaError("brightness, contrast and saturation must lie in [0, 1)")
+        if self.interpolation not in WARP_FLAGS:
+            raise SpigaError(f"augmentation interpolation {self.interpolation!r}: use one of {', '.join(WARP_FLAGS)}")
 
 
 #: No augmentation at all (the geometric draw is the identity).
@@ -100,8 +112,7 @@ def _homogeneous(matrix: np.ndarray) -> np.ndarray:
     return np.vstack([matrix, [0.0, 0.0, 1.0]])
 
 
-def augmentation_matrix(box: np.ndarray, draw: GeometricDraw, size: int = 256,
-                        enlarge: float = 1.6) -> np.ndarray:
+def augmentation_matrix(box: np.ndarray, draw: GeometricDraw, preprocessing: Preprocessing) -> np.ndarray:
     """(4,) face box (x, y, w, h) and a draw -> (2, 3) affine from image pixels to crop pixels."""
     x, y, w, h = np.asarray(box, dtype=np.float64)
     cx, cy = x + w / 2, y + h / 2
@@ -110,7 +121,7 @@ def augmentation_matrix(box: np.ndarray, draw: GeometricDraw, size: int = 256,
     linear = draw.scale * np.array([[math.cos(rad), -math.sin(rad)], [math.sin(rad), math.cos(rad)]])
     similarity = np.hstack([linear, (np.array([cx, cy]) - linear @ [cx, cy])[:, None]])
     shifted = np.array([x + draw.shift[0] * w, y + draw.shift[1] * h, w, h])
-    crop = crop_matrices(shifted[None], size, enlarge)[0]
+    crop = crop_matrices(shifted[None], preprocessing)[0]
     return (_homogeneous(crop) @ _homogeneous(similarity) @ _homogeneous(flip))[:2]
 
 
@@ -122,10 +133,9 @@ def to_opencv(matrix: np.ndarray) -> np.ndarray:
     return result
 
 
-def warp_image(image: np.ndarray, matrix: np.ndarray, size: int = 256) -> np.ndarray:
-    """Warp (H, W, C) `image` by the image->crop affine into (size, size, C), bilinear,
-    black outside."""
-    return cv2.warpAffine(image, to_opencv(matrix), (size, size), flags=cv2.INTER_LINEAR,
+def warp_image(image: np.ndarray, matrix: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Warp (H, W, C) `image` by the image->crop affine into (size, size, C), black outside."""
+    return cv2.warpAffine(image, to_opencv(matrix), (size, size), flags=WARP_FLAGS[interpolation],
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
@@ -151,22 +161,23 @@ class CropSample:
 
 def geometric_crop(image: np.ndarray, landmarks: np.ndarray, visible: np.ndarray,
                    annotated: np.ndarray, box: np.ndarray, draw: GeometricDraw | None,
-                   flip_order: tuple[int, ...] | np.ndarray, size: int = 256,
-                   enlarge: float = 1.6) -> CropSample:
-    """Warp image and points by one draw (None: the exact inference crop, nearest sampling).
+                   flip_order: tuple[int, ...] | np.ndarray, preprocessing: Preprocessing,
+                   interpolation: str = "bilinear") -> CropSample:
+    """Warp image and points by one draw (None: the exact inference crop, `crop_images`).
 
     Args:
         image: (H, W, 3) float32.
         landmarks: (L, 2) image pixels (NaN where not annotated).
         flip_order: per point, the index of its mirror.
+        interpolation: the warp's sampling when `draw` is given.
     """
     if draw is None:
-        crops, matrices = crop_images(image, np.asarray(box)[None], size, enlarge)
+        crops, matrices = crop_images(image, np.asarray(box)[None], preprocessing)
         crop, matrix = crops[0], matrices[0]
         flipped = False
     else:
-        matrix = augmentation_matrix(box, draw, size, enlarge)
-        crop = warp_image(image, matrix, size)
+        matrix = augmentation_matrix(box, draw, preprocessing)
+        crop = warp_image(image, matrix, preprocessing.crop_size, interpolation)
         flipped = draw.flip
     points = transform_points(np.nan_to_num(landmarks)[None], matrix[None])[0]
     if flipped:
@@ -230,7 +241,7 @@ def blur(image: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> 
 
 def augment(image: np.ndarray, landmarks: np.ndarray, visible: np.ndarray, annotated: np.ndarray,
             box: np.ndarray, flip_order, config: AugmentConfig | None, rng: np.random.Generator,
-            size: int = 256, enlarge: float = 1.6) -> CropSample:
+            preprocessing: Preprocessing) -> CropSample:
     """The whole augmentation of one sample; `config` None gives the plain inference crop.
 
     Args:
@@ -240,9 +251,10 @@ def augment(image: np.ndarray, landmarks: np.ndarray, visible: np.ndarray, annot
         box: (4,) face box x, y, w, h.
     """
     if config is None:
-        return geometric_crop(image, landmarks, visible, annotated, box, None, flip_order, size, enlarge)
+        return geometric_crop(image, landmarks, visible, annotated, box, None, flip_order, preprocessing)
     draw = draw_geometry(config, rng)
-    crop = geometric_crop(image, landmarks, visible, annotated, box, draw, flip_order, size, enlarge)
-    occlude(crop, face_region(box, crop.matrix, size), config, rng)
+    crop = geometric_crop(image, landmarks, visible, annotated, box, draw, flip_order, preprocessing,
+                          config.interpolation)
+    occlude(crop, face_region(box, crop.matrix, preprocessing.crop_size), config, rng)
     crop.image = blur(jitter_colour(crop.image, config, rng), config, rng)
     return crop

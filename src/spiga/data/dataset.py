@@ -2,13 +2,13 @@
 
 For sample i it returns a dict of tensors:
 
-    image        (3, 256, 256) float32  BGR in [0, 1] (the model's input convention)
-    landmarks    (L, 2) float32         crop units in [0, 1] (x / 256, y / 256); 0 if unannotated
+    image        (3, S, S) float32      BGR in [0, 1] (the model's input convention; S the crop size)
+    landmarks    (L, 2) float32         crop units in [0, 1] (x / S, y / S); 0 if unannotated
     visible      (L,) bool              annotated, not occluded (by the data or the augmentation)
     annotated    (L,) bool              the point has a position
     inside       (L,) bool              annotated and inside the crop
-    heatmaps     (L, 64, 64) float32    point heatmaps (sigma 1.5)
-    boundaries   (E, 64, 64) float32    boundary heatmaps per edge group (sigma 1)
+    heatmaps     (L, S/4, S/4) float32  point heatmaps (sigma `TargetConfig.heatmap_sigma` map pixels)
+    boundaries   (E, S/4, S/4) float32  boundary heatmaps per edge group (sigma 1)
     pose         (6,) float32           yaw, pitch, roll (deg), tx, ty, tz (PnP of the mean face)
     pose_valid   () bool                the pose label passed its re-projection check
     pose_error   () float32             its RMS re-projection error, crop units
@@ -34,6 +34,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from ..errors import ImageError, SpigaError
 from ..landmarks import read_mean_face
+from ..preprocess import Preprocessing
 from .augment import AugmentConfig, augment
 from .images import DEFAULT_SCALING, DepthScaling, read_image_float
 from .sample import Dataset, Skipped
@@ -44,13 +45,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TargetConfig:
-    """Sizes of the crop and targets (the official values)."""
+    """The training targets' own settings (the official values); the crop they are made
+    in is the model's `Preprocessing`, given to `FaceDataset` beside this."""
 
-    image_size: int = 256
-    map_size: int = 64
-    enlarge: float = 1.6
-    focal_ratio: float = 1.5
-    heatmap_sigma: float = 1.5
+    heatmap_sigma: float = 1.5  # Gaussian spread of a point heatmap, in feature-map pixels
     boundary_sigma: float = 1.0
     max_pose_error: float = 0.08  # crop units; RMS re-projection error of a valid pose label
 
@@ -63,16 +61,20 @@ class FaceDataset(TorchDataset):
         mean_face: (L, 3) world points, or the path of an `id|x|y|z` file; None gives no
             pose labels (pose all zero, pose_valid False).
         augment: the augmentation ranges; None gives the exact inference crop.
-        targets: crop and target sizes.
-        scaling: the rule for images deeper than 8 bits.
+        preprocessing: the model's crop (`ModelConfig.preprocessing`): the plain crop is
+            the inference crop, the augmentation composes its warp with it.
+        targets: the targets' settings.
+        scaling: the rule for images deeper than 8 bits; None: the preprocessing's, else
+            `percentile` (what `spiga train` records in the model's preprocessing).
         skip_bad: an unreadable image is replaced by the next readable sample (with a
             warning, listed in `skipped`) instead of raising `ImageError`.
         seed: see the module docstring.
     """
 
     def __init__(self, data: Dataset, mean_face: np.ndarray | str | os.PathLike | None = None,
-                 augment: AugmentConfig | None = None, targets: TargetConfig = TargetConfig(),
-                 scaling: DepthScaling = DEFAULT_SCALING, skip_bad: bool = False,
+                 augment: AugmentConfig | None = None, preprocessing: Preprocessing = Preprocessing(),
+                 targets: TargetConfig = TargetConfig(),
+                 scaling: DepthScaling | None = None, skip_bad: bool = False,
                  seed: int | None = None) -> None:
         if len(data) == 0:
             raise SpigaError(f"{data.name}: no samples")
@@ -87,8 +89,9 @@ class FaceDataset(TorchDataset):
                                  f"{self.landmark_set.name!r} needs ({self.landmark_set.num_landmarks}, 3)")
         self.mean_face = mean_face
         self.augment = augment
+        self.preprocessing = preprocessing
         self.targets = targets
-        self.scaling = scaling
+        self.scaling = scaling or preprocessing.depth_scaling or DEFAULT_SCALING
         self.skip_bad = skip_bad
         self.seed = seed
         self.epoch = 0
@@ -133,16 +136,17 @@ class FaceDataset(TorchDataset):
         config = self.targets
         rng = self._rng(index)
         crop = augment(image, sample.landmarks, sample.visible, sample.annotated, sample.box,
-                       self.landmark_set.flip_order, self.augment, rng, config.image_size, config.enlarge)
-        size = config.image_size
+                       self.landmark_set.flip_order, self.augment, rng, self.preprocessing)
+        size = self.preprocessing.crop_size
+        map_size = size // 4  # the network's feature map
         inside = crop.annotated & np.all((crop.landmarks >= 0) & (crop.landmarks < size), axis=1)
-        on_map = crop.landmarks * (config.map_size / size)
-        heatmaps = point_heatmaps(on_map, crop.annotated, config.map_size, config.heatmap_sigma)
+        on_map = crop.landmarks * (map_size / size)
+        heatmaps = point_heatmaps(on_map, crop.annotated, map_size, config.heatmap_sigma)
         boundaries = boundary_heatmaps(on_map, crop.annotated, self.landmark_set.edge_groups,
-                                       config.map_size, config.boundary_sigma)
+                                       map_size, config.boundary_sigma)
         if self.mean_face is not None:
-            label = fit_pose(crop.landmarks, crop.annotated & self._pose_mask, self.mean_face, size,
-                             config.focal_ratio, config.max_pose_error)
+            label = fit_pose(crop.landmarks, crop.annotated & self._pose_mask, self.mean_face, self.preprocessing,
+                             config.max_pose_error)
             pose, pose_valid, pose_error = label.pose, label.valid, label.error
         else:
             pose, pose_valid, pose_error = np.zeros(6), False, float("inf")

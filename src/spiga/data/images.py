@@ -12,25 +12,26 @@ maps them to [0, 1]:
   temperature: e.g. a camera writing centi-kelvin, `range:29315:31315` for 20..40 C).
 - `full`: divide by the type's maximum (65535 for 16-bit; floats are used as they are).
 
-Gray images are repeated into three channels; an alpha channel is dropped. EXIF
-orientation is applied (as OpenCV's default reader and the inference path do).
+Gray images are repeated into three channels; an alpha channel is dropped. Files are
+decoded by `spiga.io.read_image_array`, the inference path's reader: format from the
+header, the pixel limit (`spiga.io.MAX_PIXELS`) checked before decoding, EXIF
+orientation applied, truncated files refused.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..errors import ImageError
-from ..io.images import DepthScaling
+from ..io.images import MAX_PIXELS, DepthScaling, read_image_array
 
 DEFAULT_SCALING = DepthScaling()
 
 
-def read_image_float(path: str | os.PathLike, scaling: DepthScaling = DEFAULT_SCALING) -> np.ndarray:
+def read_image_float(path: str | os.PathLike, scaling: DepthScaling = DEFAULT_SCALING,
+                     max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file for training.
 
     Returns:
@@ -38,15 +39,7 @@ def read_image_float(path: str | os.PathLike, scaling: DepthScaling = DEFAULT_SC
     Raises:
         ImageError: naming the file, when it is missing or cannot be decoded.
     """
-    path = Path(path)
-    try:
-        encoded = np.fromfile(path, dtype=np.uint8)  # unlike cv2.imread, handles any path
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read image ({exc.strerror or exc})") from None
-    image = cv2.imdecode(encoded, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if encoded.size else None
-    if image is None or image.size == 0:
-        raise ImageError(f"{path}: not a readable image (corrupt, truncated or unknown format)")
-    return to_float_bgr(image, scaling)
+    return to_float_bgr(read_image_array(path, max_pixels), scaling)
 
 
 def to_float_bgr(image: np.ndarray, scaling: DepthScaling = DEFAULT_SCALING) -> np.ndarray:

@@ -39,6 +39,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from ..errors import DatasetError, SpigaError
 from ..geometry import crop_matrices, transform_points
+from ..preprocess import Preprocessing
 from .sample import Dataset
 from .targets import fit_pose
 
@@ -226,23 +227,24 @@ def complete_shapes(dataset: Dataset, max_samples: int | None = None,
 
 def estimate_from_dataset(dataset: Dataset, frontal_fraction: float = 0.95,
                           distance: float = DEFAULT_DISTANCE, max_samples: int | None = 20000,
-                          size: int = 256, enlarge: float = 1.6, focal_ratio: float = 1.5) -> MeanFaceFit:
+                          preprocessing: Preprocessing = Preprocessing()) -> MeanFaceFit:
     """Estimate the mean face of `dataset`'s landmark set.
 
     The scale is set so that the median depth tz of the pose labels of the used samples
-    (PnP in the crop camera of each sample's box) is `distance`.
+    (PnP in the crop camera of each sample's box, `preprocessing`: the model's crop) is
+    `distance`.
     """
     shapes, boxes = complete_shapes(dataset, max_samples)
-    in_crop = transform_points(shapes, crop_matrices(boxes, size, enlarge))
+    in_crop = transform_points(shapes, crop_matrices(boxes, preprocessing))
     centred = in_crop - in_crop.mean(axis=1, keepdims=True)
     crop_radius = float(np.median(np.sqrt((centred ** 2).sum(axis=2).mean(axis=1))))
-    focal = focal_ratio * size
+    focal = preprocessing.focal_ratio * preprocessing.crop_size
     fit = estimate_mean_face(shapes, dataset.landmark_set.flip_order, frontal_fraction,
                              crop_radius, distance, focal)
     world = np.stack([fit.points[:, 2], -fit.points[:, 0], -fit.points[:, 1]], axis=1)
     every = np.ones(len(world), bool)
     depths = [label.pose[5] for points in in_crop[:2000]
-              if (label := fit_pose(points, every, world, size, focal_ratio, max_error=np.inf)).valid]
+              if (label := fit_pose(points, every, world, preprocessing, max_error=np.inf)).valid]
     if depths:
         fit = MeanFaceFit(fit.points * (distance / float(np.median(depths))), fit.samples, fit.residual)
     log.info("mean face from %d shapes of %s (x2 mirrored), rigid residual %.3f",

@@ -23,6 +23,7 @@ from ..geometry.camera import intrinsics, project_points
 from ..geometry.rotations import euler_to_rotation
 from ..io import write_image, write_output
 from ..landmarks.mean_face import mean_face_to_world
+from ..preprocess import OFFICIAL_FOCAL_RATIO
 
 
 def _face_points() -> tuple[list[str], np.ndarray]:
@@ -98,7 +99,7 @@ class SyntheticFace:
     image: np.ndarray        # (H, W, 3) BGR uint8
     landmarks: np.ndarray    # (32, 2) image pixels
     box: np.ndarray          # (x, y, w, h)
-    pose: np.ndarray         # (6,) yaw, pitch, roll, tx, ty, tz in the image camera (focal 1.5 x width)
+    pose: np.ndarray         # (6,) yaw, pitch, roll, tx, ty, tz in the image camera (the official focal ratio)
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -118,7 +119,8 @@ def render_face(rng: np.random.Generator, size: int = 256,
     face = FACE_POINTS + rng.normal(0, 0.012, FACE_POINTS.shape)
     face[_INDEX["mouth_bottom"], 1] -= rng.uniform(0, 0.12)  # mouth opening
     face[[_INDEX["right_brow_1"], _INDEX["left_brow_1"]], 1] += rng.uniform(-0.03, 0.06)
-    points = project_points(mean_face_to_world(face), euler_to_rotation(angles), translation, intrinsics(size))
+    points = project_points(mean_face_to_world(face), euler_to_rotation(angles), translation,
+                            intrinsics(size, OFFICIAL_FOCAL_RATIO))
 
     image = _texture(rng, size)
     skin = rng.uniform(60, 230, 3)

@@ -6,15 +6,15 @@ so its value is taken at its centre (j + 0.5, i + 0.5). (The original implementa
 rounded points to whole map pixels and put pixel centres at integers; we keep sub-pixel
 positions and one pixel convention everywhere.)
 
-- point heatmaps: exp(-d^2 / (2 sigma^2)), sigma 1.5 map pixels, peak 1 at the point;
+- point heatmaps: exp(-d^2 / (2 sigma^2)), sigma `heatmap_sigma` (1.5) map pixels, peak 1;
   all zero for points that are not annotated.
 - boundary heatmaps, one per edge group: a smooth curve (cubic interpolating spline,
   scipy) through the group's annotated points in order, and exp(-d^2 / (2 sigma^2)) of
   the distance d to it, sigma 1, cut to zero beyond 3 sigma (as the original).
 
 Head-pose labels: the 3D mean face is fitted to the ground-truth points with OpenCV's
-PnP solver (SQPnP, then Levenberg-Marquardt refinement) in the crop camera: focal
-length 1.5 * size, principal point at the crop centre. OpenCV's rotation maps world to
+PnP solver (SQPnP, then Levenberg-Marquardt refinement) in the crop camera of the model's
+`Preprocessing`: focal length `focal_ratio` * size, principal point at the crop centre. OpenCV's rotation maps world to
 camera exactly as SPIGA's `euler_to_rotation` does (x_cam = R x_world + t), so the
 labels are `rotation_to_euler(R)` and t, in the model's units (t does not depend on
 the crop size, since the camera scales with it). Each label is checked by projecting
@@ -33,6 +33,7 @@ from scipy.spatial import cKDTree
 
 from ..geometry import euler_to_rotation, intrinsics, project_points, rotation_to_euler
 from ..landmarks import LandmarkSet
+from ..preprocess import Preprocessing
 
 #: Mean-face ids of the points the original SPIGA fits the pose to (brows, eyes, nose,
 #: mouth corners, chin): they move little with expression. WFLW has 22 of them, 300W 18.
@@ -44,7 +45,7 @@ def _grid(size: int) -> np.ndarray:
 
 
 def point_heatmaps(points: np.ndarray, annotated: np.ndarray, size: int = 64,
-                   sigma: float = 1.5) -> np.ndarray:
+                   heatmap_sigma: float = 1.5) -> np.ndarray:
     """Gaussian heatmaps.
 
     Args:
@@ -55,8 +56,8 @@ def point_heatmaps(points: np.ndarray, annotated: np.ndarray, size: int = 64,
     """
     grid = _grid(size)
     points = np.nan_to_num(np.asarray(points, dtype=np.float64))
-    gx = np.exp(-(grid[None, :] - points[:, 0:1]) ** 2 / (2 * sigma ** 2))  # (L, size)
-    gy = np.exp(-(grid[None, :] - points[:, 1:2]) ** 2 / (2 * sigma ** 2))
+    gx = np.exp(-(grid[None, :] - points[:, 0:1]) ** 2 / (2 * heatmap_sigma ** 2))  # (L, size)
+    gy = np.exp(-(grid[None, :] - points[:, 1:2]) ** 2 / (2 * heatmap_sigma ** 2))
     maps = gy[:, :, None] * gx[:, None, :]
     maps[~np.asarray(annotated, dtype=bool)] = 0.0
     return maps.astype(np.float32)
@@ -177,20 +178,22 @@ class PoseLabel:
     points: int
 
 
-def project_mean_face(mean_face: np.ndarray, pose: np.ndarray, size: float = 256.0,
-                      focal_ratio: float = 1.5) -> np.ndarray:
-    """The model's projection: (L, 3) world points and (6,) pose -> (L, 2) crop pixels."""
+def project_mean_face(mean_face: np.ndarray, pose: np.ndarray, preprocessing: Preprocessing,
+                      size: float | None = None) -> np.ndarray:
+    """The model's projection: (L, 3) world points and (6,) pose -> (L, 2) pixels of the
+    crop camera (`size`: another image side with the same camera, e.g. the feature map)."""
     rotation = euler_to_rotation(np.asarray(pose[:3], dtype=np.float64))
+    side = preprocessing.crop_size if size is None else size
     return project_points(mean_face, rotation, np.asarray(pose[3:], dtype=np.float64),
-                          intrinsics(size, focal_ratio))
+                          intrinsics(side, preprocessing.focal_ratio))
 
 
-def fit_pose(points: np.ndarray, mask: np.ndarray, mean_face: np.ndarray, size: float = 256.0,
-             focal_ratio: float = 1.5, max_error: float = 0.08) -> PoseLabel:
-    """Fit the mean face to 2D points.
+def fit_pose(points: np.ndarray, mask: np.ndarray, mean_face: np.ndarray, preprocessing: Preprocessing,
+             max_error: float = 0.08) -> PoseLabel:
+    """Fit the mean face to 2D points in the crop camera of `preprocessing`.
 
     Args:
-        points: (L, 2) crop pixels (a crop of side `size`).
+        points: (L, 2) crop pixels.
         mask: (L,) bool, the points to fit (annotated and chosen by `pose_points`).
         mean_face: (L, 3) world points (`spiga.landmarks.read_mean_face`).
         max_error: largest RMS re-projection error, in crop units, of a valid label. Real
@@ -201,7 +204,8 @@ def fit_pose(points: np.ndarray, mask: np.ndarray, mean_face: np.ndarray, size: 
     count = int(mask.sum())
     if count < 4:
         return PoseLabel(np.zeros(6), float("inf"), False, count)
-    camera = intrinsics(size, focal_ratio)
+    size = preprocessing.crop_size
+    camera = intrinsics(size, preprocessing.focal_ratio)
     world = np.ascontiguousarray(mean_face[mask], dtype=np.float64)
     image = np.ascontiguousarray(points[mask], dtype=np.float64)
     try:
@@ -215,7 +219,7 @@ def fit_pose(points: np.ndarray, mask: np.ndarray, mean_face: np.ndarray, size: 
     rotation, _ = cv2.Rodrigues(rvec)
     pose = np.concatenate([rotation_to_euler(rotation), tvec.reshape(3)])
     # Round trip through the model's own projection: checks the label, not just the solver.
-    projected = project_mean_face(mean_face[mask], pose, size, focal_ratio)
+    projected = project_mean_face(mean_face[mask], pose, preprocessing)
     error = float(np.sqrt(np.mean(np.sum((projected - image) ** 2, axis=1)))) / size
     valid = bool(pose[5] > 0 and np.isfinite(error) and error <= max_error)
     return PoseLabel(pose, error, valid, count)

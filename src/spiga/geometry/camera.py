@@ -2,7 +2,8 @@
 
 SPIGA projects its 3D mean face with a pinhole camera whose focal length is
 `focal_ratio` times the image side and whose principal point is the image centre.
-On the 64 x 64 feature map with the official ratio 1.5 that is
+The ratio is the model's (`Preprocessing.focal_ratio`); on the 64 x 64 feature map
+with the official ratio 1.5 that is
 K = [[96, 0, 32], [0, 96, 32], [0, 0, 1]].
 """
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 
-def intrinsics(size: float, focal_ratio: float = 1.5) -> np.ndarray:
+def intrinsics(size: float, focal_ratio: float) -> np.ndarray:
     """(3, 3) camera matrix for a square image of side `size`."""
     focal = size * focal_ratio
     return np.array([[focal, 0.0, size / 2], [0.0, focal, size / 2], [0.0, 0.0, 1.0]])

@@ -2,7 +2,8 @@
 
 SPIGA looks at a square of side `enlarge * max(w, h)` centred on the face box,
 resampled to `size` x `size` with nearest-neighbour sampling; pixels outside the
-image are black. The sampling reproduces Pillow's `Image.transform(..., AFFINE)`
+image are black. Size, enlargement and sampling come from the model's
+`spiga.preprocess.Preprocessing` (the official values are stated there only). The sampling reproduces Pillow's `Image.transform(..., AFFINE)`
 for scale-and-shift matrices exactly, as the original implementation used it: the
 source column of output column j is floor(c + s/2 + j*s) accumulated in float64 (and
 -1, i.e. outside, for negative positions), with s = 1/scale and c the offset of the
@@ -11,12 +12,17 @@ inverse matrix. OpenCV's nearest-neighbour warp rounds differently.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..errors import BoxError
 
+if TYPE_CHECKING:  # geometry stays free of io: the object is only read here
+    from ..preprocess import Preprocessing
 
-def crop_boxes(boxes: np.ndarray, enlarge: float = 1.6) -> np.ndarray:
+
+def crop_boxes(boxes: np.ndarray, enlarge: float) -> np.ndarray:
     """(B, 4) face boxes (x, y, w, h) -> (B, 4) square crop regions (x, y, side, side)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     x, y, w, h = boxes.T
@@ -24,7 +30,7 @@ def crop_boxes(boxes: np.ndarray, enlarge: float = 1.6) -> np.ndarray:
     return np.stack([x - (side - w) / 2, y - (side - h) / 2, side, side], axis=1)
 
 
-def crop_matrices(boxes: np.ndarray, size: int = 256, enlarge: float = 1.6) -> np.ndarray:
+def crop_matrices(boxes: np.ndarray, preprocessing: "Preprocessing") -> np.ndarray:
     """(B, 4) face boxes -> (B, 2, 3) affines from image pixels to crop pixels.
 
     Raises:
@@ -32,6 +38,7 @@ def crop_matrices(boxes: np.ndarray, size: int = 256, enlarge: float = 1.6) -> n
             overflows to infinity, or is so small that the scale does): the affine would
             be singular or not finite.
     """
+    size, enlarge = preprocessing.crop_size, preprocessing.enlarge
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # judged below, box by box
         regions = crop_boxes(boxes, enlarge)
         scale = size / regions[:, 2]
@@ -80,19 +87,21 @@ def _source_indices(start: np.ndarray, step: np.ndarray, count: int, limit: int)
     return index
 
 
-def crop_images(image: np.ndarray, boxes: np.ndarray, size: int = 256,
-                enlarge: float = 1.6) -> tuple[np.ndarray, np.ndarray]:
+def crop_images(image: np.ndarray, boxes: np.ndarray,
+                preprocessing: "Preprocessing") -> tuple[np.ndarray, np.ndarray]:
     """Crop all faces of one image in one vectorised gather.
 
     Args:
         image: (H, W, C) array of any dtype.
         boxes: (B, 4) face boxes (x, y, w, h) in image pixels.
+        preprocessing: the model's crop (size, enlargement, nearest-neighbour sampling).
     Returns:
         crops (B, size, size, C) of the image's dtype, and the (B, 2, 3) affines from
         image pixels to crop pixels.
     """
     height, width = image.shape[:2]
-    matrices = crop_matrices(boxes, size, enlarge)
+    size = preprocessing.crop_size
+    matrices = crop_matrices(boxes, preprocessing)
     inverse = invert_affine(matrices)
     cols = _source_indices(inverse[:, 0, 2] + inverse[:, 0, 0] * 0.5, inverse[:, 0, 0], size, width)  # (B, S)
     rows = _source_indices(inverse[:, 1, 2] + inverse[:, 1, 1] * 0.5, inverse[:, 1, 1], size, height)

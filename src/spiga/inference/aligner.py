@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ from ..io import read_image
 from ..io.images import DepthScaling
 from ..landmarks import LandmarkSet
 from ..model import ModelConfig
+from ..preprocess import Preprocessing
 from .backends import BACKENDS, Backend, TorchBackend
 from .optimize import PRECISIONS
 
@@ -84,8 +85,7 @@ class Aligner:
         backend = TorchBackend(checkpoint.model.eval(), device, precision, max_batch=max_batch, compile=compile,
                                tune_process=tune_process, in_place=in_place)
         name = str(checkpoint.path) if checkpoint.path else "<in memory>"
-        self._setup(backend, checkpoint.landmarks, checkpoint.config, name, detector,
-                    model_depth_scaling(checkpoint.metadata, name) if depth_scaling is None else depth_scaling)
+        self._setup(backend, checkpoint.landmarks, checkpoint.config, name, detector, depth_scaling)
         self.checkpoint = checkpoint
         self.model = backend.model
 
@@ -101,9 +101,12 @@ class Aligner:
 
     def _setup(self, backend: Backend, landmark_set: LandmarkSet, config: ModelConfig, name: str,
                detector: Any, depth_scaling: str | DepthScaling | None = None) -> None:
-        # the rule for images deeper than 8 bits: the model's own (recorded by `spiga train`), or
-        # the caller's; None: uint16 / 257
-        self.depth_scaling = DepthScaling.parse(depth_scaling) if isinstance(depth_scaling, str) else depth_scaling
+        # the model's preprocessing; the rule for images deeper than 8 bits is the model's own
+        # (recorded by `spiga train`; None: uint16 / 257) unless the caller gives one
+        self.preprocessing: Preprocessing = config.preprocessing
+        if depth_scaling is not None:
+            rule = DepthScaling.parse(depth_scaling) if isinstance(depth_scaling, str) else depth_scaling
+            self.preprocessing = replace(self.preprocessing, depth_scaling=rule)
         self.backend = backend
         self.device = backend.device
         self.precision = backend.precision
@@ -112,6 +115,11 @@ class Aligner:
         self.config = config
         self.name = name
         self.detector = detector
+
+    @property
+    def depth_scaling(self) -> DepthScaling | None:
+        """The rule for images deeper than 8 bits (`preprocessing.depth_scaling`)."""
+        return self.preprocessing.depth_scaling
 
     def __repr__(self) -> str:
         return (f"Aligner({self.name}, {self.landmark_set.num_landmarks} landmarks, backend={self.backend.name}, "
@@ -183,19 +191,19 @@ class Aligner:
     def crop_faces(self, image_bgr: np.ndarray, faces: FaceBoxes) -> FaceCrops:
         """Crop `faces` of one BGR uint8 image for the network (one vectorised crop)."""
         if len(faces.boxes) == 0:
-            size = self.config.image_size
+            size = self.preprocessing.crop_size
             return FaceCrops(faces, np.zeros((0, size, size, 3), np.uint8), np.zeros((0, 2, 3)))
-        crops, matrices = crop_images(image_bgr, faces.boxes, self.config.image_size, self.config.crop_enlarge)
+        crops, matrices = crop_images(image_bgr, faces.boxes, self.preprocessing)
         return FaceCrops(faces, crops, matrices)
 
     def faces_from_crops(self, crops: FaceCrops, landmarks_crop: np.ndarray, poses: np.ndarray) -> list[Face]:
         """The network's outputs for `crops` (landmarks in crop pixels (N, L, 2), poses (N, 6))
         -> `Face`s in image pixels, in box order."""
         landmarks = transform_points(landmarks_crop, invert_affine(crops.matrices)) if len(crops) else landmarks_crop
-        config = self.config
+        crop = self.preprocessing
         return [Face(box=tuple(float(v) for v in box), landmarks=landmarks[i], headpose=HeadPose(*map(float, poses[i])),
-                     score=crops.faces.scores[i], crop_matrix=crops.matrices[i], crop_size=config.image_size,
-                     focal_ratio=config.focal_ratio)
+                     score=crops.faces.scores[i], crop_matrix=crops.matrices[i], crop_size=crop.crop_size,
+                     focal_ratio=crop.focal_ratio)
                 for i, box in enumerate(crops.faces.boxes)]
 
     def align(self, image: Any, boxes: Sequence[Sequence[float]] | np.ndarray | None = None,
@@ -250,19 +258,6 @@ class Aligner:
             results.append(self.faces_from_crops(image_crops, landmarks_crop[start:end], poses[start:end]))
             start = end
         return results
-
-
-def model_depth_scaling(header: dict | None, source: str) -> DepthScaling | None:
-    """The depth rule a checkpoint or ONNX header records (`depth_scaling`), or None."""
-    text = (header or {}).get("depth_scaling")
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        raise SpigaError(f"{source}: header field depth_scaling must be a rule such as 'percentile:1:99'")
-    try:
-        return DepthScaling.parse(text)
-    except SpigaError as exc:
-        raise SpigaError(f"{source}: header field depth_scaling: {exc}") from None
 
 
 @dataclass
@@ -347,9 +342,8 @@ def _load(model: str | os.PathLike, device: str | torch.device | None, precision
         if unknown:
             raise TypeError(f"load() got unexpected options: {', '.join(sorted(unknown))}")
         onnx, name = open_graph_backend(backend, model, device, precision, compile, options.get("max_batch", 32))
-        depth = options.get("depth_scaling")
         return Aligner.from_backend(onnx, onnx.landmark_set, onnx.config, name, options.get("detector", "blazeface"),
-                                    model_depth_scaling(onnx.header, name) if depth is None else depth)
+                                    options.get("depth_scaling"))
     path = resolve_model(model)
     # the checkpoint is this load's own: its model is prepared in place, not copied
     return Aligner(load_checkpoint(path), device=device, precision=precision, compile=compile, in_place=True,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoint import read_preprocessing
 from ..errors import SpigaError
 from ..landmarks import LandmarkSet
 from ..model import ModelConfig
@@ -47,7 +48,8 @@ class GraphBackend:
             raise SpigaError(f"{path}: ONNX file without spiga metadata (not written by `spiga export`?)")
         try:
             self.header = json.loads(metadata[METADATA_KEY])
-            self.config = ModelConfig.from_dict(self.header["model_config"])
+            self.config = read_preprocessing(self.header, ModelConfig.from_dict(self.header["model_config"]),
+                                             str(path), SpigaError)
             self.landmark_set = LandmarkSet.from_dict(self.header["landmarks"])
             self.mean_face_3d = _mean_face(self.header, self.config.num_landmarks)
         except (ValueError, KeyError, TypeError, SpigaError) as exc:

@@ -8,14 +8,15 @@ The ONNX contract:
 
 - input `images`: float32 (B, 3, S, S), S = 256 for the official models: the face crops,
   BGR channel order, values in [0, 1] (uint8 / 255). A crop is the square of side
-  `crop_enlarge` (1.6) x max(w, h) of the face box, centred on the box, resampled to S x S
-  (see `spiga.geometry.crop`; pixels outside the image are black). B is fixed at export
+  `enlarge` x max(w, h) of the face box, centred on the box, resampled to S x S with
+  nearest-neighbour sampling (the header's `preprocessing`; see `spiga.geometry.crop`;
+  pixels outside the image are black). B is fixed at export
   time unless the graph was exported with `dynamic_batch=True`.
 - output `landmarks`: float32 (B, L, 2), x, y in crop units [0, 1] (multiply by S for crop
   pixels, then apply the inverse crop affine for image pixels).
 - output `pose`: float32 (B, 6): yaw, pitch, roll (degrees), tx, ty, tz (crop camera units).
 - metadata_props `spiga`: the same JSON header as a spiga checkpoint (model sizes, landmark
-  set, crop and camera settings), the 3D mean face (`mean_face_3d`, L x 3, SPIGA's world
+  set, `preprocessing`: crop, camera and depth rule), the 3D mean face (`mean_face_3d`, L x 3, SPIGA's world
   frame) and an `onnx` entry describing inputs and outputs, so the onnxruntime backend runs,
   and draws meshes, without the checkpoint.
 """
@@ -63,11 +64,12 @@ def onnx_header(checkpoint: Checkpoint, dynamic_batch: bool, batch_size: int, op
     """The metadata stored in the ONNX file."""
     size = checkpoint.config.image_size
     header = dict(checkpoint.metadata) if checkpoint.metadata else {}
+    for legacy in ("crop", "camera", "depth_scaling"):  # older headers' fields, now in `preprocessing`
+        header.pop(legacy, None)
     header.update({
         "model_config": checkpoint.config.to_dict(),
         "landmarks": checkpoint.landmarks.to_dict(),
-        "crop": {"size": size, "enlarge": checkpoint.config.crop_enlarge},
-        "camera": {"focal_ratio": checkpoint.config.focal_ratio, "feature_size": checkpoint.config.feature_size},
+        "preprocessing": checkpoint.config.preprocessing.to_dict(),
         "input": {"color": "bgr", "range": [0.0, 1.0]},
         # the 3D mean face (L, 3) the pose projects, for mesh drawings without the checkpoint
         "mean_face_3d": checkpoint.model.mean_face_3d.detach().cpu().double().tolist(),

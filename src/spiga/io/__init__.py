@@ -16,7 +16,8 @@ output through one writer (`files.open_output`).
 from .faces import FaceCsvWriter, pts_text, write_pts_files
 from .files import (STDOUT, check_outputs_apart, is_file, is_stdout, open_output, output_folder, parse_json,
                     read_json_file, write_atomic, write_json, write_json_atomic, write_output)
-from .images import (HEIF_SUPPORT, MAX_PIXELS, DepthScaling, check_image_name, read_image, read_image_bytes, to_bgr8,
+from .images import (HEIF_SUPPORT, MAX_PIXELS, DepthScaling, check_image_name, read_image, read_image_array,
+                     read_image_bytes, to_bgr8,
                      write_image)
 from .jsonl import JsonlWriter, read_jsonl_records
 from .records import ResultSink, check_run_outputs, image_record
@@ -25,6 +26,6 @@ __all__ = [
     "DepthScaling", "FaceCsvWriter", "HEIF_SUPPORT", "JsonlWriter", "MAX_PIXELS", "ResultSink", "STDOUT",
     "check_image_name", "check_outputs_apart", "check_run_outputs", "image_record", "is_file", "is_stdout",
     "open_output", "output_folder", "parse_json", "pts_text",
-    "read_image", "read_image_bytes", "read_json_file", "read_jsonl_records", "to_bgr8", "write_atomic",
+    "read_image", "read_image_array", "read_image_bytes", "read_json_file", "read_jsonl_records", "to_bgr8", "write_atomic",
     "write_image", "write_json", "write_json_atomic", "write_output", "write_pts_files",
 ]

@@ -135,7 +135,7 @@ def _check_pixels(width: int, height: int, max_pixels: int, source: str) -> None
 
 
 def _read_path(path: Path, max_pixels: int, depth_scaling: "DepthScaling | None" = None,
-               allow_damaged: bool = False) -> np.ndarray:
+               allow_damaged: bool = False, raw: bool = False) -> np.ndarray:
     source = str(path)
     try:
         if path.is_dir():
@@ -145,7 +145,7 @@ def _read_path(path: Path, max_pixels: int, depth_scaling: "DepthScaling | None"
         raise ImageError(f"{source}: no such file") from None
     except (OSError, ValueError) as exc:
         raise ImageError(f"{source}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    return _decode(data, source, max_pixels, depth_scaling, allow_damaged=allow_damaged)
+    return _decode(data, source, max_pixels, depth_scaling, allow_damaged=allow_damaged, raw=raw)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -238,9 +238,10 @@ def open_image_header(data: bytes, source: str = "<bytes>", max_pixels: int = MA
 
 
 def _decode(data: bytes, source: str, max_pixels: int, depth_scaling: "DepthScaling | None" = None,
-            header: Image.Image | None = None, allow_damaged: bool = False) -> np.ndarray:
+            header: Image.Image | None = None, allow_damaged: bool = False, raw: bool = False) -> np.ndarray:
     """Encoded bytes -> BGR uint8 (H, W, 3), the pixel limit checked on the header first
-    (`header`: what `open_image_header` returned for these bytes, if it was called)."""
+    (`header`: what `open_image_header` returned for these bytes, if it was called);
+    `raw`: the decoded array as stored instead (see `read_image_array`)."""
     with header if header is not None else open_image_header(data, source, max_pixels) as image:
         fmt = image.format
         if fmt in OPENCV_FORMATS:
@@ -251,14 +252,14 @@ def _decode(data: bytes, source: str, max_pixels: int, depth_scaling: "DepthScal
             if array is None:
                 raise ImageError(f"{source}: not a readable image (a {fmt} file that is truncated or corrupt)")
             _check_pixels(array.shape[1], array.shape[0], max_pixels, source)  # OpenCV read the header again
-            return to_bgr8(array, "bgr", source, depth_scaling)
+            return array if raw else to_bgr8(array, "bgr", source, depth_scaling)
         if fmt in PILLOW_FORMATS:
             try:
                 image.load()
             except Exception as exc:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, ...
                 raise ImageError(f"{source}: not a readable image (a {fmt} file that is truncated or corrupt: "
                                  f"{_first_line(exc)})") from None
-            return _from_pil(image, source)
+            return _pil_array(image) if raw else _from_pil(image, source)
     accepted = ", ".join(sorted(OPENCV_FORMATS | PILLOW_FORMATS))
     raise ImageError(f"{source}: {fmt} images are not accepted (accepted: {accepted})")
 
@@ -320,15 +321,29 @@ def to_bgr8(array: np.ndarray, color: str = "bgr", source: str = "<array>",
     return np.ascontiguousarray(array)
 
 
-def _from_pil(image: Image.Image, source: str) -> np.ndarray:
-    """A PIL image of any mode -> BGR uint8, EXIF orientation applied (16-bit gray scaled)."""
+def _pil_array(image: Image.Image) -> np.ndarray:
+    """A PIL image of any mode -> (H, W) uint16 for 16-bit gray, else (H, W, 3) BGR uint8;
+    EXIF orientation applied."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image).astype(np.uint16) if image.mode != "I" else np.asarray(image)
         if array.dtype != np.uint16:
             array = np.clip(array, 0, 65535).astype(np.uint16)
-        return to_bgr8(array, "bgr", source)
-    return to_bgr8(np.asarray(image.convert("RGB")), "rgb", source)
+        return array
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
+
+
+def _from_pil(image: Image.Image, source: str) -> np.ndarray:
+    """A PIL image of any mode -> BGR uint8, EXIF orientation applied (16-bit gray scaled)."""
+    return to_bgr8(_pil_array(image), "bgr", source)
+
+
+def read_image_array(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file decoded as stored: (H, W) gray or (H, W, 3|4) BGR(A), of its own depth
+    (uint8, uint16, float32), EXIF orientation applied. The same reader as `read_image`
+    (format from the header, pixel limit checked before decoding, truncated files refused),
+    without the conversion to 8 bits: training scales deep images itself. Raises `ImageError`."""
+    return _read_path(Path(path), max_pixels, raw=True)
 
 
 def read_image(image: Any, color: str = "bgr", max_pixels: int = MAX_PIXELS,

@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import SpigaError
+from ..io.images import DepthScaling
+from ..preprocess import OFFICIAL_ENLARGE, OFFICIAL_FOCAL_RATIO, Preprocessing
 
 #: The range, inclusive, of every size a configuration (and so a checkpoint) may have.
 #: Generous: the official model and the `small` and `tiny` sizes lie well inside; a
@@ -59,6 +61,11 @@ class ModelConfig:
         decoder_hidden: hidden widths of the offset decoder.
         focal_ratio: focal length of the crop camera over the image side.
         crop_enlarge: crop side over max(w, h) of the face box.
+        crop_interpolation: how the crop samples the image (`spiga.preprocess.INTERPOLATIONS`).
+        depth_scaling: the rule for images deeper than 8 bits the model was trained with
+            (`spiga.io.DepthScaling` text, e.g. "percentile:1:99"), or None.
+
+    The last five fields, with `image_size`, make the model's `preprocessing`.
     """
 
     num_landmarks: int = 98
@@ -77,8 +84,10 @@ class ModelConfig:
     window_scale: float = 0.25
     shape_hidden: tuple[int, ...] = (256, 256)
     decoder_hidden: tuple[int, ...] = (256, 128, 64, 32)
-    focal_ratio: float = 1.5
-    crop_enlarge: float = 1.6
+    focal_ratio: float = OFFICIAL_FOCAL_RATIO
+    crop_enlarge: float = OFFICIAL_ENLARGE
+    crop_interpolation: str = "nearest"
+    depth_scaling: str | None = None
 
     def __post_init__(self) -> None:
         problems = _out_of_bounds(self)
@@ -103,12 +112,33 @@ class ModelConfig:
             problems.append("gat_dim must be divisible by gat_heads")
         if self.window_kernel < 2:
             problems.append("window_kernel must be >= 2")
+        try:
+            self.preprocessing  # checks the crop's sampling and the depth rule
+        except SpigaError as exc:
+            problems.append(str(exc))
         if problems:
             raise SpigaError("model configuration: " + "; ".join(problems))
 
     @property
     def feature_size(self) -> int:
         return self.image_size // 4
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """Everything between an image file and the network's input, as one object."""
+        if self.depth_scaling is not None and not isinstance(self.depth_scaling, str):
+            raise SpigaError(f"preprocessing: depth_scaling must be a rule such as 'percentile:1:99', "
+                             f"got {_describe(self.depth_scaling)}")
+        rule = None if self.depth_scaling is None else DepthScaling.parse(self.depth_scaling)
+        return Preprocessing(self.image_size, self.crop_enlarge, self.focal_ratio, self.crop_interpolation, rule)
+
+    def with_preprocessing(self, preprocessing: Preprocessing) -> "ModelConfig":
+        """This configuration with another preprocessing (its crop size must be `image_size`)."""
+        if preprocessing.crop_size != self.image_size:
+            raise SpigaError(f"preprocessing crop_size {preprocessing.crop_size} differs from the network's input "
+                             f"size {self.image_size}")
+        return replace(self, crop_enlarge=preprocessing.enlarge, focal_ratio=preprocessing.focal_ratio,
+                       crop_interpolation=preprocessing.interpolation, depth_scaling=preprocessing.depth_rule)
 
     @classmethod
     def official(cls, num_landmarks: int = 98, num_edges: int = 15) -> "ModelConfig":

@@ -391,7 +391,7 @@ class Pipeline:
         """
         import cv2
 
-        size = self.aligner.config.image_size
+        size = self.aligner.preprocessing.crop_size
         measured = []
         for batch in sorted({1, self.settings.max_batch}):
             crops = np.zeros((batch, size, size, 3), np.uint8)

@@ -26,7 +26,7 @@ import os
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,10 +97,8 @@ def _face_dataset(datasets, mean_face: np.ndarray, model_config: ModelConfig, au
     from ..data.augment import AugmentConfig
     from ..data.dataset import FaceDataset, TargetConfig
 
-    targets = TargetConfig(image_size=model_config.image_size, map_size=model_config.feature_size,
-                           enlarge=model_config.crop_enlarge, focal_ratio=model_config.focal_ratio)
-    parts = [FaceDataset(d, mean_face, AugmentConfig() if augment else None, targets=targets, skip_bad=skip_bad,
-                         seed=seed, scaling=scaling) for d in datasets]
+    parts = [FaceDataset(d, mean_face, AugmentConfig() if augment else None, model_config.preprocessing,
+                         TargetConfig(), skip_bad=skip_bad, seed=seed, scaling=scaling) for d in datasets]
     return parts[0] if len(parts) == 1 else _EpochConcat(ConcatDataset(parts), parts)
 
 
@@ -486,6 +484,9 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
                              f"({str(exc).strip().splitlines()[0][:200]})") from None
 
     scaling = DepthScaling.parse(config.depth_scaling)
+    # the depth rule travels with the weights (in the model's preprocessing): inference scales
+    # deep images as training did
+    model.config = model.config.with_preprocessing(replace(model.config.preprocessing, depth_scaling=scaling))
     train_set = _face_dataset(datasets, mean_face, model.config, config.augment, config.seed, config.skip_bad, scaling)
     val_sets = (_read_datasets(config.val, landmarks, config.skip_bad, config.allow_outside_root)
                 if config.val else [])
@@ -550,10 +551,8 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
                 "batch_in_epoch": batch_in_epoch, "best_nme": best, "history": history,
                 "config": config.to_dict(), "torch_rng": torch.get_rng_state()}
 
-    # the depth rule travels with the weights: inference scales deep images as training did
     extra = {"training": {"mean_face": mean_face_source, "stage": config.stage, "frozen": list(frozen),
-                          "datasets": config.train},
-             "depth_scaling": scaling.text()}
+                          "datasets": config.train}}
     if state is None and val_loader is not None:
         # the starting point, for comparison (epoch 0)
         last_nme = validate(model, val_loader, device, validation, autocast).nme
