@@ -336,7 +336,7 @@ def _load(model: str | os.PathLike, device: str | torch.device | None, precision
     if backend not in BACKENDS:
         raise SpigaError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if backend != "torch":  # onnxruntime, openvino: a graph written by `spiga export`
-        from .onnx_backend import open_graph_backend
+        from .graphs import open_graph_backend
 
         unknown = set(options) - {"max_batch", "detector", "tune_process", "depth_scaling"}
         if unknown:

@@ -23,7 +23,7 @@ from starlette.datastructures import MutableHeaders
 from .errors import ApiError
 
 if TYPE_CHECKING:  # the state imports the pipeline; the gatekeeper only uses it
-    from .app import ServerState
+    from .state import ServerState
 
 log = logging.getLogger("spiga.serve")
 

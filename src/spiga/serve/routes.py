@@ -24,7 +24,7 @@ from .metrics import CONTENT_TYPE
 from .work import Upload, load_json_field, parse_boxes
 
 if TYPE_CHECKING:
-    from .app import ServerState
+    from .state import ServerState
 
 log = logging.getLogger("spiga.serve")
 
