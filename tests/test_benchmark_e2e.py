@@ -48,3 +48,37 @@ def test_benchmark_reads_training_formats(tiny_checkpoint, tmp_path):
     assert len(test_set.annotations) == 3
     assert test_set.image_path(0).is_file()
     assert test_set.annotations.landmarks.shape == (3, 32, 2)
+
+
+def _custom_layout_model(tmp_path):
+    """A 32-point synthetic thermal test set and a random model of its layout."""
+    from spiga.data.synthetic import FACE_POINTS, write_synthetic_dataset
+    from spiga.testing import random_checkpoint
+
+    paths = write_synthetic_dataset(tmp_path / "test", 2, seed=3, domain="thermal")
+    model = random_checkpoint(tmp_path / "model.safetensors", landmark_set=paths["landmark_set"],
+                              mean_face_3d=FACE_POINTS)
+    return paths, model
+
+
+def test_benchmark_scores_a_custom_layout_by_its_landmark_set_file(tmp_path):
+    """A layout of no benchmark: its own landmark-set file, the given norm and threshold, no --config."""
+    paths, model = _custom_layout_model(tmp_path)
+    predictions, metrics = tmp_path / "pred.json", tmp_path / "metrics.json"
+    code = cli(["benchmark", "--model", str(model), "--landmark-set", str(paths["landmark_set"]),
+                "--norm", "corners", "--threshold", "8", "--dataset", f"custom:{paths['annotations']}",
+                "--predictions", str(predictions), "--json", str(metrics), "--device", "cpu", "--no-progress"])
+    assert code == 0
+    assert all(len(p["landmarks"]) == 32 for p in json.loads(predictions.read_text()))
+    figures = json.loads(metrics.read_text())["landmarks"]
+    assert (figures["norm"], figures["threshold"], figures["num_images"]) == ("corners", 8, 2)
+
+
+def test_benchmark_of_a_custom_layout_says_how(tmp_path, capsys):
+    paths, model = _custom_layout_model(tmp_path)
+    common = ["benchmark", "--model", str(model), "--dataset", f"custom:{paths['annotations']}",
+              "--predictions", str(tmp_path / "pred.json"), "--device", "cpu", "--no-progress"]
+    assert cli(common) == 2
+    assert "--landmark-set" in capsys.readouterr().err
+    assert cli([*common, "--config", "wflw", "--landmark-set", str(paths["landmark_set"])]) == 2
+    assert "not both" in capsys.readouterr().err

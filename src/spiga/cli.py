@@ -438,6 +438,9 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--config", choices=_dataset_config_choices(),
                    help="benchmark scoring (default: the one named in --model, else the one spiga train "
                         "validated the checkpoint as)")
+    p.add_argument("--landmark-set", metavar="FILE",
+                   help="instead of --config, for a layout of no benchmark: its landmark-set file (or wflw98 / "
+                        "ibug68), scored with --norm and --threshold (default lnd_bbox at 7)")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="accept image paths in the annotations that leave the image folder (absolute or ..)")
     p.set_defaults(run=_run_benchmark)
@@ -460,22 +463,30 @@ def _validated_benchmark(args, aligner) -> str:
     if validated.get("config") in DATASET_LANDMARKS:
         return validated["config"]
     raise InputError(f"cannot tell the benchmark from model {args.model!r}; give --config "
-                     f"({', '.join(sorted(DATASET_LANDMARKS))})")
+                     f"({', '.join(sorted(DATASET_LANDMARKS))}), or --landmark-set FILE for a layout of none")
 
 
 def _run_benchmark(args) -> int:
-    from .evaluate import evaluate, load_test_set, read_db_info, resolve_scoring, run_benchmark
-    from .landmarks import landmark_set_for
+    from .evaluate import evaluate, load_test_set, read_db_info, resolve_scoring, run_benchmark, scoring_for
+    from .landmarks import landmark_set_for, resolve_landmark_set
 
     _check_positive(args, "max_batch")
-    _keep_inputs([_dataset_file(args.dataset), args.model, args.db_info],
+    _keep_inputs([_dataset_file(args.dataset), args.model, args.db_info, args.landmark_set],
                  {"--predictions": args.predictions, "--json": args.json, "--plot": args.plot})
-    config = _named_benchmark(args)
-    aligner = None if config else _load_aligner(args, detector="blazeface")  # its header may say
-    config = config or _validated_benchmark(args, aligner)
     info = read_db_info(args.db_info) if args.db_info else None
-    scoring = resolve_scoring(config, args.norm, args.threshold, info)
-    test_set = load_test_set(args.dataset, landmark_set_for(config), allow_outside_root=args.allow_outside_root)
+    aligner = None
+    if args.landmark_set:  # a layout of no benchmark: its own file, scored by --norm / --threshold
+        if args.config:
+            raise InputError("give --config (a benchmark) or --landmark-set (a layout of none), not both")
+        landmark_set = resolve_landmark_set(args.landmark_set)
+        config, scoring = landmark_set.name, scoring_for(None, args.norm, args.threshold)
+    else:
+        config = _named_benchmark(args)
+        aligner = None if config else _load_aligner(args, detector="blazeface")  # its header may say
+        config = config or _validated_benchmark(args, aligner)
+        scoring = resolve_scoring(config, args.norm, args.threshold, info)
+        landmark_set = landmark_set_for(config)
+    test_set = load_test_set(args.dataset, landmark_set, allow_outside_root=args.allow_outside_root)
     aligner = aligner or _load_aligner(args, detector="blazeface")
     pred = run_benchmark(aligner, test_set, args.predictions, progress=not args.no_progress)
     subsets = info.test_subsets if info else None

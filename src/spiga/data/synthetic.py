@@ -8,6 +8,12 @@ feature. `write_synthetic_dataset` writes images, a custom-format JSON Lines fil
 landmark-set file and the 3D mean face (`id|x|y|z`), i.e. everything `spiga train`
 needs. The `thermal` domain renders the same faces as inverted-contrast gray 16-bit
 PNGs, a stand-in for radiometric thermal images.
+
+`layout="ibug68"` annotates the same faces with the 68 iBUG points (the layout of 300W
+and of SPIGA's 68-point models): each is a fixed interpolation of the 32 points in 3D,
+before projection, so that it lies on the painted contour it names (jaw, brows, eye and
+lip outlines, nose); the inner lip, which the painting does not draw, is the outer lip
+pulled 40 % of the way to the mouth's centre.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import numpy as np
 from ..geometry.camera import intrinsics, project_points
 from ..geometry.rotations import euler_to_rotation
 from ..io import write_image, write_output
-from ..landmarks.mean_face import mean_face_to_world
+from ..landmarks.mean_face import mean_face_to_world, write_mean_face
+from ..landmarks.sets import IBUG_68
 from ..preprocess import OFFICIAL_FOCAL_RATIO
 
 
@@ -94,12 +101,52 @@ def mean_face_text() -> str:
     return "".join(f"{i}|{x:.6f}|{y:.6f}|{z:.6f}\n" for i, (x, y, z) in enumerate(FACE_POINTS))
 
 
+def _lerp(a: str, b: str, t: float) -> tuple[str, str, float]:
+    return a, b, t
+
+
+def _ibug68_recipe() -> list[tuple[str, str, float]]:
+    """Each iBUG point as (point a, point b, t): the point at a + t (b - a) of the 32-point face."""
+    recipe = [_lerp(f"jaw_{k // 2}", f"jaw_{(k + 1) // 2}", 0.5 * (k % 2)) for k in range(17)]
+    for side in ("right", "left"):  # 17-21 right brow outer -> inner, 22-26 left brow inner -> outer
+        recipe += [_lerp(f"{side}_brow_{k // 2}", f"{side}_brow_{(k + 1) // 2}", 0.5 * (k % 2)) for k in range(5)]
+    recipe += [_lerp("nose_bridge", "nose_tip", t) for t in (0, 1 / 3, 2 / 3, 1)]
+    recipe += [_lerp("nose_right", "nose_base", t) for t in (0, 0.5)]
+    recipe += [_lerp("nose_base", "nose_left", t) for t in (0, 0.5, 1)]
+    for side, first, last in (("right", "outer", "inner"), ("left", "inner", "outer")):
+        a, top, b, bottom = (f"{side}_eye_{p}" for p in (first, "top", last, "bottom"))
+        recipe += [_lerp(a, top, 0), _lerp(a, top, 0.5), _lerp(top, b, 0.5), _lerp(b, top, 0),
+                   _lerp(b, bottom, 0.5), _lerp(bottom, a, 0.5)]
+    corners = ("mouth_right", "mouth_top", "mouth_left", "mouth_bottom", "mouth_right")
+    for a, b in zip(corners, corners[1:]):  # 48-59: the outer lip, three points per side
+        recipe += [_lerp(a, b, t) for t in (0, 1 / 3, 2 / 3)]
+    return recipe
+
+
+def _ibug68_weights() -> np.ndarray:
+    """(68, 32): the iBUG points as weights of the 32 synthetic points."""
+    weights = np.zeros((68, len(POINT_NAMES)))
+    for row, (a, b, t) in enumerate(_ibug68_recipe()):
+        weights[row, _INDEX[a]] += 1 - t
+        weights[row, _INDEX[b]] += t
+    centre = np.zeros(len(POINT_NAMES))
+    centre[_ids("mouth_right", "mouth_top", "mouth_left", "mouth_bottom")] = 0.25
+    for row, outer in zip(range(60, 68), (48, 50, 51, 52, 54, 56, 57, 58)):  # 60-67: the inner lip
+        weights[row] = 0.6 * weights[outer] + 0.4 * centre
+    return weights
+
+
+#: Landmark layouts the generator annotates: its own 32 points, or the 68 iBUG points.
+LAYOUTS = ("synthetic32", "ibug68")
+
+
 @dataclass
 class SyntheticFace:
     image: np.ndarray        # (H, W, 3) BGR uint8
     landmarks: np.ndarray    # (32, 2) image pixels
     box: np.ndarray          # (x, y, w, h)
     pose: np.ndarray         # (6,) yaw, pitch, roll, tx, ty, tz in the image camera (the official focal ratio)
+    ibug68: np.ndarray | None = None  # (68, 2) image pixels: the same face in the iBUG layout
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -119,8 +166,9 @@ def render_face(rng: np.random.Generator, size: int = 256,
     face = FACE_POINTS + rng.normal(0, 0.012, FACE_POINTS.shape)
     face[_INDEX["mouth_bottom"], 1] -= rng.uniform(0, 0.12)  # mouth opening
     face[[_INDEX["right_brow_1"], _INDEX["left_brow_1"]], 1] += rng.uniform(-0.03, 0.06)
-    points = project_points(mean_face_to_world(face), euler_to_rotation(angles), translation,
-                            intrinsics(size, OFFICIAL_FOCAL_RATIO))
+    rotation, camera = euler_to_rotation(angles), intrinsics(size, OFFICIAL_FOCAL_RATIO)
+    points = project_points(mean_face_to_world(face), rotation, translation, camera)
+    ibug68 = project_points(mean_face_to_world(_ibug68_weights() @ face), rotation, translation, camera)
 
     image = _texture(rng, size)
     skin = rng.uniform(60, 230, 3)
@@ -152,7 +200,7 @@ def render_face(rng: np.random.Generator, size: int = 256,
     box = np.concatenate([low, high - low])
     box[1] -= 0.25 * box[3]  # dataset boxes include the forehead
     box[3] *= 1.25
-    return SyntheticFace(image, points, box, np.concatenate([angles, translation]))
+    return SyntheticFace(image, points, box, np.concatenate([angles, translation]), ibug68)
 
 
 def to_thermal16(image_bgr: np.ndarray) -> np.ndarray:
@@ -163,15 +211,19 @@ def to_thermal16(image_bgr: np.ndarray) -> np.ndarray:
 
 def write_synthetic_dataset(folder: str | Path, count: int, seed: int = 0, size: int = 256,
                             domain: str = "rgb",
-                            max_angles: tuple[float, float, float] = (40.0, 25.0, 30.0)) -> dict[str, Path]:
+                            max_angles: tuple[float, float, float] = (40.0, 25.0, 30.0),
+                            layout: str = "synthetic32") -> dict[str, Path]:
     """Render `count` faces into `folder`.
 
-    Returns the paths of `annotations` (custom JSON Lines), `landmark_set` (JSON) and
-    `mean_face` (`id|x|y|z` text). Images are PNG (`domain="rgb"`) or 16-bit gray PNG
-    (`domain="thermal"`).
+    Returns the paths of `annotations` (custom JSON Lines), `landmark_set` (JSON; the
+    synthetic layout only: `ibug68` is built in, `--landmark-set ibug68`) and `mean_face`
+    (`id|x|y|z` text, the synthetic 3D face in the layout). Images are PNG (`domain="rgb"`)
+    or 16-bit gray PNG (`domain="thermal"`); `layout` is `synthetic32` or `ibug68`.
     """
     if domain not in ("rgb", "thermal"):
         raise ValueError(f"domain must be 'rgb' or 'thermal', got {domain!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -181,11 +233,16 @@ def write_synthetic_dataset(folder: str | Path, count: int, seed: int = 0, size:
         name = f"images/{i:05d}.png"
         pixels = face.image if domain == "rgb" else to_thermal16(face.image)
         write_image(folder / name, pixels)
-        lines.append(json.dumps({"image": name, "landmarks": face.landmarks.round(3).tolist(),
+        landmarks = face.landmarks if layout == "synthetic32" else face.ibug68
+        lines.append(json.dumps({"image": name, "landmarks": landmarks.round(3).tolist(),
                                  "box": face.box.round(3).tolist()}))
-    paths = {"annotations": folder / "faces.jsonl", "landmark_set": folder / "landmark_set.json",
-             "mean_face": folder / "mean_face.txt"}
+    paths = {"annotations": folder / "faces.jsonl", "mean_face": folder / "mean_face.txt"}
     write_output(paths["annotations"], "\n".join(lines) + "\n")
-    write_output(paths["landmark_set"], json.dumps(landmark_set_description(), indent=1))
-    write_output(paths["mean_face"], mean_face_text())
+    if layout == "synthetic32":
+        paths["landmark_set"] = folder / "landmark_set.json"
+        write_output(paths["landmark_set"], json.dumps(landmark_set_description(), indent=1))
+        write_output(paths["mean_face"], mean_face_text())
+    else:
+        write_mean_face(paths["mean_face"], _ibug68_weights() @ FACE_POINTS, IBUG_68,
+                        "the synthetic 3D face in the iBUG 68-point layout (spiga.data.synthetic)\n")
     return paths
