@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from spiga.checkpoint import Checkpoint, build_model  # noqa: E402
+from spiga.checkpoint import Checkpoint  # noqa: E402
 from spiga.inference import Aligner  # noqa: E402
 from spiga.landmarks import WFLW_98  # noqa: E402
-from spiga.model import ModelConfig  # noqa: E402
+from spiga.testing import random_model  # noqa: E402
 
 
 def peak_memory_mib() -> float:
@@ -41,11 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    torch.manual_seed(0)
 
-    config = ModelConfig.sized(args.size, WFLW_98.num_landmarks, WFLW_98.num_edges)
-    model = build_model(config, WFLW_98, np.random.default_rng(0).normal(size=(98, 3)) * 0.3)
-    aligner = Aligner(Checkpoint(model.eval(), WFLW_98, config), device=args.device)
+    model, _ = random_model(args.size, WFLW_98, seed=0, mean_face_3d=np.random.default_rng(0).normal(size=(98, 3)) * 0.3)
+    aligner = Aligner(Checkpoint(model, WFLW_98, model.config), device=args.device)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(720, 1280, 3), dtype=np.uint8)
     boxes = [(60 + 150 * i, 200 + 20 * (i % 3), 140, 160) for i in range(8)]

@@ -61,17 +61,10 @@ def make_folder(folder: Path, count: int) -> Path:
 
 
 def make_model(path: Path, size: str) -> Path:
-    import torch
+    from spiga.testing import random_checkpoint
 
-    from spiga.checkpoint import build_model, save_checkpoint
-    from spiga.landmarks import WFLW_98
-    from spiga.model import ModelConfig
-
-    torch.manual_seed(0)
-    config = ModelConfig.sized(size, WFLW_98.num_landmarks, WFLW_98.num_edges)
     mean_face = np.random.default_rng(0).normal(size=(98, 3)) * 0.3
-    save_checkpoint(path, build_model(config, WFLW_98, mean_face).eval(), WFLW_98)
-    return path
+    return random_checkpoint(path, size, "wflw98", seed=0, mean_face_3d=mean_face)
 
 
 def time_one_machine(model: Path, paths: list, threads: int, out: Path) -> tuple[float, int]:

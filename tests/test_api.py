@@ -140,19 +140,14 @@ def test_deep_images_are_scaled_by_the_models_rule(tmp_path):
     """A model trained on 16-bit images records its depth rule; alignment applies it, so a
     16-bit photo gives the landmarks of the 8-bit image training's rule makes of it."""
     import cv2
-    import torch
 
-    from spiga.checkpoint import build_model, load_checkpoint, save_checkpoint
+    from spiga.checkpoint import load_checkpoint
     from spiga.io import DepthScaling
-    from spiga.landmarks import WFLW_98
-    from spiga.model import ModelConfig
+    from spiga.testing import random_checkpoint
 
-    torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    mean_face = np.column_stack([rng.uniform(-0.3, 0.1, 98), rng.uniform(-0.8, 0.8, 98), rng.uniform(-1, 1, 98)])
-    model = build_model(ModelConfig.sized("tiny", 98, 15), WFLW_98, mean_face).eval()
-    path = tmp_path / "thermal.safetensors"
-    save_checkpoint(path, model, WFLW_98, {"depth_scaling": "percentile:1:99"})
+    path = random_checkpoint(tmp_path / "thermal.safetensors", "tiny", "wflw98", seed=0,
+                             extra={"depth_scaling": "percentile:1:99"})
     assert load_checkpoint(path).metadata["depth_scaling"] == "percentile:1:99"
     # a dim 16-bit "thermal" image: its values span a small part of the 16-bit range
     thermal = (rng.random((160, 200)) * 3000 + 29000).astype(np.uint16)
