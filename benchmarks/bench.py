@@ -158,9 +158,9 @@ def make_weights(folder: Path, original_site: Path | None) -> tuple[Path, Path, 
     import torch
 
     sys.path.insert(0, str(REPO / "src"))
-    from spiga.checkpoint import build_model, convert_official, save_checkpoint
+    from spiga.checkpoint import convert_official, save_checkpoint
     from spiga.landmarks import landmark_set_for, read_mean_face
-    from spiga.model import ModelConfig
+    from spiga.testing import random_model
 
     landmarks = landmark_set_for(DATASET)
     official = folder / f"spiga_{DATASET}.pt"
@@ -178,13 +178,8 @@ def make_weights(folder: Path, original_site: Path | None) -> tuple[Path, Path, 
                         "--out", str(official)], check=True)
         convert_official(official, DATASET, mean_face, checkpoint)
         return official, checkpoint, "shared tool, seed 1, measured batch-norm statistics"
-    torch.manual_seed(0)
-    if mean_face is not None:
-        points = read_mean_face(mean_face, landmarks)
-    else:
-        rng = np.random.default_rng(0)
-        points = np.column_stack([rng.uniform(-0.3, 0.1, 98), rng.uniform(-0.8, 0.8, 98), rng.uniform(-1, 1, 98)])
-    model = build_model(ModelConfig.official(landmarks.num_landmarks, landmarks.num_edges), landmarks, points).eval()
+    points = read_mean_face(mean_face, landmarks) if mean_face is not None else None
+    model, _ = random_model("official", landmarks, seed=0, mean_face_3d=points)
     torch.save(model.state_dict(), official)
     save_checkpoint(checkpoint, model, landmarks)
     return official, checkpoint, "PyTorch default initialisation, seed 0"

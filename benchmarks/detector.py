@@ -167,18 +167,12 @@ def alignment_ms(checkpoint: str | None, image: np.ndarray, box, detect, repeats
     """Median ms of `align(image, boxes=[box])` and of `detect(image)`, the calls interleaved
     (so that both see the same load on a shared machine)."""
     import spiga
-    from spiga.checkpoint import build_model, save_checkpoint
-    from spiga.landmarks import WFLW_98
-    from spiga.model import ModelConfig
+    from spiga.testing import random_checkpoint
 
     with tempfile.TemporaryDirectory() as folder:
         if checkpoint is None:
-            import torch
-
-            torch.manual_seed(0)
-            config = ModelConfig.official(WFLW_98.num_landmarks, WFLW_98.num_edges)
-            model = build_model(config, WFLW_98, np.random.default_rng(0).normal(size=(98, 3)) * 0.3)
-            checkpoint = save_checkpoint(Path(folder) / "official-random.safetensors", model, WFLW_98)
+            checkpoint = random_checkpoint(Path(folder) / "official-random.safetensors", "official", "wflw98", seed=0,
+                                           mean_face_3d=np.random.default_rng(0).normal(size=(98, 3)) * 0.3)
         aligner = spiga.load(checkpoint, device="cpu")
         aligner.align(image, boxes=[box])  # warm-up
         detect(image)

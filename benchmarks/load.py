@@ -64,19 +64,9 @@ def random_checkpoint(folder: Path, size: str = "tiny") -> Path:
     """A WFLW-layout model of `size` (`tiny` as tests/conftest.py makes it, or `official`)
     with seeded random weights and a synthetic mean face."""
     sys.path.insert(0, str(REPO / "src"))
-    import torch
+    from spiga import testing
 
-    from spiga.checkpoint import build_model, save_checkpoint
-    from spiga.landmarks import WFLW_98
-    from spiga.model import ModelConfig
-
-    torch.manual_seed(0)
-    config = (ModelConfig.official(WFLW_98.num_landmarks, WFLW_98.num_edges) if size == "official"
-              else ModelConfig.sized(size, WFLW_98.num_landmarks, WFLW_98.num_edges))
-    rng = np.random.default_rng(0)
-    mean_face = np.column_stack([rng.uniform(-0.3, 0.1, 98), rng.uniform(-0.8, 0.8, 98), rng.uniform(-1, 1, 98)])
-    return save_checkpoint(folder / f"{size}-random.safetensors", build_model(config, WFLW_98, mean_face).eval(),
-                           WFLW_98)
+    return testing.random_checkpoint(folder / f"{size}-random.safetensors", size, "wflw98", seed=0)
 
 
 #: The neighbour: PyTorch matrix products, forever, on the given number of threads.
