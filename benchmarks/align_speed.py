@@ -11,14 +11,13 @@ floats are flushed so random values do not slow the CPU down.
 from __future__ import annotations
 
 import argparse
-import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+import harness
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -26,10 +25,6 @@ from spiga.checkpoint import Checkpoint  # noqa: E402
 from spiga.inference import Aligner  # noqa: E402
 from spiga.landmarks import WFLW_98  # noqa: E402
 from spiga.testing import random_model  # noqa: E402
-
-
-def peak_memory_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -51,15 +46,9 @@ def main() -> None:
     print(f"model size {args.size}, device {args.device}, {args.threads} threads, torch {torch.__version__}")
     print(f"{'faces':>5} {'s/call (median)':>16} {'faces/s':>8} {'s/face':>8}")
     for count in (1, 8):
-        aligner.align(image, boxes[:count])  # warm-up
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            aligner.align(image, boxes[:count])
-            times.append(time.perf_counter() - start)
-        median = statistics.median(times)
+        median = harness.time_call(lambda: aligner.align(image, boxes[:count]), args.repeats, warmup=1).median
         print(f"{count:>5} {median:>16.3f} {count / median:>8.2f} {median / count:>8.3f}")
-    print(f"peak memory: {peak_memory_mib():.0f} MiB")
+    print(f"peak memory: {harness.peak_memory_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+import harness
+from harness import cpu_flags, cpu_name, peak_memory_mib, reset_peak_memory
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHARED = REPO.parent / "shared"
@@ -45,26 +48,6 @@ DATASET = "wflw"
 
 
 # --- the machine -----------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def matmul_peak(threads: int, dtype_name: str, size: int = 2048, runs: int = 8) -> float:
@@ -75,13 +58,7 @@ def matmul_peak(threads: int, dtype_name: str, size: int = 2048, runs: int = 8) 
     dtype = getattr(torch, dtype_name)
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
-    for _ in range(2):
-        a @ b
-    best = math.inf
-    for _ in range(runs):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
+    best = harness.time_call(lambda: a @ b, repeats=runs, warmup=2).min
     return 2 * size ** 3 / best / 1e9
 
 
@@ -100,28 +77,6 @@ def available_memory_gib() -> float | None:
 
 # the original's inference keeps the autograd graph: about 0.45 GiB per face (measured)
 ORIGINAL_GIB_PER_FACE = 0.45
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter of this process (Linux); False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --- inputs ----------------------------------------------------------------------------
@@ -255,14 +210,9 @@ def worker(conn, impl: Impl, threads: int, paths: dict, clock_name: str = "wall"
                 landmarks, pose = run(image, boxes)
                 conn.send(("ok", (time.perf_counter() - start, np.asarray(landmarks), np.asarray(pose))))
             elif message[0] == "time":
-                resettable = reset_peak_rss()
-                clock = time.process_time if clock_name == "cpu" else time.perf_counter
-                seconds = []
-                for _ in range(message[2]):
-                    start = clock()
-                    run(image, boxes)
-                    seconds.append(clock() - start)
-                conn.send(("ok", (seconds, peak_rss_mib(), resettable)))
+                resettable = reset_peak_memory()
+                seconds = harness.time_call(lambda: run(image, boxes), message[2], warmup=0, clock=clock_name).seconds
+                conn.send(("ok", (seconds, peak_memory_mib(), resettable)))
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 

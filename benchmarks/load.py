@@ -52,6 +52,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+import harness
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PHOTO = REPO.parent / "shared" / "fixtures" / "images" / "image_sportsfan.jpg"
 SHARED_BOX = REPO.parent / "shared" / "fixtures" / "images" / "bbox_sportsfan.json"
@@ -118,15 +120,7 @@ def rss_mib(pid: int) -> float | None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return f"{harness.cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 def start_server(args, model: str, port: int, log_path: Path) -> subprocess.Popen:

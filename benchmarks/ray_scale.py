@@ -30,18 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+import harness
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 SHARED_PHOTO = HERE.parent.parent / "shared" / "fixtures" / "images" / "image_sportsfan.jpg"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical cores"
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def make_folder(folder: Path, count: int) -> Path:
@@ -109,7 +102,7 @@ def main() -> int:
         paths = expand_inputs([folder])
         model = make_model(scratch / "model.safetensors", args.size)
         quarter = make_folder(scratch / "quarter", max(1, len(paths) // 4)) if not args.folder else None
-        print(f"CPU: {cpu_name()}; load average {os.getloadavg()[0]:.1f}; model size {args.size}; "
+        print(f"CPU: {harness.cpu_name(cores=True)}; load average {os.getloadavg()[0]:.1f}; model size {args.size}; "
               f"{len(paths)} images; ray {ray.__version__}")
         one, faces = time_one_machine(model, paths, args.threads, scratch / "one.jsonl")
         print(f"one machine ({args.threads} thread): {one:7.2f} s  {len(paths) / one:6.2f} img/s  "

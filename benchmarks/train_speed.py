@@ -10,12 +10,12 @@ Data loading is measured separately by benchmarks/data_loading.py.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+import harness
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -49,17 +49,15 @@ def measure(stage: str, size: str, batch: int, steps: int) -> float:
     apply_freeze(model, frozen)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-4)
     data = fake_batch(config, batch)
-    times = []
-    for i in range(steps + 1):
-        set_train_mode(model, frozen)
-        start = time.perf_counter()
+    set_train_mode(model, frozen)
+
+    def step() -> None:
         loss = sum(loss_terms(model(data["image"]), data, STAGES[stage].weights).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if i:  # the first step warms up
-            times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+
+    return batch / harness.time_call(step, repeats=steps, warmup=1).median
 
 
 def main() -> None:
