@@ -1,4 +1,4 @@
-"""Stand-in models for tests, tools, benchmarks and documentation checks.
+"""Stand-in models for tests, tools, speed scripts and documentation checks.
 
 A random-weight checkpoint runs every code path of the real ones (the same file format,
 sizes and landmark layouts) without a download: `random_checkpoint` is the one recipe for it.

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Speed of spiga against the original SPIGA implementation, on the same weights and images.
 
-    python benchmarks/bench.py                     # float32 + bfloat16 vs the original, batch 1/8/32
-    python benchmarks/bench.py --quick             # batch 1 and 8, two repeats
-    python benchmarks/bench.py --compile           # also the torch.compile paths (minutes of compiling)
-    python benchmarks/bench.py --markdown          # also print the table as Markdown (for docs/performance.md)
+    python speed/bench.py                     # float32 + bfloat16 vs the original, batch 1/8/32
+    python speed/bench.py --quick             # batch 1 and 8, two repeats
+    python speed/bench.py --compile           # also the torch.compile paths (minutes of compiling)
+    python speed/bench.py --markdown          # also print the table as Markdown (for docs/performance.md)
 
 Runs from a clean checkout without installing spiga (it puts ../src on the path). The
 original (`spiga==0.0.6`) is pip-installed into ~/.cache/spiga-benchmarks on first use and
@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                 given = given[1:]
             elif not item.startswith(("--readme=", "--section=", "--json=")):
                 shown.append(item)
-        command = "python benchmarks/bench.py " + " ".join(shown)
+        command = "python speed/bench.py " + " ".join(shown)
         text = "\n".join([f"`{command.strip()}`", "", format_markdown(header, rows), ""] +
                           [f"- {note}" for note in notes])
         update_readme_section(Path(args.readme), args.section, text, "### CPU figures")

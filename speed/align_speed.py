@@ -5,7 +5,7 @@ Prints median seconds per call, faces per second and the process's peak resident
 memory. Weights are random (seeded), which costs the same as trained ones; denormal
 floats are flushed so random values do not slow the CPU down.
 
-    python benchmarks/align_speed.py [--threads 2] [--repeats 5] [--size official]
+    python speed/align_speed.py [--threads 2] [--repeats 5] [--size official]
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Scale of `spiga align --ray`: the one-machine runner against Ray with 1 and 2 workers.
 
-    python benchmarks/ray_scale.py                          # 32 photos, small model
-    python benchmarks/ray_scale.py --images 200 --size official --workers 1 2 4
-    python benchmarks/ray_scale.py --folder my_photos/      # your own photos
+    python speed/ray_scale.py                          # 32 photos, small model
+    python speed/ray_scale.py --images 200 --size official --workers 1 2 4
+    python speed/ray_scale.py --folder my_photos/      # your own photos
 
 Needs the `ray` extra. Runs from a clean checkout (it puts ../src on the path). The
 folder is copies of the shared fixture photo (one face each, found by BlazeFace), or a

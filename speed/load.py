@@ -1,10 +1,10 @@
 """Load test of `spiga serve`: N concurrent clients on 127.0.0.1 for a bounded time.
 
-    PYTHONPATH=src python benchmarks/load.py                      # 30 s, 16 clients, tiny random model
-    PYTHONPATH=src python benchmarks/load.py --soak 300           # the 5-minute memory soak
-    PYTHONPATH=src python benchmarks/load.py --model wflw --clients 32 --duration 60
-    PYTHONPATH=src python benchmarks/load.py --model-size official --detect --burst 40
-    PYTHONPATH=src python benchmarks/load.py --model-size official --detect --burst 40 --neighbour-threads 2
+    PYTHONPATH=src python speed/load.py                      # 30 s, 16 clients, tiny random model
+    PYTHONPATH=src python speed/load.py --soak 300           # the 5-minute memory soak
+    PYTHONPATH=src python speed/load.py --model wflw --clients 32 --duration 60
+    PYTHONPATH=src python speed/load.py --model-size official --detect --burst 40
+    PYTHONPATH=src python speed/load.py --model-size official --detect --burst 40 --neighbour-threads 2
 
 Starts the server itself (`python -m spiga serve` in a subprocess, src/ on its path, so
 it runs from a clean checkout), waits for /healthz, warms up, then runs the clients and

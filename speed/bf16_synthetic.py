@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The accuracy cost of bfloat16 on a trained model, while no trained official-size model exists.
 
-    python benchmarks/bf16_synthetic.py                 # train (about 10 min on 1 core), then measure
-    python benchmarks/bf16_synthetic.py --steps 100     # shorter
+    python speed/bf16_synthetic.py                 # train (about 10 min on 1 core), then measure
+    python speed/bf16_synthetic.py --steps 100     # shorter
 
 Random weights cannot measure it: a random network amplifies rounding chaotically
 (bfloat16 moves the landmarks of the equivalence-fixture weights by tens of pixels), a

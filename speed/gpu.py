@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Faces per second on a CUDA GPU: spiga (float32, bfloat16, float16) and the original.
 
-    bash benchmarks/gpu.sh                  # what to run on a GPU machine (see gpu.sh)
-    PYTHONPATH=src python benchmarks/gpu.py --batches 1 32 128 --readme docs/performance.md
+    bash speed/gpu.sh                  # what to run on a GPU machine (see gpu.sh)
+    PYTHONPATH=src python speed/gpu.py --batches 1 32 128 --readme docs/performance.md
 
 Needs only torch (with CUDA), numpy, opencv, pillow, safetensors and the repository
 (`PYTHONPATH=src`, nothing installed). The original (`spiga==0.0.6`) runs when it can be
-found or installed: in --original-site, $SPIGA_ORIGINAL_SITE, benchmarks/.cache/original-0.0.6
-(make it beforehand with `python benchmarks/original.py benchmarks/.cache/original-0.0.6`
+found or installed: in --original-site, $SPIGA_ORIGINAL_SITE, speed/.cache/original-0.0.6
+(make it beforehand with `python speed/original.py speed/.cache/original-0.0.6`
 and carry the folder to a machine without internet), or by pip; otherwise the table
 says why it is missing.
 
@@ -188,7 +188,7 @@ def markdown(report: dict) -> str:
             lines.append(f"\n{entry['label']} {entry['precision']}: not measured ({entry['error']})")
     if report["original_error"]:
         lines.append(f"\noriginal: not available ({report['original_error']})")
-    lines.append(f"\nWeights: {report['weights']}. Command: `bash benchmarks/gpu.sh`.")
+    lines.append(f"\nWeights: {report['weights']}. Command: `bash speed/gpu.sh`.")
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ detector, re-detection every K frames), draws the annotations and writes the ann
 video and the JSON Lines: everything `spiga video IN --out OUT --jsonl OUT` does.
 Weights are random (seeded; the same cost as trained ones); denormals are flushed.
 
-    python benchmarks/video_fps.py [--size tiny] [--frames 90] [--width 640 --height 480] \\
+    python speed/video_fps.py [--size tiny] [--frames 90] [--width 640 --height 480] \\
         [--redetect-every 15 1] [--threads 2] [--device cpu]
 """
 

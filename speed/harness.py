@@ -1,7 +1,7 @@
 """The speed scripts' one timing harness: the machine's name, timing a callable (warm-up,
 repeats, median/min/max, wall or CPU clock), interleaving candidates, peak memory.
 
-The scripts run as `python benchmarks/X.py`, so this folder is `sys.path[0]` and they
+The scripts run as `python speed/X.py`, so this folder is `sys.path[0]` and they
 `import harness` as a sibling module:
 
     import harness

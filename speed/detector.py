@@ -21,7 +21,7 @@ Rows, each the median of `--repeats` calls after one warm-up call, in this proce
   first detector's time on the photo as a share of it, the two calls interleaved (both
   then see the same load on a shared machine).
 
-    python benchmarks/detector.py [--threads 2] [--repeats 7] [--clock wall|cpu] [--backends onnxruntime torch]
+    python speed/detector.py [--threads 2] [--repeats 7] [--clock wall|cpu] [--backends onnxruntime torch]
         [--before-src ../other-checkout/src] [--mediapipe-python /path/to/venv/bin/python]
 """
 

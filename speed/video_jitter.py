@@ -25,7 +25,7 @@ A trained model gives meaningful numbers: train one on synthetic faces (see
 docs/images-and-video.md) and pass it with `--model`; without it, a seeded random-weight tiny model
 is used and the numbers only show what smoothing does to that model's output.
 
-    python benchmarks/video_jitter.py --model runs/synthetic/best.safetensors [--sweep]
+    python speed/video_jitter.py --model runs/synthetic/best.safetensors [--sweep]
 """
 
 from __future__ import annotations

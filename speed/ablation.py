@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """What each inference optimisation gives: network-only time per face, one change at a time.
 
-    python benchmarks/ablation.py                    # batch 1 and 8, 2 threads
-    python benchmarks/ablation.py --compile          # also torch.compile (minutes of compiling)
+    python speed/ablation.py                    # batch 1 and 8, 2 threads
+    python speed/ablation.py --compile          # also torch.compile (minutes of compiling)
 
 Every variant runs the official-size network on the same 256 x 256 crops, in this one
 process, in turns (the order rotates every repeat), and the table shows the median time
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         while "--section" in shown:
             at = shown.index("--section")
             del shown[at:at + 2]
-        text = "\n".join([f"`python benchmarks/ablation.py {' '.join(shown)}`".replace("  ", " "), "",
+        text = "\n".join([f"`python speed/ablation.py {' '.join(shown)}`".replace("  ", " "), "",
                           bench.format_markdown(header, rows), "", f"- {note}"])
         bench.update_readme_section(Path(args.readme), args.section, text, "### What each change gives")
     return 0

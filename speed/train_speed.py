@@ -2,9 +2,9 @@
 """Training throughput (images/s): the whole network, and cascade-only fine-tuning
 (CNN and pose frozen), on random images, with the official recipe's losses.
 
-    python benchmarks/train_speed.py [--size official] [--batch 8] [--steps 5] [--threads 2]
+    python speed/train_speed.py [--size official] [--batch 8] [--steps 5] [--threads 2]
 
-Data loading is measured separately by benchmarks/data_loading.py.
+Data loading is measured separately by speed/data_loading.py.
 """
 
 from __future__ import annotations
