@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         lr=args.lr,
         out=args.out,
         device=args.device,
-        workers=args.workers,
+        loader_workers=args.workers,
     )
     result = train(config)
     print(f"trained {result.steps} steps; the model is {result.out / 'last.safetensors'}")

@@ -26,18 +26,9 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny-size WFLW-layout checkpoint with seeded random weights and a synthetic mean face."""
-    from spiga.checkpoint import build_model, save_checkpoint
-    from spiga.landmarks import WFLW_98
-    from spiga.model import ModelConfig
+    from spiga.testing import random_checkpoint
 
-    torch.manual_seed(0)
-    config = ModelConfig.sized("tiny", WFLW_98.num_landmarks, WFLW_98.num_edges)
-    rng = np.random.default_rng(0)
-    mean_face = np.column_stack([rng.uniform(-0.3, 0.1, 98), rng.uniform(-0.8, 0.8, 98), rng.uniform(-1, 1, 98)])
-    model = build_model(config, WFLW_98, mean_face).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(path, model, WFLW_98)
-    return path
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", "tiny", "wflw98", seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -366,8 +366,8 @@ def _resume_state(data: dict[str, Path], out: Path, **change) -> Path:
     from spiga.train import TrainConfig
 
     config = TrainConfig(train=[f"custom:{data['annotations']}"], landmark_set=str(data["landmark_set"]),
-                         mean_face=str(data["mean_face"]), model_size="tiny", batch_size=2, workers=0, device="cpu",
-                         max_steps=2, out=str(out), progress=False)
+                         mean_face=str(data["mean_face"]), model_size="tiny", batch_size=2, loader_workers=0,
+                         device="cpu", max_steps=2, out=str(out), progress=False)
     state = {"model": {"w": torch.ones(3)}, "optimizer": {"state": {}, "param_groups": []}, "scheduler": {},
              "epoch": 1, "step": 2, "batch_in_epoch": 0, "best_nme": None, "history": [],
              "config": config.to_dict(), "torch_rng": torch.get_rng_state(), **change}

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from spiga.checkpoint import build_model, convert_official, load_checkpoint, load_official_state_dict, save_checkpoint
+from spiga.checkpoint import convert_official, load_checkpoint, load_official_state_dict, save_checkpoint
 from spiga.errors import CheckpointError
 from spiga.landmarks import IBUG_68, WFLW_98
 from spiga.model import ModelConfig
+from spiga.testing import random_checkpoint, random_model
 
 
 def test_round_trip_keeps_everything(tiny_checkpoint):
@@ -50,8 +51,7 @@ def test_corrupted_header_is_refused(tiny_checkpoint, tmp_path):
 
 
 def test_wrong_shapes_are_reported(tmp_path):
-    model = build_model(ModelConfig.sized("tiny", 68, 13), IBUG_68)
-    path = save_checkpoint(tmp_path / "m.safetensors", model, IBUG_68)
+    path = random_checkpoint(tmp_path / "m.safetensors", "tiny", IBUG_68)
     # a header that promises a different size than the tensors have
     import json
     from safetensors.torch import load_file, save_file
@@ -112,8 +112,7 @@ def _write_mean_face(path, landmarks, seed=0):
 
 def test_convert_checks_layout_constants(tmp_path):
     config = ModelConfig.sized("tiny", 98, 15)
-    model = build_model(config, WFLW_98)
-    state = model.state_dict()
+    state = random_model("tiny", WFLW_98)[0].state_dict()
     torch.save(state, tmp_path / "ok.pt")
     mean_face = _write_mean_face(tmp_path / "mf.txt", WFLW_98)
     out = convert_official(tmp_path / "ok.pt", "wflw", mean_face, tmp_path / "ok.safetensors", config)
@@ -128,7 +127,7 @@ def test_convert_rejects_mean_face_for_another_layout(tmp_path):
     from spiga.errors import SpigaError
 
     config = ModelConfig.sized("tiny", 98, 15)
-    torch.save(build_model(config, WFLW_98).state_dict(), tmp_path / "w.pt")
+    torch.save(random_model("tiny", WFLW_98)[0].state_dict(), tmp_path / "w.pt")
     mean_face = _write_mean_face(tmp_path / "mf68.txt", IBUG_68)
     with pytest.raises(SpigaError, match="mf68.txt: mean face has 68 points but lacks ids"):
         convert_official(tmp_path / "w.pt", "wflw", mean_face, tmp_path / "x.safetensors", config)

@@ -62,17 +62,14 @@ def test_finetune_cascade(tmp_path):
     """Fine-tuning on an annotated folder moves the cascade only (the CNN and pose stay bit-identical)."""
     import torch
 
-    from spiga.checkpoint import build_model, save_checkpoint
     from spiga.data.synthetic import write_synthetic_dataset
     from spiga.landmarks import read_landmark_set, read_mean_face
-    from spiga.model import ModelConfig
+    from spiga.testing import random_checkpoint
 
     data = write_synthetic_dataset(tmp_path / "thermal", 16, seed=5, domain="thermal")
     landmarks = read_landmark_set(data["landmark_set"])
-    torch.manual_seed(0)
-    config = ModelConfig.sized("tiny", landmarks.num_landmarks, landmarks.num_edges)
-    init = tmp_path / "pretrained.safetensors"
-    save_checkpoint(init, build_model(config, landmarks, read_mean_face(data["mean_face"], landmarks)), landmarks)
+    init = random_checkpoint(tmp_path / "pretrained.safetensors", "tiny", landmarks, seed=0,
+                             mean_face_3d=read_mean_face(data["mean_face"], landmarks))
     run("finetune_cascade.py", "--init", str(init), "--train", str(data["annotations"]), "--landmark-set",
         str(data["landmark_set"]), "--out", "run", "--steps", "3", "--batch-size", "4", "--lr", "1e-3",
         "--device", "cpu", "--workers", "0", cwd=tmp_path)

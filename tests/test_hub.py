@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from spiga import hub
-from spiga.checkpoint import build_model
 from spiga.errors import ModelNotFound
 from spiga.landmarks import OFFICIAL_MEAN_FACES, WFLW_98, official_mean_face, read_mean_face
 from spiga.model import ModelConfig
+from spiga.testing import random_model
 
 from conftest import SHARED
 
@@ -135,8 +135,7 @@ def server(tmp_path):
 
 def register_tiny(www) -> hub.OfficialModel:
     """Serve a tiny 'official' 98-point state_dict from `www` as spiga_tiny.pt."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig.sized("tiny", 98, 15), WFLW_98)
+    model, _ = random_model("tiny", WFLW_98, seed=0)
     torch.save(model.state_dict(), www / "spiga_tiny.pt")
     return hub.OfficialModel("wflw", "spiga_tiny.pt", model_size="tiny")
 

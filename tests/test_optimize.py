@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import spiga
-from spiga.checkpoint import build_model, load_checkpoint
+from spiga.checkpoint import load_checkpoint
 from spiga.cli import main as cli
 from spiga.errors import SpigaError
 from spiga.inference import optimize
@@ -22,8 +22,9 @@ from spiga.inference.backends import TorchBackend, batch_bucket
 from spiga.inference.cpu import FusedConvBlock, FusedLinear, _probe, cpu_features, forced_cpu_features
 from spiga.inference.optimize import ChannelClamp, StemConv, fold_batch_norms, prepare_for_inference
 from spiga.landmarks import IBUG_68, WFLW_98
-from spiga.model import SPIGA, ModelConfig
+from spiga.model import SPIGA
 from spiga.model.layers import Residual
+from spiga.testing import random_model
 
 PROBED = _probe()
 needs_fused = pytest.mark.skipif(not PROBED.onednn, reason=f"no fused oneDNN operators here ({PROBED.describe()})")
@@ -37,12 +38,8 @@ PATHS = [pytest.param({}, marks=needs_fused, id="fused"), pytest.param(PUBLIC, i
 
 def _model(size: str, landmarks, seed: int = 0, negative_scales: bool = False) -> SPIGA:
     """A random model whose batch norms are not the identity (so that folding is exercised)."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    config = ModelConfig.sized(size, landmarks.num_landmarks, landmarks.num_edges)
-    n = landmarks.num_landmarks
-    mean_face = np.column_stack([rng.uniform(-0.3, 0.1, n), rng.uniform(-0.8, 0.8, n), rng.uniform(-1, 1, n)])
-    model = build_model(config, landmarks, mean_face).eval()
+    model, _ = random_model(size, landmarks, seed)
+    torch.manual_seed(seed)  # the batch-norm statistics below
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):

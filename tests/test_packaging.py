@@ -30,7 +30,7 @@ def test_install_hints_name_this_distribution():
     (the original authors' package)."""
     wrong = re.compile(r"pip install\s+(-U\s+)?['\"]?spiga(\[|['\"\s]|$)")
     offenders = []
-    for folder in ("src", "docs", "examples", "benchmarks", "tools"):
+    for folder in ("src", "docs", "examples", "speed", "tools"):
         for path in (REPO / folder).rglob("*"):
             if path.suffix in (".py", ".md", ".txt", ".html", ".js", ".yml", ".toml") and path.is_file():
                 for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):

@@ -37,7 +37,7 @@ def synthetic(tmp_path_factory):
 def _config(data, out, **overrides) -> TrainConfig:
     values = dict(train=[f"custom:{data['train']['annotations']}"], val=[f"custom:{data['val']['annotations']}"],
                   landmark_set=str(data["train"]["landmark_set"]), mean_face=str(data["train"]["mean_face"]),
-                  model_size="tiny", batch_size=16, lr=2e-3, workers=0, seed=0, out=str(out), progress=False,
+                  model_size="tiny", batch_size=16, lr=2e-3, loader_workers=0, seed=0, out=str(out), progress=False,
                   device="cpu", augment=False)
     values.update(overrides)
     return TrainConfig(**values)
@@ -223,3 +223,19 @@ def test_checkpoints_record_the_depth_rule(trained):
         checkpoint = load_checkpoint(trained.out / name)
         assert checkpoint.config.preprocessing.depth_rule == "percentile:1:99"
         assert checkpoint.metadata["preprocessing"] == checkpoint.config.preprocessing.to_dict()
+
+
+def test_loader_workers_keeps_the_older_yaml_key(tmp_path):
+    """`loader_workers` (the CLI's `--workers`) is also read under its older key `workers`,
+    from YAML files and saved runs; both at once is refused in one line."""
+    from spiga.errors import SpigaError
+    from spiga.train import read_config
+
+    old = tmp_path / "old.yaml"
+    old.write_text("workers: 0\nbatch-size: 4\n")
+    assert TrainConfig.from_dict(read_config(old)).loader_workers == 0
+    assert TrainConfig.from_dict({"workers": 1}).loader_workers == 1
+    both = tmp_path / "both.yaml"
+    both.write_text("workers: 0\nloader_workers: 1\n")
+    with pytest.raises(SpigaError, match="both.yaml: give 'loader_workers' or its older name 'workers', not both"):
+        read_config(both)

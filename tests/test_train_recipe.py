@@ -13,11 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spiga.checkpoint import build_model, save_checkpoint
 from spiga.cli import main
 from spiga.errors import SpigaError
 from spiga.landmarks import IBUG_68, official_mean_face, read_mean_face
-from spiga.model import ModelConfig
+from spiga.testing import random_checkpoint
 from spiga.train import TrainConfig
 from spiga.train.loop import _schedule
 
@@ -53,12 +52,8 @@ def write_fork_style_set(folder: Path, count: int, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def stand_in_300w(tmp_path_factory) -> Path:
     """A tiny random 68-point checkpoint standing in for the official 300W model."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig.sized("tiny", 68, IBUG_68.num_edges), IBUG_68,
-                        read_mean_face(official_mean_face(68), IBUG_68)).eval()
-    path = tmp_path_factory.mktemp("stand-in") / "spiga_300wprivate.safetensors"
-    save_checkpoint(path, model, IBUG_68)
-    return path
+    return random_checkpoint(tmp_path_factory.mktemp("stand-in") / "spiga_300wprivate.safetensors", "tiny",
+                             IBUG_68, seed=0, mean_face_3d=read_mean_face(official_mean_face(68), IBUG_68))
 
 
 def test_the_fork_recipe_runs_on_fork_style_data(tmp_path, monkeypatch, stand_in_300w, one_torch_thread):

@@ -32,14 +32,11 @@ def main() -> int:
     args = parser.parse_args()
 
     import numpy as np
-    import torch
 
     import spiga
     from spiga.about import DISTRIBUTION
-    from spiga.checkpoint import build_model, save_checkpoint
     from spiga.detection import make_detector
-    from spiga.landmarks import WFLW_98
-    from spiga.model import ModelConfig
+    from spiga.testing import random_checkpoint
 
     location = Path(spiga.__file__).resolve()
     check("site-packages" in location.parts or "dist-packages" in location.parts,
@@ -60,12 +57,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        torch.manual_seed(0)
-        config = ModelConfig.sized("tiny", WFLW_98.num_landmarks, WFLW_98.num_edges)
-        rng = np.random.default_rng(0)
-        mean_face = np.column_stack([rng.uniform(-0.3, 0.1, 98), rng.uniform(-0.8, 0.8, 98), rng.uniform(-1, 1, 98)])
-        model = folder / "tiny.safetensors"
-        save_checkpoint(model, build_model(config, WFLW_98, mean_face).eval(), WFLW_98)
+        model = random_checkpoint(folder / "tiny.safetensors", "tiny", "wflw98", seed=0)
         import cv2
 
         photo = folder / "photo.png"

@@ -220,7 +220,7 @@ def _run_align(args) -> int:
         drawing = face_drawer(aligner.landmark_set, aligner.mean_face_world() if args.mesh else None)
     sink = ResultSink(aligner.landmark_set.num_landmarks, drawing=drawing, stems=stems, resume=args.resume,
                       **outputs)
-    summary = align_files(aligner, paths, resume=args.resume, boxes=args.box, workers=args.decode_threads,
+    summary = align_files(aligner, paths, resume=args.resume, boxes=args.box, decode_threads=args.decode_threads,
                           batch_faces=args.max_batch, progress=many and not args.no_progress, sink=sink,
                           raise_errors=not many, on_no_face=_say_no_face)
     if summary.failed:
@@ -535,7 +535,7 @@ def _add_train(sub) -> None:
                         "0.01 = 2.56 px of a 256-px crop; 1/64 of a 64-px feature-map pixel is 0.000244)")
     p.add_argument("--model-size", choices=list(choices.MODEL_SIZES))
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
-    p.add_argument("--workers", type=int, help="data-loading worker processes")
+    p.add_argument("--workers", dest="loader_workers", type=int, help="data-loading worker processes")
     p.add_argument("--seed", type=int)
     p.add_argument("--mean-face", metavar="FILE", help="3D mean face: `id|x|y|z` text or a spiga checkpoint")
     p.add_argument("--landmark-set", metavar="FILE", help="landmark-set file (custom formats) or wflw98 / ibug68")

@@ -1,4 +1,4 @@
-"""Stand-in models for tests, tools, benchmarks and documentation checks.
+"""Stand-in models for tests, tools, speed scripts and documentation checks.
 
 A random-weight checkpoint runs every code path of the real ones (the same file format,
 sizes and landmark layouts) without a download: `random_checkpoint` is the one recipe for it.
@@ -47,9 +47,10 @@ def random_model(size: str = "tiny", landmark_set: LandmarkSet | str | os.PathLi
 
 def random_checkpoint(path: str | os.PathLike, size: str = "tiny",
                       landmark_set: LandmarkSet | str | os.PathLike = "wflw98", seed: int = 0,
-                      mean_face_3d: np.ndarray | None = None) -> Path:
-    """Write a random-weight spiga checkpoint to `path` (see `random_model`) and return the path."""
+                      mean_face_3d: np.ndarray | None = None, extra: dict | None = None) -> Path:
+    """Write a random-weight spiga checkpoint to `path` (see `random_model`) and return the path;
+    `extra` is more header metadata (e.g. `{"depth_scaling": "percentile:1:99"}`)."""
     from .checkpoint import save_checkpoint
 
     model, landmarks = random_model(size, landmark_set, seed, mean_face_3d)
-    return save_checkpoint(path, model, landmarks)
+    return save_checkpoint(path, model, landmarks, extra)

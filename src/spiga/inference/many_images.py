@@ -103,20 +103,20 @@ def image_error(path: str | os.PathLike, exc: BaseException) -> str:
 # --- decoding ahead ------------------------------------------------------------------
 
 
-def decode_ahead(paths: Sequence[Path], workers: int = 2, ahead: int = 8,
+def decode_ahead(paths: Sequence[Path], threads: int = 2, ahead: int = 8,
                  reader: Callable[[Path], np.ndarray] = read_image
                  ) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
     """(path, BGR image, None) or (path, None, error message), in input order, with up to
-    `ahead` images decoded in `workers` threads in advance (OpenCV decodes without the GIL).
+    `ahead` images decoded in `threads` threads in advance (OpenCV decodes without the GIL).
     Errors that are not `SpigaError`s (a bug, not a bad file) are raised."""
-    if workers <= 0:
+    if threads <= 0:
         for path in paths:
             try:
                 yield path, reader(path), None
             except SpigaError as exc:
                 yield path, None, str(exc)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spiga-decode") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spiga-decode") as pool:
         pending: deque[tuple[Path, Future]] = deque()
         queue = iter(paths)
         for path in queue:
@@ -187,7 +187,7 @@ class _Pending:
 
 def align_files(aligner: Aligner, paths: Sequence[Path], jsonl: str | os.PathLike | None = None,
                 draw_dir: str | os.PathLike | None = None, resume: bool = False, boxes: Any = None,
-                workers: int = 2, batch_faces: int = 32, batch_images: int = 16, progress: bool = True,
+                decode_threads: int = 2, batch_faces: int = 32, batch_images: int = 16, progress: bool = True,
                 mesh: bool = False, pts_dir: str | os.PathLike | None = None,
                 csv: str | os.PathLike | None = None, *, sink: ResultSink | None = None,
                 raise_errors: bool = False, on_no_face: Callable[[Path], None] | None = None) -> BatchSummary:
@@ -203,7 +203,7 @@ def align_files(aligner: Aligner, paths: Sequence[Path], jsonl: str | os.PathLik
             error line are tried again (a new line is appended: the last line of a path counts).
         boxes: face boxes for every image (rarely useful); None: the aligner's detector
             (a `file:` box file is asked for each image's boxes by its path or file name).
-        workers: decoding threads (0: decode in the calling thread).
+        decode_threads: decoding threads (0: decode in the calling thread).
         batch_faces: the model runs once the gathered images hold this many faces ...
         batch_images: ... or number this many.
         progress: show a progress bar (images/s, faces/s) on stderr.
@@ -233,7 +233,7 @@ def align_files(aligner: Aligner, paths: Sequence[Path], jsonl: str | os.PathLik
     with sink:
         run = _Run(aligner, sink, raise_errors, on_no_face)
         todo = run.skip_done(paths, resume)
-        run.align(todo, boxes, workers, batch_faces, batch_images, progress)
+        run.align(todo, boxes, decode_threads, batch_faces, batch_images, progress)
     summary = run.summary
     if summary.failed:
         log.info("%d of %d images failed", len(summary.failed), len(todo))
@@ -313,7 +313,7 @@ class _Run:
                 error = image_error(path, exc)
         return _Pending(path, error=error), 0
 
-    def align(self, todo: Sequence[Path], boxes: Any, workers: int, batch_faces: int, batch_images: int,
+    def align(self, todo: Sequence[Path], boxes: Any, decode_threads: int, batch_faces: int, batch_images: int,
               progress: bool) -> None:
         from tqdm import tqdm
 
@@ -323,7 +323,7 @@ class _Run:
         try:
             reader = functools.partial(read_image, depth_scaling=self.aligner.depth_scaling,
                                        allow_damaged=getattr(self.aligner, "allow_damaged", False))
-            for path, image, error in decode_ahead(todo, workers=workers, reader=reader):
+            for path, image, error in decode_ahead(todo, threads=decode_threads, reader=reader):
                 pending, count = self.gather(path, image, error, boxes)
                 batch.append(pending)
                 faces_in_batch += count

@@ -17,6 +17,8 @@ OPTIMIZERS = choices.OPTIMIZERS
 SCHEDULES = ("cosine", "constant", "step")
 # the arithmetic of a training step: float32, or bfloat16 mixed precision (autocast)
 TRAIN_PRECISIONS = choices.TRAIN_PRECISIONS
+# older names of options, still accepted in YAML files and saved runs: {old: current}
+ALIASES = {"workers": "loader_workers"}
 
 
 @dataclass
@@ -50,7 +52,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     model_size: str = "official"
     device: str | None = None
-    workers: int = 2
+    loader_workers: int = 2  # data-loading processes (`--workers`; YAML `loader_workers`, or `workers`)
     seed: int = 0
     mean_face: str | None = None
     landmark_set: str | None = None
@@ -104,15 +106,26 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<config>") -> "TrainConfig":
+        values = _current_names(data, source)
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(values) - known)
         if unknown:
             raise SpigaError(f"{source}: unknown training option(s) {unknown}")
-        values = dict(data)
         for key in ("train", "val"):
             if isinstance(values.get(key), str):
                 values[key] = [values[key]]
         return cls(**values)
+
+
+def _current_names(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """`data` with the older option names (`ALIASES`) under their current ones."""
+    values = dict(data)
+    for old, new in ALIASES.items():
+        if old in values:
+            if new in values:
+                raise SpigaError(f"{source}: give {new!r} or its older name {old!r}, not both")
+            values[new] = values.pop(old)
+    return values
 
 
 def _schedule_problems(milestones: list[int], lr_factor: float, smooth_l1_beta: float) -> list[str]:
@@ -147,4 +160,4 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise SpigaError(f"{path}: expected a mapping of option: value")
-    return {key.replace("-", "_"): value for key, value in data.items()}
+    return _current_names({key.replace("-", "_"): value for key, value in data.items()}, str(path))

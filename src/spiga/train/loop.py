@@ -499,11 +499,11 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
     local_batch = config.batch_size // dist_info.world_size
     sampler = DistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
                                  seed=config.seed, drop_last=True)
-    loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler, num_workers=config.workers,
+    loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler, num_workers=config.loader_workers,
                         drop_last=True, persistent_workers=False)
     if len(loader) == 0:
         raise SpigaError(f"{len(train_set)} training samples are fewer than one batch of {config.batch_size}")
-    val_loader = (DataLoader(val_set, batch_size=max(1, local_batch), shuffle=False, num_workers=config.workers)
+    val_loader = (DataLoader(val_set, batch_size=max(1, local_batch), shuffle=False, num_workers=config.loader_workers)
                   if val_set is not None and dist_info.is_main else None)
 
     steps_per_epoch = len(loader)

@@ -95,7 +95,7 @@ class SmoothingConfig:
     """One Euro parameters for landmarks (speed in face heights / s) and head pose
     (angles: degrees / s; head position: face heights / s).
 
-    The defaults were chosen with `benchmarks/video_jitter.py --sweep` (docs/images-and-video.md):
+    The defaults were chosen with `speed/video_jitter.py --sweep` (docs/images-and-video.md):
     min_cutoff 0.5 Hz keeps a still face steady, beta 5 raises the cutoff to 1.75 Hz for a
     face moving a quarter of its height per second (angles: beta 0.1, 2.9 Hz at 24 deg/s);
     against min_cutoff 1, beta 1 it gave less jitter and less lag.

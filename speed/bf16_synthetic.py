@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The accuracy cost of bfloat16 on a trained model, while no trained official-size model exists.
 
-    python benchmarks/bf16_synthetic.py                 # train (about 10 min on 1 core), then measure
-    python benchmarks/bf16_synthetic.py --steps 100     # shorter
+    python speed/bf16_synthetic.py                 # train (about 10 min on 1 core), then measure
+    python speed/bf16_synthetic.py --steps 100     # shorter
 
 Random weights cannot measure it: a random network amplifies rounding chaotically
 (bfloat16 moves the landmarks of the equivalence-fixture weights by tens of pixels), a
@@ -32,12 +32,11 @@ sys.path.insert(0, str(REPO / "src"))
 import cv2  # noqa: E402
 import torch  # noqa: E402
 
-from spiga.checkpoint import build_model  # noqa: E402
 from spiga.evaluate.metrics import landmark_report  # noqa: E402
 from spiga.geometry.rotations import euler_to_rotation  # noqa: E402
 from spiga.inference.optimize import prepare_for_inference  # noqa: E402
 from spiga.landmarks import WFLW_98, read_mean_face  # noqa: E402
-from spiga.model import ModelConfig  # noqa: E402
+from spiga.testing import random_model  # noqa: E402
 
 MEAN_FACE = REPO.parent / "shared" / "fixtures" / "upstream" / "models3D" / "mean_face_3D_98.txt"
 COLOURS = [(60, 200, 255), (255, 120, 40), (80, 255, 80), (200, 80, 255), (255, 255, 90), (90, 160, 255)]
@@ -96,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
     mean_face = read_mean_face(MEAN_FACE, WFLW_98)
-    config = ModelConfig.sized("tiny", WFLW_98.num_landmarks, WFLW_98.num_edges)
-    model = build_model(config, WFLW_98, mean_face)
+    model, _ = random_model("tiny", WFLW_98, seed=0, mean_face_3d=mean_face)
     camera = model.camera_matrix.double().numpy()
     with torch.no_grad():  # start the pose head at the mean pose, as a trained model would be near
         model.pose_fc.weight.mul_(0.01)

@@ -166,6 +166,6 @@ def load_original(site: Path, weights: Path, dataset: str, device: str = "cpu", 
 
 
 if __name__ == "__main__":
-    # `python benchmarks/original.py DIR`: install the original into DIR (e.g. to carry it
-    # to a machine without internet: benchmarks/.cache/original-0.0.6 is where gpu.py looks)
+    # `python speed/original.py DIR`: install the original into DIR (e.g. to carry it
+    # to a machine without internet: speed/.cache/original-0.0.6 is where gpu.py looks)
     print(install_original(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

@@ -7,7 +7,7 @@ detector, re-detection every K frames), draws the annotations and writes the ann
 video and the JSON Lines: everything `spiga video IN --out OUT --jsonl OUT` does.
 Weights are random (seeded; the same cost as trained ones); denormals are flushed.
 
-    python benchmarks/video_fps.py [--size tiny] [--frames 90] [--width 640 --height 480] \\
+    python speed/video_fps.py [--size tiny] [--frames 90] [--width 640 --height 480] \\
         [--redetect-every 15 1] [--threads 2] [--device cpu]
 """
 
@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from spiga.checkpoint import Checkpoint, build_model  # noqa: E402
+from spiga.checkpoint import Checkpoint  # noqa: E402
 from spiga.data.synthetic import render_face  # noqa: E402
 from spiga.inference import Aligner  # noqa: E402
 from spiga.landmarks import WFLW_98  # noqa: E402
-from spiga.model import ModelConfig  # noqa: E402
+from spiga.testing import random_model  # noqa: E402
 from spiga.video import TrackerConfig, run_video  # noqa: E402
 
 
@@ -57,11 +57,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    torch.manual_seed(0)
 
-    config = ModelConfig.sized(args.size, WFLW_98.num_landmarks, WFLW_98.num_edges)
-    model = build_model(config, WFLW_98, np.random.default_rng(0).normal(size=(98, 3)) * 0.3).eval()
-    aligner = Aligner(Checkpoint(model, WFLW_98, config), device=args.device, detector="blazeface",
+    model, _ = random_model(args.size, WFLW_98, seed=0, mean_face_3d=np.random.default_rng(0).normal(size=(98, 3)) * 0.3)
+    aligner = Aligner(Checkpoint(model, WFLW_98, model.config), device=args.device, detector="blazeface",
                       tune_process=True)  # as `spiga video` does
     print(f"model size {args.size}, device {args.device}, {args.threads} threads, torch {torch.__version__}, "
           f"{args.width}x{args.height}, {args.frames} frames, BlazeFace (full, min_face_size 24)")

@@ -1,7 +1,7 @@
 """What `tune_process` gains: per-face time with and without the process-wide settings.
 
-    PYTHONPATH=src python benchmarks/process_tuning.py                    # official size, batch 1 and 8
-    PYTHONPATH=src python benchmarks/process_tuning.py --size small --processes 4 --calls 5
+    PYTHONPATH=src python speed/process_tuning.py                    # official size, batch 1 and 8
+    PYTHONPATH=src python speed/process_tuning.py --size small --processes 4 --calls 5
 
 `spiga.load(..., tune_process=True)` (what the `spiga` commands pass) keeps large freed
 blocks in the heap (glibc `mallopt`) and flushes denormal floats to zero during each

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Faces per second on a CUDA GPU: spiga (float32, bfloat16, float16) and the original.
 
-    bash benchmarks/gpu.sh                  # what to run on a GPU machine (see gpu.sh)
-    PYTHONPATH=src python benchmarks/gpu.py --batches 1 32 128 --readme docs/performance.md
+    bash speed/gpu.sh                  # what to run on a GPU machine (see gpu.sh)
+    PYTHONPATH=src python speed/gpu.py --batches 1 32 128 --readme docs/performance.md
 
 Needs only torch (with CUDA), numpy, opencv, pillow, safetensors and the repository
 (`PYTHONPATH=src`, nothing installed). The original (`spiga==0.0.6`) runs when it can be
-found or installed: in --original-site, $SPIGA_ORIGINAL_SITE, benchmarks/.cache/original-0.0.6
-(make it beforehand with `python benchmarks/original.py benchmarks/.cache/original-0.0.6`
+found or installed: in --original-site, $SPIGA_ORIGINAL_SITE, speed/.cache/original-0.0.6
+(make it beforehand with `python speed/original.py speed/.cache/original-0.0.6`
 and carry the folder to a machine without internet), or by pip; otherwise the table
 says why it is missing.
 
@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import bench  # noqa: E402  (stdlib + numpy at import time)
+import harness  # noqa: E402
 
 
 def find_original(explicit: str | None) -> tuple[Path | None, str | None]:
@@ -78,19 +79,7 @@ def _peak_mib() -> float:
 
 
 def _time(fn, warmup: int, runs: int, budget_s: float) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    _sync()
-    seconds = []
-    deadline = time.perf_counter() + budget_s
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        _sync()
-        seconds.append(time.perf_counter() - start)
-        if time.perf_counter() > deadline and len(seconds) >= 2:
-            break
-    return seconds
+    return harness.time_call(fn, runs, warmup, sync=_sync, budget_s=budget_s).seconds
 
 
 def _failed_row(batch: int, exc: Exception) -> dict:
@@ -199,7 +188,7 @@ def markdown(report: dict) -> str:
             lines.append(f"\n{entry['label']} {entry['precision']}: not measured ({entry['error']})")
     if report["original_error"]:
         lines.append(f"\noriginal: not available ({report['original_error']})")
-    lines.append(f"\nWeights: {report['weights']}. Command: `bash benchmarks/gpu.sh`.")
+    lines.append(f"\nWeights: {report['weights']}. Command: `bash speed/gpu.sh`.")
     return "\n".join(lines)
 
 
@@ -246,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     on_gpu = args.device.startswith("cuda")
     report = {"gpu": torch.cuda.get_device_name(0) if on_gpu else f"none (smoke test on {args.device})",
               "gpu_memory_gib": torch.cuda.get_device_properties(0).total_memory / 2 ** 30 if on_gpu else 0.0,
-              "cuda": torch.version.cuda, "torch": torch.__version__, "cpu": bench.cpu_name(),
+              "cuda": torch.version.cuda, "torch": torch.__version__, "cpu": harness.cpu_name(),
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), "weights": weights_note,
               "original_error": original_error, "results": results}
     text = markdown(report)

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Scale of `spiga align --ray`: the one-machine runner against Ray with 1 and 2 workers.
 
-    python benchmarks/ray_scale.py                          # 32 photos, small model
-    python benchmarks/ray_scale.py --images 200 --size official --workers 1 2 4
-    python benchmarks/ray_scale.py --folder my_photos/      # your own photos
+    python speed/ray_scale.py                          # 32 photos, small model
+    python speed/ray_scale.py --images 200 --size official --workers 1 2 4
+    python speed/ray_scale.py --folder my_photos/      # your own photos
 
 Needs the `ray` extra. Runs from a clean checkout (it puts ../src on the path). The
 folder is copies of the shared fixture photo (one face each, found by BlazeFace), or a
@@ -30,18 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+import harness
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 SHARED_PHOTO = HERE.parent.parent / "shared" / "fixtures" / "images" / "image_sportsfan.jpg"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical cores"
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def make_folder(folder: Path, count: int) -> Path:
@@ -61,17 +54,10 @@ def make_folder(folder: Path, count: int) -> Path:
 
 
 def make_model(path: Path, size: str) -> Path:
-    import torch
+    from spiga.testing import random_checkpoint
 
-    from spiga.checkpoint import build_model, save_checkpoint
-    from spiga.landmarks import WFLW_98
-    from spiga.model import ModelConfig
-
-    torch.manual_seed(0)
-    config = ModelConfig.sized(size, WFLW_98.num_landmarks, WFLW_98.num_edges)
     mean_face = np.random.default_rng(0).normal(size=(98, 3)) * 0.3
-    save_checkpoint(path, build_model(config, WFLW_98, mean_face).eval(), WFLW_98)
-    return path
+    return random_checkpoint(path, size, "wflw98", seed=0, mean_face_3d=mean_face)
 
 
 def time_one_machine(model: Path, paths: list, threads: int, out: Path) -> tuple[float, int]:
@@ -116,7 +102,7 @@ def main() -> int:
         paths = expand_inputs([folder])
         model = make_model(scratch / "model.safetensors", args.size)
         quarter = make_folder(scratch / "quarter", max(1, len(paths) // 4)) if not args.folder else None
-        print(f"CPU: {cpu_name()}; load average {os.getloadavg()[0]:.1f}; model size {args.size}; "
+        print(f"CPU: {harness.cpu_name(cores=True)}; load average {os.getloadavg()[0]:.1f}; model size {args.size}; "
               f"{len(paths)} images; ray {ray.__version__}")
         one, faces = time_one_machine(model, paths, args.threads, scratch / "one.jsonl")
         print(f"one machine ({args.threads} thread): {one:7.2f} s  {len(paths) / one:6.2f} img/s  "

@@ -5,10 +5,10 @@
 # Writes the table into docs/performance.md (between the gpu-results markers) and, when $OUT is
 # set, to $OUT/gpu_results.md and $OUT/gpu_results.json. Takes about 2 to 5 minutes.
 #
-#   bash benchmarks/gpu.sh                     # all of it
-#   bash benchmarks/gpu.sh --no-original       # ours only
-#   bash benchmarks/gpu.sh --compile           # also torch.compile (adds minutes of compiling)
+#   bash speed/gpu.sh                     # all of it
+#   bash speed/gpu.sh --no-original       # ours only
+#   bash speed/gpu.sh --compile           # also torch.compile (adds minutes of compiling)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} python benchmarks/gpu.py --readme docs/performance.md "$@"
+PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} python speed/gpu.py --readme docs/performance.md "$@"

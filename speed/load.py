@@ -1,10 +1,10 @@
 """Load test of `spiga serve`: N concurrent clients on 127.0.0.1 for a bounded time.
 
-    PYTHONPATH=src python benchmarks/load.py                      # 30 s, 16 clients, tiny random model
-    PYTHONPATH=src python benchmarks/load.py --soak 300           # the 5-minute memory soak
-    PYTHONPATH=src python benchmarks/load.py --model wflw --clients 32 --duration 60
-    PYTHONPATH=src python benchmarks/load.py --model-size official --detect --burst 40
-    PYTHONPATH=src python benchmarks/load.py --model-size official --detect --burst 40 --neighbour-threads 2
+    PYTHONPATH=src python speed/load.py                      # 30 s, 16 clients, tiny random model
+    PYTHONPATH=src python speed/load.py --soak 300           # the 5-minute memory soak
+    PYTHONPATH=src python speed/load.py --model wflw --clients 32 --duration 60
+    PYTHONPATH=src python speed/load.py --model-size official --detect --burst 40
+    PYTHONPATH=src python speed/load.py --model-size official --detect --burst 40 --neighbour-threads 2
 
 Starts the server itself (`python -m spiga serve` in a subprocess, src/ on its path, so
 it runs from a clean checkout), waits for /healthz, warms up, then runs the clients and
@@ -52,6 +52,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+import harness
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PHOTO = REPO.parent / "shared" / "fixtures" / "images" / "image_sportsfan.jpg"
 SHARED_BOX = REPO.parent / "shared" / "fixtures" / "images" / "bbox_sportsfan.json"
@@ -64,19 +66,9 @@ def random_checkpoint(folder: Path, size: str = "tiny") -> Path:
     """A WFLW-layout model of `size` (`tiny` as tests/conftest.py makes it, or `official`)
     with seeded random weights and a synthetic mean face."""
     sys.path.insert(0, str(REPO / "src"))
-    import torch
+    from spiga import testing
 
-    from spiga.checkpoint import build_model, save_checkpoint
-    from spiga.landmarks import WFLW_98
-    from spiga.model import ModelConfig
-
-    torch.manual_seed(0)
-    config = (ModelConfig.official(WFLW_98.num_landmarks, WFLW_98.num_edges) if size == "official"
-              else ModelConfig.sized(size, WFLW_98.num_landmarks, WFLW_98.num_edges))
-    rng = np.random.default_rng(0)
-    mean_face = np.column_stack([rng.uniform(-0.3, 0.1, 98), rng.uniform(-0.8, 0.8, 98), rng.uniform(-1, 1, 98)])
-    return save_checkpoint(folder / f"{size}-random.safetensors", build_model(config, WFLW_98, mean_face).eval(),
-                           WFLW_98)
+    return testing.random_checkpoint(folder / f"{size}-random.safetensors", size, "wflw98", seed=0)
 
 
 #: The neighbour: PyTorch matrix products, forever, on the given number of threads.
@@ -128,15 +120,7 @@ def rss_mib(pid: int) -> float | None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return f"{harness.cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 def start_server(args, model: str, port: int, log_path: Path) -> subprocess.Popen:

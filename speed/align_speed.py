@@ -5,31 +5,26 @@ Prints median seconds per call, faces per second and the process's peak resident
 memory. Weights are random (seeded), which costs the same as trained ones; denormal
 floats are flushed so random values do not slow the CPU down.
 
-    python benchmarks/align_speed.py [--threads 2] [--repeats 5] [--size official]
+    python speed/align_speed.py [--threads 2] [--repeats 5] [--size official]
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import harness
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from spiga.checkpoint import Checkpoint, build_model  # noqa: E402
+from spiga.checkpoint import Checkpoint  # noqa: E402
 from spiga.inference import Aligner  # noqa: E402
 from spiga.landmarks import WFLW_98  # noqa: E402
-from spiga.model import ModelConfig  # noqa: E402
-
-
-def peak_memory_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from spiga.testing import random_model  # noqa: E402
 
 
 def main() -> None:
@@ -41,11 +36,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    torch.manual_seed(0)
 
-    config = ModelConfig.sized(args.size, WFLW_98.num_landmarks, WFLW_98.num_edges)
-    model = build_model(config, WFLW_98, np.random.default_rng(0).normal(size=(98, 3)) * 0.3)
-    aligner = Aligner(Checkpoint(model.eval(), WFLW_98, config), device=args.device, tune_process=True)
+    model, _ = random_model(args.size, WFLW_98, seed=0, mean_face_3d=np.random.default_rng(0).normal(size=(98, 3)) * 0.3)
+    aligner = Aligner(Checkpoint(model, WFLW_98, model.config), device=args.device, tune_process=True)  # as `spiga align` does
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(720, 1280, 3), dtype=np.uint8)
     boxes = [(60 + 150 * i, 200 + 20 * (i % 3), 140, 160) for i in range(8)]
@@ -53,15 +46,9 @@ def main() -> None:
     print(f"model size {args.size}, device {args.device}, {args.threads} threads, torch {torch.__version__}")
     print(f"{'faces':>5} {'s/call (median)':>16} {'faces/s':>8} {'s/face':>8}")
     for count in (1, 8):
-        aligner.align(image, boxes[:count])  # warm-up
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            aligner.align(image, boxes[:count])
-            times.append(time.perf_counter() - start)
-        median = statistics.median(times)
+        median = harness.time_call(lambda: aligner.align(image, boxes[:count]), args.repeats, warmup=1).median
         print(f"{count:>5} {median:>16.3f} {count / median:>8.2f} {median / count:>8.3f}")
-    print(f"peak memory: {peak_memory_mib():.0f} MiB")
+    print(f"peak memory: {harness.peak_memory_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ worker process of its own (same thread count, denormals flushed); they take turn
 repeat (so load from other processes hits them alike) and the table shows medians, in
 milliseconds per face, and each one's time over OpenVINO's.
 
-    python benchmarks/vs_openvino.py [--threads 2] [--repeats 9] [--batches 1 8] [--clock wall|cpu]
+    python speed/vs_openvino.py [--threads 2] [--repeats 9] [--batches 1 8] [--clock wall|cpu]
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """What each inference optimisation gives: network-only time per face, one change at a time.
 
-    python benchmarks/ablation.py                    # batch 1 and 8, 2 threads
-    python benchmarks/ablation.py --compile          # also torch.compile (minutes of compiling)
+    python speed/ablation.py                    # batch 1 and 8, 2 threads
+    python speed/ablation.py --compile          # also torch.compile (minutes of compiling)
 
 Every variant runs the official-size network on the same 256 x 256 crops, in this one
 process, in turns (the order rotates every repeat), and the table shows the median time
@@ -24,6 +24,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
+import harness  # noqa: E402
+
+
+def _no_grad(run, x):
+    import torch
+
+    with torch.no_grad():
+        return run(x)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+    parser.add_argument("--clock", choices=sorted(harness.CLOCKS), default="wall",
                         help="wall time, or this process's CPU time (meaningful with --threads 1 on a busy "
                              "machine: time spent waiting for a core is not counted)")
     parser.add_argument("--markdown", action="store_true")
@@ -106,14 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                     reference = out
                 differences[name] = max(differences.get(name, 0.0), float((out - reference).abs().max()) * 256)
                 print(f"[ablation] warm {name}, batch {batch}", file=sys.stderr, flush=True)
-            clock = time.process_time if args.clock == "cpu" else time.perf_counter
-            for repeat in range(args.repeats):
-                shift = repeat % len(variants)
-                for name, run in variants[shift:] + variants[:shift]:
-                    start = clock()
-                    with torch.no_grad():
-                        run(x)
-                    times[name][batch].append((clock() - start) / batch)
+            candidates = {name: (lambda run=run: _no_grad(run, x)) for name, run in variants}
+            timed = harness.time_interleaved(candidates, args.repeats, warmup=0, clock=args.clock, rotate=True)
+            for name, timing in timed.items():
+                times[name][batch] = [seconds / batch for seconds in timing.seconds]
     header = ["network variant"] + [f"ms/face batch {b}" for b in args.batches] + \
         [f"vs first, batch {b}" for b in args.batches] + ["max |diff| px"]
     rows = []
@@ -124,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([name] + [f"{m * 1000:.0f}" for m in medians] + [f"{r:.2f}x" for r in ratios] +
                     [f"{differences[name]:.3f}"])
     print(bench.format_text(header, rows))
-    print(f"\n{bench.cpu_name()}, {threads} threads, torch {torch.__version__}; weights: {weights_note}; "
+    print(f"\n{harness.cpu_name()}, {threads} threads, torch {torch.__version__}; weights: {weights_note}; "
           f"medians of {args.repeats} interleaved repeats, {args.clock} clock")  # noqa: E501
     for name, seconds in compile_s.items():
         print(f"first call of {name}: {seconds:.0f} s (compiling)")
-    note = (f"{bench.cpu_name()} ({bench._isa_description()}), {threads} threads, torch {torch.__version__}; "
+    note = (f"{harness.cpu_name()} ({bench._isa_description()}), {threads} threads, torch {torch.__version__}; "
             f"weights: {weights_note}; medians of {args.repeats} interleaved repeats, {args.clock} clock")
     if args.markdown:
         print()
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         while "--section" in shown:
             at = shown.index("--section")
             del shown[at:at + 2]
-        text = "\n".join([f"`python benchmarks/ablation.py {' '.join(shown)}`".replace("  ", " "), "",
+        text = "\n".join([f"`python speed/ablation.py {' '.join(shown)}`".replace("  ", " "), "",
                           bench.format_markdown(header, rows), "", f"- {note}"])
         bench.update_readme_section(Path(args.readme), args.section, text, "### What each change gives")
     return 0

@@ -4,9 +4,9 @@ Prints samples per second through a torch DataLoader, and a per-stage breakdown 
 process. Without --dataset it builds a synthetic set (JPEG images with 68 points from a
 synthetic rigid face at random poses) in a temporary folder.
 
-    python benchmarks/data_loading.py                          # synthetic, 640x480 JPEGs
-    python benchmarks/data_loading.py --workers 4 --samples 1000
-    python benchmarks/data_loading.py --dataset wflw:/data/WFLW/.../list_98pt_rect_attr_train.txt \\
+    python speed/data_loading.py                          # synthetic, 640x480 JPEGs
+    python speed/data_loading.py --workers 4 --samples 1000
+    python speed/data_loading.py --dataset wflw:/data/WFLW/.../list_98pt_rect_attr_train.txt \\
         --mean-face mean_face_3D_98.txt
 
 Not a test: nothing is asserted.

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Does a bilinear augmentation warp cost accuracy against the nearest-neighbour inference crop?
 
-    python benchmarks/augment_interpolation.py                  # 400 steps per run
-    python benchmarks/augment_interpolation.py --steps 100      # shorter
-    python benchmarks/augment_interpolation.py --data syn --only nearest   # one run, data kept in syn/
+    python speed/augment_interpolation.py                  # 400 steps per run
+    python speed/augment_interpolation.py --steps 100      # shorter
+    python speed/augment_interpolation.py --data syn --only nearest   # one run, data kept in syn/
 
 Trains a `tiny` SPIGA twice on the same synthetic faces (`spiga.data.synthetic`), same
 seed, once with the augmentation warp sampling bilinearly and once with nearest

@@ -21,7 +21,7 @@ Rows, each the median of `--repeats` calls after one warm-up call, in this proce
   first detector's time on the photo as a share of it, the two calls interleaved (both
   then see the same load on a shared machine).
 
-    python benchmarks/detector.py [--threads 2] [--repeats 7] [--clock wall|cpu] [--backends onnxruntime torch]
+    python speed/detector.py [--threads 2] [--repeats 7] [--clock wall|cpu] [--backends onnxruntime torch]
         [--before-src ../other-checkout/src] [--mediapipe-python /path/to/venv/bin/python]
 """
 
@@ -30,15 +30,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+import harness
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO.parent / "shared" / "fixtures" / "images" / "image_sportsfan.jpg"
@@ -102,18 +102,12 @@ def test_images(width: int, height: int, seed: int = 0) -> dict[str, tuple[np.nd
 # ------------------------------------------------------------------ timing
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-clock = time.perf_counter
+CLOCKS = harness.CLOCKS
+clock = "wall"
 
 
 def median_ms(call, repeats: int) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        call()
-        times.append(clock() - start)
-    return statistics.median(times) * 1000
+    return harness.time_call(call, repeats, warmup=1, clock=clock).median * 1000
 
 
 def time_detector(detect, images: dict[str, np.ndarray], repeats: int) -> dict[str, dict]:
@@ -167,42 +161,17 @@ def alignment_ms(checkpoint: str | None, image: np.ndarray, box, detect, repeats
     """Median ms of `align(image, boxes=[box])` and of `detect(image)`, the calls interleaved
     (so that both see the same load on a shared machine)."""
     import spiga
-    from spiga.checkpoint import build_model, save_checkpoint
-    from spiga.landmarks import WFLW_98
-    from spiga.model import ModelConfig
+    from spiga.testing import random_checkpoint
 
     with tempfile.TemporaryDirectory() as folder:
         if checkpoint is None:
-            import torch
-
-            torch.manual_seed(0)
-            config = ModelConfig.official(WFLW_98.num_landmarks, WFLW_98.num_edges)
-            model = build_model(config, WFLW_98, np.random.default_rng(0).normal(size=(98, 3)) * 0.3)
-            checkpoint = save_checkpoint(Path(folder) / "official-random.safetensors", model, WFLW_98)
+            checkpoint = random_checkpoint(Path(folder) / "official-random.safetensors", "official", "wflw98", seed=0,
+                                           mean_face_3d=np.random.default_rng(0).normal(size=(98, 3)) * 0.3)
         aligner = spiga.load(checkpoint, device="cpu")
-        aligner.align(image, boxes=[box])  # warm-up
-        detect(image)
-        align_times, detect_times = [], []
-        for _ in range(repeats):
-            start = clock()
-            aligner.align(image, boxes=[box])
-            align_times.append(clock() - start)
-            start = clock()
-            detect(image)
-            detect_times.append(clock() - start)
-        return statistics.median(align_times) * 1000, statistics.median(detect_times) * 1000
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical cores"
-    except OSError:
-        pass
-    import platform
-
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"
+        timed = harness.time_interleaved({"align": lambda: aligner.align(image, boxes=[box]),
+                                          "detect": lambda: detect(image)}, repeats, warmup=1, clock=clock,
+                                         rotate=False)
+        return timed["align"].median * 1000, timed["detect"].median * 1000
 
 
 # ------------------------------------------------------------------ main
@@ -225,7 +194,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     global clock
-    clock = CLOCKS[args.clock]
+    clock = args.clock
     if args.worker:
         worker(args.worker, args.images, args.repeats, args.threads or os.cpu_count())
         return
@@ -246,7 +215,7 @@ def main() -> None:
             detectors[f"spiga {backend}"] = make_detector("blazeface", backend=backend)
         except SpigaError as exc:
             print(f"spiga {backend}: skipped ({exc})")
-    print(f"CPU: {cpu_name()}; {args.threads} thread(s) (torch, onnxruntime, OpenCV), torch {torch.__version__}; "
+    print(f"CPU: {harness.cpu_name(cores=True)}; {args.threads} thread(s) (torch, onnxruntime, OpenCV), torch {torch.__version__}; "
           f"median of {args.repeats} calls, {args.clock} clock, milliseconds per image")
     columns = ["image", "faces", *detectors]
     columns += ["before"] if args.before_src else []

@@ -25,7 +25,7 @@ A trained model gives meaningful numbers: train one on synthetic faces (see
 docs/images-and-video.md) and pass it with `--model`; without it, a seeded random-weight tiny model
 is used and the numbers only show what smoothing does to that model's output.
 
-    python benchmarks/video_jitter.py --model runs/synthetic/best.safetensors [--sweep]
+    python speed/video_jitter.py --model runs/synthetic/best.safetensors [--sweep]
 """
 
 from __future__ import annotations
@@ -182,16 +182,14 @@ def main() -> None:
         blazeface = spiga.load(args.model, device="cpu", detector="blazeface")
         model_name = args.model
     else:
-        from spiga.checkpoint import Checkpoint, build_model
+        from spiga.checkpoint import Checkpoint
         from spiga.inference import Aligner
         from spiga.landmarks import WFLW_98
-        from spiga.model import ModelConfig
+        from spiga.testing import random_model
 
-        torch.manual_seed(0)
-        config = ModelConfig.sized("tiny", WFLW_98.num_landmarks, WFLW_98.num_edges)
-        model = build_model(config, WFLW_98, np.random.default_rng(0).normal(size=(98, 3)) * 0.3).eval()
-        aligner = Aligner(Checkpoint(model, WFLW_98, config), device="cpu", detector=oracle)
-        blazeface = Aligner(Checkpoint(model, WFLW_98, config), device="cpu", detector="blazeface")
+        model, _ = random_model("tiny", WFLW_98, seed=0, mean_face_3d=np.random.default_rng(0).normal(size=(98, 3)) * 0.3)
+        aligner = Aligner(Checkpoint(model, WFLW_98, model.config), device="cpu", detector=oracle)
+        blazeface = Aligner(Checkpoint(model, WFLW_98, model.config), device="cpu", detector="blazeface")
         model_name = "random-weight tiny model (numbers show smoothing only, not accuracy)"
     pipelines = [("tracker", aligner, oracle, TrackerConfig()),
                  ("tracker, no dead band", aligner, oracle, TrackerConfig(box_deadband=0.0))]

@@ -1,8 +1,8 @@
 """Startup: the time to the first landmark, from the shell and from Python.
 
-    PYTHONPATH=src python benchmarks/startup.py                         # this checkout, tiny model, 3 rounds
-    PYTHONPATH=src python benchmarks/startup.py --full --rounds 5       # also the official-size network
-    PYTHONPATH=src python benchmarks/startup.py --src before=/work/main/src --src after=src
+    PYTHONPATH=src python speed/startup.py                         # this checkout, tiny model, 3 rounds
+    PYTHONPATH=src python speed/startup.py --full --rounds 5       # also the official-size network
+    PYTHONPATH=src python speed/startup.py --src before=/work/main/src --src after=src
 
 Each figure is the median over `--rounds` rounds of a fresh process (wall clock, from
 start to exit); every round runs every command once, one after the other (interleaved),
@@ -39,6 +39,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import cpu_name  # the speed scripts' one timing harness (a sibling module)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = REPO.parent / "shared" / "fixtures" / "images"
@@ -116,16 +118,6 @@ def photo(folder: Path) -> tuple[Path, list[float]]:
     path = folder / "synthetic.png"
     cv2.imwrite(str(path), face.image)
     return path, [float(v) for v in face.box]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def spiga_command() -> list[str]:

@@ -2,28 +2,28 @@
 """Training throughput (images/s): the whole network, and cascade-only fine-tuning
 (CNN and pose frozen), on random images, with the official recipe's losses.
 
-    python benchmarks/train_speed.py [--size official] [--batch 8] [--steps 5] [--threads 2]
+    python speed/train_speed.py [--size official] [--batch 8] [--steps 5] [--threads 2]
 
-Data loading is measured separately by benchmarks/data_loading.py.
+Data loading is measured separately by speed/data_loading.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+import harness
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from spiga.checkpoint import build_model  # noqa: E402
 from spiga.landmarks import WFLW_98  # noqa: E402
 from spiga.model import ModelConfig  # noqa: E402
 from spiga.train.distributed import convert_batch_norm  # noqa: E402
 from spiga.train.loop import loss_terms  # noqa: E402
+from spiga.testing import random_model  # noqa: E402
 from spiga.train.recipe import STAGES, apply_freeze, set_train_mode, trainable_parameters  # noqa: E402
 
 
@@ -42,24 +42,22 @@ def fake_batch(config: ModelConfig, batch: int) -> dict[str, torch.Tensor]:
     }
 
 
-def measure(stage: str, config: ModelConfig, batch: int, steps: int) -> float:
-    torch.manual_seed(0)
-    model = convert_batch_norm(build_model(config, WFLW_98, torch.randn(98, 3).numpy() * 0.3))
+def measure(stage: str, size: str, batch: int, steps: int) -> float:
+    model = convert_batch_norm(random_model(size, WFLW_98, seed=0)[0])
+    config = model.config
     frozen = STAGES[stage].frozen
     apply_freeze(model, frozen)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-4)
     data = fake_batch(config, batch)
-    times = []
-    for i in range(steps + 1):
-        set_train_mode(model, frozen)
-        start = time.perf_counter()
+    set_train_mode(model, frozen)
+
+    def step() -> None:
         loss = sum(loss_terms(model(data["image"]), data, STAGES[stage].weights).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if i:  # the first step warms up
-            times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+
+    return batch / harness.time_call(step, repeats=steps, warmup=1).median
 
 
 def main() -> None:
@@ -71,10 +69,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    config = ModelConfig.sized(args.size, 98, 15)
     print(f"model size {args.size}, batch {args.batch}, {args.threads} threads, torch {torch.__version__}, CPU")
     for stage, label in (("full", "whole network"), ("3", "cascade only (CNN, pose frozen)")):
-        print(f"{label:>34}: {measure(stage, config, args.batch, args.steps):7.2f} images/s")
+        print(f"{label:>34}: {measure(stage, args.size, args.batch, args.steps):7.2f} images/s")
 
 
 if __name__ == "__main__":

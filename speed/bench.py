@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Speed of spiga against the original SPIGA implementation, on the same weights and images.
 
-    python benchmarks/bench.py                     # float32 + bfloat16 vs the original, batch 1/8/32
-    python benchmarks/bench.py --quick             # batch 1 and 8, two repeats
-    python benchmarks/bench.py --compile           # also the torch.compile paths (minutes of compiling)
-    python benchmarks/bench.py --markdown          # also print the table as Markdown (for docs/performance.md)
+    python speed/bench.py                     # float32 + bfloat16 vs the original, batch 1/8/32
+    python speed/bench.py --quick             # batch 1 and 8, two repeats
+    python speed/bench.py --compile           # also the torch.compile paths (minutes of compiling)
+    python speed/bench.py --markdown          # also print the table as Markdown (for docs/performance.md)
 
 Runs from a clean checkout without installing spiga (it puts ../src on the path). The
 original (`spiga==0.0.6`) is pip-installed into ~/.cache/spiga-benchmarks on first use and
@@ -38,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+import harness
+from harness import cpu_flags, cpu_name, peak_memory_mib, reset_peak_memory
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHARED = REPO.parent / "shared"
@@ -45,26 +48,6 @@ DATASET = "wflw"
 
 
 # --- the machine -----------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def matmul_peak(threads: int, dtype_name: str, size: int = 2048, runs: int = 8) -> float:
@@ -75,13 +58,7 @@ def matmul_peak(threads: int, dtype_name: str, size: int = 2048, runs: int = 8) 
     dtype = getattr(torch, dtype_name)
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
-    for _ in range(2):
-        a @ b
-    best = math.inf
-    for _ in range(runs):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
+    best = harness.time_call(lambda: a @ b, repeats=runs, warmup=2).min
     return 2 * size ** 3 / best / 1e9
 
 
@@ -100,28 +77,6 @@ def available_memory_gib() -> float | None:
 
 # the original's inference keeps the autograd graph: about 0.45 GiB per face (measured)
 ORIGINAL_GIB_PER_FACE = 0.45
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter of this process (Linux); False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --- inputs ----------------------------------------------------------------------------
@@ -158,9 +113,9 @@ def make_weights(folder: Path, original_site: Path | None) -> tuple[Path, Path, 
     import torch
 
     sys.path.insert(0, str(REPO / "src"))
-    from spiga.checkpoint import build_model, convert_official, save_checkpoint
+    from spiga.checkpoint import convert_official, save_checkpoint
     from spiga.landmarks import landmark_set_for, read_mean_face
-    from spiga.model import ModelConfig
+    from spiga.testing import random_model
 
     landmarks = landmark_set_for(DATASET)
     official = folder / f"spiga_{DATASET}.pt"
@@ -178,13 +133,8 @@ def make_weights(folder: Path, original_site: Path | None) -> tuple[Path, Path, 
                         "--out", str(official)], check=True)
         convert_official(official, DATASET, mean_face, checkpoint)
         return official, checkpoint, "shared tool, seed 1, measured batch-norm statistics"
-    torch.manual_seed(0)
-    if mean_face is not None:
-        points = read_mean_face(mean_face, landmarks)
-    else:
-        rng = np.random.default_rng(0)
-        points = np.column_stack([rng.uniform(-0.3, 0.1, 98), rng.uniform(-0.8, 0.8, 98), rng.uniform(-1, 1, 98)])
-    model = build_model(ModelConfig.official(landmarks.num_landmarks, landmarks.num_edges), landmarks, points).eval()
+    points = read_mean_face(mean_face, landmarks) if mean_face is not None else None
+    model, _ = random_model("official", landmarks, seed=0, mean_face_3d=points)
     torch.save(model.state_dict(), official)
     save_checkpoint(checkpoint, model, landmarks)
     return official, checkpoint, "PyTorch default initialisation, seed 0"
@@ -260,14 +210,9 @@ def worker(conn, impl: Impl, threads: int, paths: dict, clock_name: str = "wall"
                 landmarks, pose = run(image, boxes)
                 conn.send(("ok", (time.perf_counter() - start, np.asarray(landmarks), np.asarray(pose))))
             elif message[0] == "time":
-                resettable = reset_peak_rss()
-                clock = time.process_time if clock_name == "cpu" else time.perf_counter
-                seconds = []
-                for _ in range(message[2]):
-                    start = clock()
-                    run(image, boxes)
-                    seconds.append(clock() - start)
-                conn.send(("ok", (seconds, peak_rss_mib(), resettable)))
+                resettable = reset_peak_memory()
+                seconds = harness.time_call(lambda: run(image, boxes), message[2], warmup=0, clock=clock_name).seconds
+                conn.send(("ok", (seconds, peak_memory_mib(), resettable)))
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -589,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                 given = given[1:]
             elif not item.startswith(("--readme=", "--section=", "--json=")):
                 shown.append(item)
-        command = "python benchmarks/bench.py " + " ".join(shown)
+        command = "python speed/bench.py " + " ".join(shown)
         text = "\n".join([f"`{command.strip()}`", "", format_markdown(header, rows), ""] +
                           [f"- {note}" for note in notes])
         update_readme_section(Path(args.readme), args.section, text, "### CPU figures")
