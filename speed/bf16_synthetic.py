@@ -66,8 +66,8 @@ def render(rng: np.random.Generator, mean_face: np.ndarray, camera: np.ndarray, 
     return image, points, pose
 
 
-def batch(rng, n, mean_face, camera):
-    images, points, poses = zip(*(render(rng, mean_face, camera) for _ in range(n)))
+def batch(rng, n, mean_face, camera, size: int = 256):
+    images, points, poses = zip(*(render(rng, mean_face, camera, size) for _ in range(n)))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
     return x, torch.from_numpy(np.stack(points)).float(), torch.from_numpy(np.stack(poses)).float()
 
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     mean_face = read_mean_face(MEAN_FACE, WFLW_98)
     model, _ = random_model("tiny", WFLW_98, seed=0, mean_face_3d=mean_face)
     camera = model.camera_matrix.double().numpy()
+    size = model.config.image_size  # the tiny model's crops are 128 px
     with torch.no_grad():  # start the pose head at the mean pose, as a trained model would be near
         model.pose_fc.weight.mul_(0.01)
         model.pose_fc.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 3.0]))
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     start = time.time()
     for step in range(args.steps):
-        images, points, poses = batch(rng, args.batch, mean_face, camera)
+        images, points, poses = batch(rng, args.batch, mean_face, camera, size)
         out = model(images)
         loss = sum(torch.nn.functional.l1_loss(p, points) for p in out["landmarks"]) * 100
         loss = loss + torch.nn.functional.l1_loss(out["pose"] / pose_scale, poses / pose_scale)
@@ -119,23 +120,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {step:4d}  loss {loss.item():.3f}  {time.time() - start:.0f} s", file=sys.stderr, flush=True)
     model.eval()
     eval_rng = np.random.default_rng(12345)
-    images, points, poses = batch(eval_rng, args.eval, mean_face, camera)
-    target = points.numpy() * 256
+    images, points, poses = batch(eval_rng, args.eval, mean_face, camera, size)
+    target = points.numpy() * size
     results = {}
     with torch.inference_mode():
         for precision in ("float32", "bfloat16"):
             network = prepare_for_inference(model, precision, "cpu")
             outputs = [network(images[i:i + 16]) for i in range(0, len(images), 16)]
             landmarks, pose = [out["landmarks"][-1] for out in outputs], [out["pose"] for out in outputs]
-            results[precision] = (torch.cat(landmarks).numpy() * 256, torch.cat(pose).numpy())
-        reference = model(images)["landmarks"][-1].numpy() * 256
+            results[precision] = (torch.cat(landmarks).numpy() * size, torch.cat(pose).numpy())
+        reference = model(images)["landmarks"][-1].numpy() * size
     fp32, bf16 = results["float32"][0], results["bfloat16"][0]
     difference = np.linalg.norm(bf16 - fp32, axis=-1)
     print(f"tiny SPIGA trained {args.steps} steps x {args.batch} synthetic crops; {args.eval} held-out crops")
     print(f"NME (inter-ocular, %): SPIGA module float32 {nme(reference, target):.3f}, "
           f"optimised float32 {nme(fp32, target):.3f}, optimised bfloat16 {nme(bf16, target):.3f}")
     print(f"bfloat16 vs float32 landmarks: mean {difference.mean():.3f} px, 99th percentile "
-          f"{np.percentile(difference, 99):.3f} px, max {difference.max():.3f} px (256-px crops); pose max "
+          f"{np.percentile(difference, 99):.3f} px, max {difference.max():.3f} px ({size}-px crops); pose max "
           f"{np.abs(results['bfloat16'][1] - results['float32'][1]).max(0).round(3).tolist()}")
     if args.save:
         from spiga.checkpoint import save_checkpoint
