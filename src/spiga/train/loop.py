@@ -458,7 +458,93 @@ def train(config: TrainConfig) -> TrainResult:
         cleanup_distributed(dist_info)
 
 
+@dataclass
+class _Run:
+    """One training run's state, shared by its phases (`_setup`, `_step`, `_end_epoch`)."""
+
+    config: TrainConfig
+    out: Path
+    device: torch.device
+    dist_info: DistInfo
+    model: SPIGA
+    trained: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    landmarks: LandmarkSet
+    frozen: tuple[str, ...]
+    weights: LossWeights
+    train_set: Any
+    sampler: DistributedSampler
+    loader: DataLoader
+    val_loader: DataLoader | None
+    validation: Any
+    parameters: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    autocast: Any
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    extra: dict[str, Any]
+    writer: Any = None
+    step: int = 0
+    start_epoch: int = 0
+    skip_batches: int = 0
+    best: float | None = None
+    history: list[dict[str, float]] | None = None
+    saved_step: int | None = None  # the step of the checkpoints on disk, when this run wrote or resumed them
+    last_nme: float | None = None
+    last_record: dict[str, Any] | None = None  # the `validation` header of the latest validation
+
+    def snapshot(self, epoch: int, batch_in_epoch: int) -> dict[str, Any]:
+        """The resumable state after `batch_in_epoch` batches of `epoch`."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": epoch, "step": self.step,
+                "batch_in_epoch": batch_in_epoch, "best_nme": self.best, "history": self.history,
+                "config": self.config.to_dict(), "torch_rng": torch.get_rng_state()}
+
+    def save(self, name: str, header: dict[str, Any]) -> None:
+        save_checkpoint(self.out / name, self.model, self.landmarks, header)
+
+
 def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_info: DistInfo) -> TrainResult:
+    run = _setup(config, state, device, dist_info)
+    if state is None and run.val_loader is not None:
+        # the starting point, for comparison (epoch 0)
+        nme = validate(run.model, run.val_loader, device, run.validation, run.autocast).nme
+        run.history.append({"epoch": 0, "step": 0, "val_nme": nme, "time": time.time()})
+        _append_metrics(run.out, run.history[-1])
+        log.info("before training: validation NME %.3f (%s)", nme, run.validation.scoring.norm)
+    run.last_nme = run.history[-1]["val_nme"] if run.history else None
+    stopped = False
+    with _StopRequest() as stop:
+        log.info("training from step %d to %d (%d per epoch); SIGTERM or Ctrl-C saves a resumable state",
+                 run.step, run.total_steps, run.steps_per_epoch)
+        epoch = run.start_epoch - 1  # stays so when nothing is left to train
+        for epoch in range(run.start_epoch, run.epochs):
+            batch_index = _train_epoch(run, epoch, stop)
+            finished_epoch = batch_index + 1 >= run.steps_per_epoch
+            run.skip_batches = 0
+            if stop.requested and not finished_epoch and run.step < run.total_steps:
+                if dist_info.is_main:
+                    _save_resume(run.out / RESUME_FILE, run.snapshot(epoch, batch_index + 1))
+                    run.save("last.safetensors", run.extra)
+                run.saved_step = run.step
+                stopped = True
+                break
+            is_last = run.step >= run.total_steps or epoch == run.epochs - 1
+            _end_epoch(run, epoch, batch_index, finished_epoch, is_last)
+            if stop.requested or is_last:
+                stopped = stop.requested and not is_last
+                break
+    if run.writer is not None:
+        run.writer.close()
+    if stopped:
+        log.warning("stopped early; resume with: spiga train --resume %s", run.out)
+    return TrainResult(run.out, run.step, epoch + 1 if not stopped else epoch, run.best, run.last_nme, run.history)
+
+
+def _setup(config: TrainConfig, state: dict | None, device: torch.device, dist_info: DistInfo) -> _Run:
+    """The model, the data, the optimiser and schedule of a run, at its start or where the
+    resume `state` left it; the run folder made and the configuration written."""
     out = Path(config.out)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2 ** 32)
@@ -466,12 +552,9 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
     datasets = _read_datasets(config.train, config.landmark_set, config.skip_bad, config.allow_outside_root)
     landmarks = datasets[0].landmark_set
     model, mean_face_source = _build(config, landmarks, datasets)
-    mean_face = model.mean_face_3d.double().numpy()
     log.info("mean face: %s", mean_face_source)
-
     stage = STAGES[config.stage]
     frozen = parse_parts(config.freeze) if config.freeze is not None else stage.frozen
-    weights = LossWeights(**{**stage.weights.__dict__, **config.loss_weights})
     _check_frozen_init(config, frozen)
     apply_freeze(model, frozen)
     convert_batch_norm(model)
@@ -482,18 +565,49 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
         except (RuntimeError, TypeError, KeyError) as exc:
             raise SpigaError(f"{out / RESUME_FILE}: the saved weights do not fit the model "
                              f"({str(exc).strip().splitlines()[0][:200]})") from None
+    train_set, sampler, loader, val_loader, validation = _data(config, model, datasets, landmarks, dist_info)
+    steps_per_epoch = len(loader)
+    total_steps = config.max_steps or steps_per_epoch * config.epochs
+    parameters = trainable_parameters(model)
+    if not parameters:
+        raise SpigaError(f"nothing to train: every part is frozen ({', '.join(frozen)})")
+    optimizer = _optimizer(config, parameters)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps, steps_per_epoch))
+    trained: torch.nn.Module = model
+    if dist_info.distributed:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    use_bf16 = config.precision == "bfloat16"
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    extra = {"training": {"mean_face": mean_face_source, "stage": config.stage, "frozen": list(frozen),
+                          "datasets": config.train}}
+    run = _Run(config, out, device, dist_info, model, trained, landmarks, frozen,
+               LossWeights(**{**stage.weights.__dict__, **config.loss_weights}), train_set, sampler, loader,
+               val_loader, validation, parameters, optimizer, scheduler, autocast, steps_per_epoch, total_steps,
+               math.ceil(total_steps / steps_per_epoch), extra, history=[], last_record={})
+    if state is not None:
+        _resume_from(run, state)
+    run.writer = _tensorboard(out) if dist_info.is_main else None
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_config(out, config)
+    return run
 
+
+def _data(config: TrainConfig, model: SPIGA, datasets: list, landmarks: LandmarkSet, dist_info: DistInfo):
+    """(train set, its sampler, its loader, the validation loader or None, the validation
+    target or None); the model's preprocessing gets the run's depth rule."""
     scaling = DepthScaling.parse(config.depth_scaling)
     # the depth rule travels with the weights (in the model's preprocessing): inference scales
     # deep images as training did
     model.config = model.config.with_preprocessing(replace(model.config.preprocessing, depth_scaling=scaling))
+    mean_face = model.mean_face_3d.double().cpu().numpy()
     train_set = _face_dataset(datasets, mean_face, model.config, config.augment, config.seed, config.skip_bad, scaling)
     val_sets = (_read_datasets(config.val, landmarks, config.skip_bad, config.allow_outside_root)
                 if config.val else [])
     val_set = (_face_dataset(val_sets, mean_face, model.config, False, config.seed, config.skip_bad, scaling)
                if val_sets else None)
     validation = validation_target(val_sets, config.val_norm, config.val_threshold) if val_sets else None
-
     if config.batch_size % dist_info.world_size:
         raise SpigaError(f"batch size {config.batch_size} is not divisible by the {dist_info.world_size} processes")
     local_batch = config.batch_size // dist_info.world_size
@@ -505,151 +619,108 @@ def _train(config: TrainConfig, state: dict | None, device: torch.device, dist_i
         raise SpigaError(f"{len(train_set)} training samples are fewer than one batch of {config.batch_size}")
     val_loader = (DataLoader(val_set, batch_size=max(1, local_batch), shuffle=False, num_workers=config.loader_workers)
                   if val_set is not None and dist_info.is_main else None)
+    return train_set, sampler, loader, val_loader, validation
 
-    steps_per_epoch = len(loader)
-    total_steps = config.max_steps or steps_per_epoch * config.epochs
-    epochs = math.ceil(total_steps / steps_per_epoch)
 
-    parameters = trainable_parameters(model)
-    if not parameters:
-        raise SpigaError(f"nothing to train: every part is frozen ({', '.join(frozen)})")
+def _optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    else:
-        optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        optimizer = optimizer_class(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps, steps_per_epoch))
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
-    trained: torch.nn.Module = model
-    if dist_info.distributed:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
 
-    use_bf16 = config.precision == "bfloat16"
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+def _resume_from(run: _Run, state: dict) -> None:
+    """Optimiser, schedule, counters, history and random state where the saved run stopped."""
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.step, run.start_epoch, run.skip_batches = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+    run.best = state.get("best_nme")
+    run.history = [dict(h) for h in state.get("history", [])]
+    torch.set_rng_state(state["torch_rng"])
+    run.saved_step = run.step
+    log.info("resuming at epoch %d, step %d", run.start_epoch, run.step)
 
-    step, start_epoch, skip_batches, best, history = 0, 0, 0, None, []
-    saved_step: int | None = None  # the step of the checkpoints on disk, when this run wrote or resumed them
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, start_epoch, skip_batches = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
-        best = state.get("best_nme")
-        history = [dict(h) for h in state.get("history", [])]
-        torch.set_rng_state(state["torch_rng"])
-        saved_step = step
-        log.info("resuming at epoch %d, step %d", start_epoch, step)
 
-    writer = _tensorboard(out) if dist_info.is_main else None
-    if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_config(out, config)
+def _train_epoch(run: _Run, epoch: int, stop: _StopRequest) -> int:
+    """Train the batches of `epoch` (after those a resumed run already did); returns the
+    index of the last batch seen."""
+    config = run.config
+    run.sampler.set_epoch(epoch)
+    if hasattr(run.train_set, "set_epoch"):
+        run.train_set.set_epoch(epoch)
+    set_train_mode(run.model, run.frozen)
+    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{run.epochs}", unit="batch", leave=False,
+               disable=not (config.progress and run.dist_info.is_main), initial=run.skip_batches)
+    batch_index = 0
+    for batch_index, batch in enumerate(run.loader):
+        if batch_index < run.skip_batches:
+            continue
+        log.debug("rank %d step %d samples %s", run.dist_info.rank, run.step, batch["index"].tolist())
+        loss_value, terms = _step(run, {k: v.to(run.device, non_blocking=True) for k, v in batch.items()})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if run.step % 10 == 0 and run.dist_info.is_main:
+            log.info("step %d: loss %.4f (%s)", run.step, loss_value,
+                     ", ".join(f"{k} {v.item():.4f}" for k, v in terms.items()))
+        if run.writer is not None:
+            run.writer.add_scalar("train/loss", loss_value, run.step)
+            for name, value in terms.items():
+                run.writer.add_scalar(f"train/{name}", value.item(), run.step)
+        if stop.requested or run.step >= run.total_steps:
+            break
+    bar.close()
+    return batch_index
 
-    def snapshot(epoch: int, batch_in_epoch: int) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
-                "batch_in_epoch": batch_in_epoch, "best_nme": best, "history": history,
-                "config": config.to_dict(), "torch_rng": torch.get_rng_state()}
 
-    extra = {"training": {"mean_face": mean_face_source, "stage": config.stage, "frozen": list(frozen),
-                          "datasets": config.train}}
-    if state is None and val_loader is not None:
-        # the starting point, for comparison (epoch 0)
-        last_nme = validate(model, val_loader, device, validation, autocast).nme
-        history.append({"epoch": 0, "step": 0, "val_nme": last_nme, "time": time.time()})
-        _append_metrics(out, history[-1])
-        log.info("before training: validation NME %.3f (%s)", last_nme, validation.scoring.norm)
-    last_nme = history[-1]["val_nme"] if history else None
-    last_record: dict[str, Any] = {}  # the `validation` header of the latest validation, for last.safetensors
-    stopped = False
-    with _StopRequest() as stop:
-        log.info("training from step %d to %d (%d per epoch); SIGTERM or Ctrl-C saves a resumable state",
-                 step, total_steps, steps_per_epoch)
-        epoch = start_epoch - 1  # stays so when nothing is left to train
-        for epoch in range(start_epoch, epochs):
-            sampler.set_epoch(epoch)
-            if hasattr(train_set, "set_epoch"):
-                train_set.set_epoch(epoch)
-            set_train_mode(model, frozen)
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
-                       disable=not (config.progress and dist_info.is_main), initial=skip_batches)
-            batch_index = 0
-            for batch_index, batch in enumerate(loader):
-                if batch_index < skip_batches:
-                    continue
-                log.debug("rank %d step %d samples %s", dist_info.rank, step, batch["index"].tolist())
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with autocast():
-                    outputs = trained(batch["image"])
-                terms = loss_terms(outputs, batch, weights, config.smooth_l1_beta)
-                loss = sum(terms.values())
-                # a non-finite loss or gradient is never applied; weights that left plausible
-                # values stop the run before the next forward pass fails on them
-                if reason := _divergence(loss, None, None):
-                    raise _diverged(reason, step + 1, config, out, saved_step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip or math.inf)
-                if reason := _divergence(None, grad_norm, None):
-                    raise _diverged(reason, step + 1, config, out, saved_step)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                if reason := _divergence(None, None, parameters):
-                    raise _diverged(reason, step, config, out, saved_step)
-                bar.update(1)
-                loss_value = loss.item()
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-                if step % 10 == 0 and dist_info.is_main:
-                    log.info("step %d: loss %.4f (%s)", step, loss_value,
-                             ", ".join(f"{k} {v.item():.4f}" for k, v in terms.items()))
-                if writer is not None:
-                    writer.add_scalar("train/loss", loss_value, step)
-                    for name, value in terms.items():
-                        writer.add_scalar(f"train/{name}", value.item(), step)
-                if stop.requested or step >= total_steps:
-                    break
-            bar.close()
-            finished_epoch = batch_index + 1 >= steps_per_epoch
-            skip_batches = 0
-            if stop.requested and not finished_epoch and step < total_steps:
-                if dist_info.is_main:
-                    _save_resume(out / RESUME_FILE, snapshot(epoch, batch_index + 1))
-                    save_checkpoint(out / "last.safetensors", model, landmarks, extra)
-                saved_step = step
-                stopped = True
-                break
-            is_last = step >= total_steps or epoch == epochs - 1
-            if dist_info.is_main:
-                if val_loader is not None and ((epoch + 1) % config.val_every == 0 or is_last):
-                    summary = validate(model, val_loader, device, validation, autocast)
-                    last_nme = summary.nme
-                    last_record = {"validation": validation.record(summary, epoch + 1)}
-                    history.append({"epoch": epoch + 1, "step": step, "val_nme": last_nme, "time": time.time()})
-                    _append_metrics(out, history[-1])
-                    if writer is not None:
-                        writer.add_scalar("val/nme", last_nme, step)
-                    log.info("epoch %d: validation NME %.3f (%s)", epoch + 1, last_nme, validation.scoring.norm)
-                    if best is None or last_nme < best:
-                        best = last_nme
-                        save_checkpoint(out / "best.safetensors", model, landmarks, {**extra, **last_record})
-                save_checkpoint(out / "last.safetensors", model, landmarks, {**extra, **last_record})
-                if val_loader is None:  # without validation the latest weights are the best we know
-                    save_checkpoint(out / "best.safetensors", model, landmarks, extra)
-                # a run that stops within an epoch (--max-steps) saves where it is, so more steps continue it
-                _save_resume(out / RESUME_FILE, snapshot(epoch + 1, 0) if finished_epoch
-                             else snapshot(epoch, batch_index + 1))
-            saved_step = step
-            if dist_info.distributed:
-                torch.distributed.barrier()
-            if stop.requested or is_last:
-                stopped = stop.requested and not is_last
-                break
-    if writer is not None:
-        writer.close()
-    if stopped:
-        log.warning("stopped early; resume with: spiga train --resume %s", out)
-    return TrainResult(out, step, epoch + 1 if not stopped else epoch, best, last_nme, history)
+def _step(run: _Run, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
+    """One optimiser step; returns the loss and its terms. A non-finite loss or gradient is
+    never applied, and weights that left plausible values stop the run before the next
+    forward pass fails on them (`TrainingDiverged`, the last good checkpoint kept)."""
+    config = run.config
+    with run.autocast():
+        outputs = run.trained(batch["image"])
+    terms = loss_terms(outputs, batch, run.weights, config.smooth_l1_beta)
+    loss = sum(terms.values())
+    if reason := _divergence(loss, None, None):
+        raise _diverged(reason, run.step + 1, config, run.out, run.saved_step)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.parameters, config.grad_clip or math.inf)
+    if reason := _divergence(None, grad_norm, None):
+        raise _diverged(reason, run.step + 1, config, run.out, run.saved_step)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    if reason := _divergence(None, None, run.parameters):
+        raise _diverged(reason, run.step, config, run.out, run.saved_step)
+    return loss.item(), terms
+
+
+def _end_epoch(run: _Run, epoch: int, batch_index: int, finished_epoch: bool, is_last: bool) -> None:
+    """Validate when due, write best/last checkpoints and the resumable state (main process)."""
+    config, extra = run.config, run.extra
+    if run.dist_info.is_main:
+        if run.val_loader is not None and ((epoch + 1) % config.val_every == 0 or is_last):
+            summary = validate(run.model, run.val_loader, run.device, run.validation, run.autocast)
+            run.last_nme = summary.nme
+            run.last_record = {"validation": run.validation.record(summary, epoch + 1)}
+            run.history.append({"epoch": epoch + 1, "step": run.step, "val_nme": run.last_nme, "time": time.time()})
+            _append_metrics(run.out, run.history[-1])
+            if run.writer is not None:
+                run.writer.add_scalar("val/nme", run.last_nme, run.step)
+            log.info("epoch %d: validation NME %.3f (%s)", epoch + 1, run.last_nme, run.validation.scoring.norm)
+            if run.best is None or run.last_nme < run.best:
+                run.best = run.last_nme
+                run.save("best.safetensors", {**extra, **run.last_record})
+        run.save("last.safetensors", {**extra, **run.last_record})
+        if run.val_loader is None:  # without validation the latest weights are the best we know
+            run.save("best.safetensors", extra)
+        # a run that stops within an epoch (--max-steps) saves where it is, so more steps continue it
+        _save_resume(run.out / RESUME_FILE, run.snapshot(epoch + 1, 0) if finished_epoch
+                     else run.snapshot(epoch, batch_index + 1))
+    run.saved_step = run.step
+    if run.dist_info.distributed:
+        torch.distributed.barrier()
 
 
 def _tensorboard(out: Path):
