@@ -48,8 +48,13 @@ def _fence(syntax: str | None) -> tuple[str, str | None]:
     return language, title.group(1) if title else None
 
 
+def _runs(block) -> bool:
+    """A `bash` or `python` block without a skip mark."""
+    return _fence(block.syntax)[0] in ("bash", "python") and not any("skip" in mark for mark in block.marks)
+
+
 def _runnable(page: Path) -> bool:
-    return any(_fence(block.syntax)[0] in ("bash", "python") for block in _blocks(page))
+    return any(_runs(block) for block in _blocks(page))
 
 
 # --- step counts: realistic in the pages, short here -----------------------------------------
@@ -72,6 +77,15 @@ def shorten(code: str) -> str:
     for pattern, replacement in _SHORTEN:
         code = pattern.sub(replacement, code)
     return code
+
+
+def test_every_block_is_run_or_marked():
+    """Every fenced block of the pages is `bash`/`python` (run), `console`/`text` (shown),
+    or another language for data (`json`, `yaml`, ...); a skip mark always gives its reason."""
+    for page in PAGES:
+        for block in _blocks(page):
+            for mark in block.marks:
+                assert "reason=" in mark, f"{page.name}, line {block.lineno}: a skip mark without a reason"
 
 
 def test_shorten_keeps_the_command_and_cuts_the_counts():
@@ -195,9 +209,9 @@ def _run_page(page: Path, folder: Path, env: dict[str, str]) -> int:
             python_run.clear()
 
     for block in _blocks(page):
-        language, title = _fence(block.syntax)
-        if language not in ("bash", "python") or any("skip" in mark for mark in block.marks):
+        if not _runs(block):
             continue
+        language, title = _fence(block.syntax)
         where = f"{page.relative_to(REPO)}, line {block.lineno}"
         code = shorten(block.code)
         if language == "python" and title:
