@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from spiga.checkpoint import convert_official, load_checkpoint, load_official_state_dict, save_checkpoint
+from spiga.checkpoint import build_model, convert_official, load_checkpoint, load_official_state_dict, save_checkpoint
 from spiga.errors import CheckpointError
 from spiga.landmarks import IBUG_68, WFLW_98
 from spiga.model import ModelConfig

@@ -28,7 +28,7 @@ def ray_session():
         import ray.data  # noqa: F401
     except ImportError:
         pytest.skip(f"needs Ray Data (the `ray` extra: {install_hint('ray')})")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20)
     # pickle this module's helpers (the crashing detector) by value: Ray's workers cannot import tests/
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray
