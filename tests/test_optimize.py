@@ -83,6 +83,33 @@ def test_inference_copy_matches_model(images, path, sampler, landmarks, negative
         assert (got - want).abs().max() * 128 < 0.01  # crop pixels
 
 
+@needs_fused
+def test_fused_convolutions_are_packed_at_the_first_call_once_across_threads(images):
+    """No shape pass at preparation: each convolution's weight is packed by the network's
+    first call, for that call's input, once, however many threads make the first call."""
+    import concurrent.futures
+
+    from spiga.inference.cpu import FusedConv
+
+    model = _model("tiny", WFLW_98)
+    with torch.inference_mode():
+        expected = model(images[:1])
+        prepared = prepare_for_inference(model, "float32", "cpu")
+        convs = [m for m in prepared.modules() if isinstance(m, FusedConv)]
+        assert convs and all(conv.weight is None for conv in convs)
+        called = set()
+        for conv in convs:
+            conv.register_forward_pre_hook(lambda module, args: called.add(module))
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(lambda _: prepared(images[:1]), range(4)))
+        packed = [conv.weight for conv in convs]
+        assert called and all((weight is not None) == (conv in called) for conv, weight in zip(convs, packed))
+        prepared(images)  # another batch size runs on the same packed weights
+        assert all(conv.weight is weight for conv, weight in zip(convs, packed))
+    for out in outs:
+        assert (out["landmarks"][-1] - expected["landmarks"][-1]).abs().max() * 128 < 0.01
+
+
 def test_float64_copy_is_the_same_mathematics(images):
     """In float64 every transform is exact up to rounding: the copy equals the model run in float64."""
     model = _model("tiny", IBUG_68, negative_scales=True)

@@ -338,15 +338,17 @@ def _check_values(key: str, value: torch.Tensor, expected: torch.dtype, source: 
     if not _dtype_fits(value.dtype, expected):
         raise CheckpointError(f"{source}: tensor {key} is {str(value.dtype).removeprefix('torch.')}, the model "
                               f"expects {str(expected).removeprefix('torch.')} (a damaged or foreign file)")
-    if not value.is_floating_point():
+    if not value.is_floating_point() or not value.numel():
         return
-    if not torch.isfinite(value).all():
-        raise CheckpointError(f"{source}: tensor {key} holds NaN or infinite values")
-    largest = float(value.abs().max()) if value.numel() else 0.0
-    if largest > MAX_ABS_VALUE:
-        raise CheckpointError(f"{source}: tensor {key} holds a value of magnitude {largest:.3g}, beyond the "
-                              f"plausible {MAX_ABS_VALUE:g} (diverged or damaged weights)")
-    if key.endswith("running_var") and value.numel() and float(value.min()) < 0:
+    # one pass over the values (a NaN makes both NaN and fails the range test); the cause is
+    # looked for only in a tensor that fails
+    low, high = (float(bound) for bound in torch.aminmax(value))
+    if not -MAX_ABS_VALUE <= low <= high <= MAX_ABS_VALUE:
+        if not torch.isfinite(value).all():
+            raise CheckpointError(f"{source}: tensor {key} holds NaN or infinite values")
+        raise CheckpointError(f"{source}: tensor {key} holds a value of magnitude {max(-low, high):.3g}, beyond "
+                              f"the plausible {MAX_ABS_VALUE:g} (diverged or damaged weights)")
+    if key.endswith("running_var") and low < 0:
         raise CheckpointError(f"{source}: tensor {key} (a batch-norm variance) holds negative values")
 
 

@@ -31,7 +31,6 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from .. import choices
 from ..errors import SpigaError
@@ -74,23 +73,28 @@ def precision_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def _folded(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm,
             transpose: bool = False, linear: bool = False) -> tuple[nn.Parameter, nn.Parameter]:
-    """Weight and bias of `bn(layer(x))`, computed in float64 and stored in the layer's dtype."""
-    args = [t.double() if t is not None else None for t in (weight, bias, bn.running_mean, bn.running_var)]
-    scale = bn.weight.double() if bn.weight is not None else None
-    shift = bn.bias.double() if bn.bias is not None else None
-    if linear:
-        new_weight, new_bias = fuse_linear_bn_weights(args[0], args[1], args[2], args[3], bn.eps, scale, shift)
-    else:
-        new_weight, new_bias = fuse_conv_bn_weights(args[0], args[1], args[2], args[3], bn.eps, scale, shift,
-                                                    transpose=transpose)
-    return (nn.Parameter(new_weight.detach().to(weight.dtype), requires_grad=False),
-            nn.Parameter(new_bias.detach().to(weight.dtype), requires_grad=False))
+    """Weight and bias of `bn(layer(x))`, stored in the layer's dtype.
+
+    The per-channel scale and the bias are computed in float64; the weight is multiplied in
+    its own dtype by the scale rounded to it (within an ulp of the float64 product): a float64
+    copy of the weights cost a fifth of a second of every start. (In place would be slower
+    still: the weights of a loaded file are copy-on-write pages of it.)"""
+    scale, shift = _bn_scale_shift(bn)
+    shape = [1] * weight.dim()
+    shape[1 if transpose else 0] = -1  # the output channels: dim 1 of a transposed convolution's weight
+    new_weight = weight.detach() * scale.to(weight.dtype).view(shape)
+    new_bias = shift if bias is None else bias.detach().double() * scale + shift
+    return (nn.Parameter(new_weight, requires_grad=False),
+            nn.Parameter(new_bias.to(weight.dtype), requires_grad=False))
 
 
 def _bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode batch norm as y = x * scale + shift, per channel, in float64."""
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    return scale, bn.bias.double() - bn.running_mean.double() * scale
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    return scale, shift if bn.bias is None else shift + bn.bias.double()
 
 
 class ChannelClamp(nn.Module):
@@ -136,9 +140,9 @@ def _fold_residual(residual: Residual) -> None:
     lower = torch.where(scale > 0, knee, -inf)
     upper = torch.where(scale < 0, knee, inf)
     constant = torch.where(scale == 0, shift.clamp(min=0.0), shift)
-    weight = conv.weight.double()
-    bias = (conv.bias.double() if conv.bias is not None else 0.0) + weight[:, :, 0, 0] @ constant
-    conv.weight = nn.Parameter((weight * scale.view(1, -1, 1, 1)).to(conv.weight.dtype), requires_grad=False)
+    weight = conv.weight.detach()
+    bias = (conv.bias.double() if conv.bias is not None else 0.0) + weight[:, :, 0, 0].double() @ constant
+    conv.weight = nn.Parameter(weight * scale.to(weight.dtype).view(1, -1, 1, 1), requires_grad=False)
     conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
     residual.bn1 = nn.Identity()
     residual.relu1 = ChannelClamp(lower.to(conv.weight.dtype), upper.to(conv.weight.dtype))
@@ -193,9 +197,10 @@ class StemConv(nn.Module):
                                 conv.padding)
             if conv.bias is not None:
                 constant = constant + conv.bias.double().view(1, -1, 1, 1)
-        # built without initialisation (its weight is set next; no draw from the random generator)
-        self.conv = nn.utils.skip_init(nn.Conv2d, image_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                                       conv.padding, bias=False, device=conv.weight.device)
+        # built on the meta device, its weight set next: no draw from the random generator and
+        # none of `nn.utils.skip_init`'s cost (its `to_empty` imports PyTorch's symbolic shapes, 0.7 s)
+        self.conv = nn.Conv2d(image_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              bias=False, device="meta")
         self.conv.weight = nn.Parameter(conv.weight[:, :image_channels].detach().clone(), requires_grad=False)
         self.register_buffer("constant", constant[0].to(conv.weight.dtype))
         self.relu = block.relu is not None
@@ -237,35 +242,6 @@ def to_channels_last(model: SPIGA) -> SPIGA:
 # --- oneDNN fusion (CPU) -------------------------------------------------------------------
 
 
-def _conv_input_sizes(model: SPIGA, example: torch.Tensor) -> dict[nn.Module, list[int]]:
-    """The input size of every convolution of the CNN on `example`.
-
-    The CNN runs on PyTorch's meta device (shapes only, no arithmetic: a real pass of the
-    full-size network costs a third of a second), or for real where that fails."""
-    sizes: dict[nn.Module, list[int]] = {}
-
-    def record(module: nn.Module, args: tuple) -> None:
-        sizes.setdefault(module, list(args[0].shape))
-
-    cnn = model.visual_cnn
-    hooks = [module.register_forward_pre_hook(record)
-             for module in cnn.modules() if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))]
-    try:
-        with torch.no_grad():
-            try:
-                shapes_only = {name: torch.empty_like(value, device="meta")
-                               for name, value in [*cnn.named_parameters(), *cnn.named_buffers()]}
-                torch.func.functional_call(cnn, shapes_only, (example.to("meta"),))
-            except Exception as exc:  # an operator without a meta kernel: the real pass gives the same sizes
-                log.debug("shapes on the meta device failed (%s: %s); running the CNN", type(exc).__name__, exc)
-                sizes.clear()
-                cnn(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return sizes
-
-
 def _fuse_linears(module: nn.Module) -> None:
     """Every `nn.Linear` under `module` -> `FusedLinear`, absorbing a ReLU that follows it in
     a Sequential (the ReLU's place becomes an identity, so indices stay)."""
@@ -288,21 +264,18 @@ def _fuse_linears(module: nn.Module) -> None:
 
 def fuse_module(model: SPIGA) -> SPIGA:
     """Replace the folded blocks of `model` (on the CPU, in its final dtype and memory format)
-    by oneDNN fused ones, in place. The result cannot be moved, copied, saved or exported."""
-    size = model.config.image_size
-    example = torch.zeros(1, 3, size, size, dtype=model.visual_cnn.compute_dtype)
-    example = example.contiguous(memory_format=torch.channels_last)
-    sizes = _conv_input_sizes(model, example)
+    by oneDNN fused ones, in place. The result cannot be moved, copied, saved or exported.
+    Convolution weights are packed at the network's first call, for its input size."""
 
     def replace_in(module: nn.Module) -> None:
         for name, child in module.named_children():
             if isinstance(child, ConvBlock) and child.bn is None:
-                setattr(module, name, FusedConvBlock(child.conv, child.relu is not None, sizes.get(child.conv)))
+                setattr(module, name, FusedConvBlock(child.conv, child.relu is not None))
             elif isinstance(child, UpBlock):
-                child.deconv = FusedConv(child.deconv, isinstance(child.relu, nn.ReLU), sizes.get(child.deconv))
+                child.deconv = FusedConv(child.deconv, isinstance(child.relu, nn.ReLU))
                 child.relu = nn.Identity()
             elif isinstance(child, StemConv):
-                child.conv = FusedConv(child.conv, False, sizes.get(child.conv))
+                child.conv = FusedConv(child.conv, False)
             else:
                 replace_in(child)
 
