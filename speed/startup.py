@@ -72,9 +72,12 @@ spiga.load(sys.argv[1], device="cpu")
 profile.disable()
 phases = {"spiga.load": ("aligner.py", "load"), "load_checkpoint": ("checkpoint.py", "load_checkpoint"),
           "  build the network": ("checkpoint.py", "build_model"), "  load the weights": ("checkpoint.py", "_load_state"),
+          "    check their values": ("checkpoint.py", "_check_values"),
           "prepare_for_inference": ("optimize.py", "prepare_for_inference"), "  copy the model": ("copy.py", "deepcopy"),
-          "  fold batch norms": ("optimize.py", "fold_batch_norms"), "  fuse and prepack": ("optimize.py", "fuse_module"),
-          "    conv input sizes": ("optimize.py", "_conv_input_sizes"), "  CPU probe": ("cpu.py", "_probe")}
+          "  fold batch norms": ("optimize.py", "fold_batch_norms"),
+          "  stem's constant channels": ("optimize.py", "precompute_coord_channels"),
+          "  channels-last": ("optimize.py", "to_channels_last"), "  fuse and prepack": ("optimize.py", "fuse_module"),
+          "    conv input sizes (before)": ("optimize.py", "_conv_input_sizes"), "  CPU probe": ("cpu.py", "_probe")}
 stats = pstats.Stats(profile).stats
 found = {}
 for label, (file, name) in phases.items():

@@ -19,7 +19,8 @@ from spiga.about import install_hint
 from spiga.detection import Detection, as_bgr, face_box_from_detection, make_detector
 from spiga.detection import runtime as runtimes
 from spiga.detection.blazeface import (
-    FIRST_MARGIN, SIZE_RANGES, BlazeFaceDetector, cut_windows, not_cut_by_window_edge, plan_levels, scaled_size, to_input_array,
+    FIRST_MARGIN, SIZE_RANGES, BlazeFaceDetector, cut_windows, level_images, not_cut_by_window_edge, plan_levels,
+    scaled_size, to_input_array,
 )
 from spiga.detection.blazeface_net import SPECS, _depth_to_space, anchor_centres, decode, min_logit, sigmoid
 from spiga.detection.boxmap import BOX_RULES, box_from_box, boxes_from_keypoints
@@ -521,6 +522,37 @@ def test_windows_cut_from_the_scaled_image():
     # MediaPipe's single pass (multiscale=False) letterboxes into the whole model input
     (single,) = BlazeFaceDetector(multiscale=False).levels(100, 200)
     assert single.window == (192, 192)
+
+
+def test_level_images_are_shrunk_from_the_finer_levels():
+    """Each level's image has the level's size and is (close to) the photo shrunk with area
+    interpolation, though made from the next finer level's image."""
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 6)
+    levels = plan_levels(480, 640, SPECS["full"], 24, SIZE_RANGES["full"])
+    assert len(levels) == 3
+    for level, scaled in zip(levels, level_images(image, levels)):
+        size = scaled_size(480, 640, level.scale)
+        assert (scaled.shape[1], scaled.shape[0]) == size
+        direct = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        assert np.abs(scaled.astype(int) - direct).mean() < 1.5
+    enlarged = plan_levels(48, 64, SPECS["full"], 24, SIZE_RANGES["full"])
+    assert [img.shape[:2] for img in level_images(image[:48, :64], enlarged)] == \
+        [scaled_size(48, 64, level.scale)[::-1] for level in enlarged]
+
+
+@pytest.mark.skipif(not runtimes.onnxruntime_available(), reason="needs onnxruntime")
+def test_onnxruntime_threads_do_not_spin_between_calls(sportsfan):
+    """The pool spins during a run only: idle, it leaves the cores to PyTorch."""
+    import time
+
+    runtime = runtimes.OnnxRuntime("full", threads=2)
+    detector = make_detector("blazeface", backend="onnxruntime")
+    detector.runtime = runtime
+    detector.detect(sportsfan[0])
+    start = time.process_time()
+    time.sleep(0.5)
+    assert time.process_time() - start < 0.02  # spinning on after a run: about 0.06 s
 
 
 def test_faces_cut_by_inner_window_edges_are_dropped():

@@ -180,18 +180,38 @@ def plan_levels(height: int, width: int, spec: BlazeFaceSpec, min_face_size: flo
     return levels
 
 
-def cut_windows(image_rgb: np.ndarray, level: Level) -> np.ndarray:
-    """(T, window_h, window_w, 3) uint8 windows of the image resized for `level`; black outside.
+def level_images(image_rgb: np.ndarray, levels: list[Level]) -> list[np.ndarray]:
+    """Each level's resized image, in the order of `levels`.
 
     Shrinking uses area interpolation (no aliasing of small faces), enlarging bilinear.
     (Bilinear shrinking would be several times cheaper at mild ratios, but it moves
-    borderline scores across the threshold: faces cut by the image border.)
+    borderline scores across the threshold: faces cut by the image border.) Area
+    interpolation costs by the pixels it reads, so each level is shrunk from the smallest
+    finer level's image that covers it rather than from the photo: at 640x480 the three
+    levels read 0.4 instead of 0.9 million pixels.
     """
     height, width = image_rgb.shape[:2]
-    new_size = scaled_size(height, width, level.scale)
-    interpolation = cv2.INTER_AREA if level.scale < 1 else cv2.INTER_LINEAR
-    scaled = cv2.resize(image_rgb, new_size, interpolation=interpolation) if new_size != (width, height) \
-        else image_rgb
+    made: dict[int, np.ndarray] = {}
+    for index in sorted(range(len(levels)), key=lambda i: -levels[i].scale):
+        new_w, new_h = scaled_size(height, width, levels[index].scale)
+        if (new_w, new_h) == (width, height):
+            made[index] = image_rgb
+            continue
+        if new_w > width or new_h > height:
+            made[index] = cv2.resize(image_rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+            continue
+        sources = [made[i] for i in made if made[i].shape[1] >= new_w and made[i].shape[0] >= new_h]
+        source = min(sources, key=lambda image: image.shape[0] * image.shape[1], default=image_rgb)
+        made[index] = source if source.shape[:2] == (new_h, new_w) else cv2.resize(
+            source, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    return [made[index] for index in range(len(levels))]
+
+
+def cut_windows(image_rgb: np.ndarray, level: Level, scaled: np.ndarray | None = None) -> np.ndarray:
+    """(T, window_h, window_w, 3) uint8 windows of the image resized for `level` (`scaled`,
+    when `level_images` made it already); black outside."""
+    if scaled is None:
+        (scaled,) = level_images(image_rgb, [level])
     window_w, window_h = level.window
     windows = np.zeros((len(level.origins), window_h, window_w, 3), np.uint8)
     for index, (x0, y0) in enumerate(level.origins):
@@ -333,11 +353,11 @@ class BlazeFaceDetector(Detector):
         levels = self.levels(height, width)
         logger.debug("BlazeFace %s (%s) on %dx%d: %s", self.spec.name, self.backend, width, height,
                      ", ".join(f"x{lv.scale:.3f} {len(lv.origins)} window(s) {lv.window}" for lv in levels))
-        for level in levels:
+        for level, scaled in zip(levels, level_images(image_rgb, levels)):
             scaled_w, scaled_h = scaled_size(height, width, level.scale)
             # the actual per-axis scale of the whole-pixel resize (corner-origin coordinates)
             axis_scale = np.array([scaled_w / width, scaled_h / height])
-            for origin, window in zip(level.origins, cut_windows(image_rgb, level)):
+            for origin, window in zip(level.origins, cut_windows(image_rgb, level, scaled)):
                 boxes, points, scores = self.run_window(window)
                 keep = not_cut_by_window_edge(boxes, origin, level.window, scaled_w, scaled_h)
                 image_boxes = (boxes[keep] + np.tile(origin, 2)) / np.tile(axis_scale, 2)

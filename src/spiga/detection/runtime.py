@@ -13,9 +13,10 @@ logits (B, N)`, both float32 NumPy arrays (see `blazeface_net` for their meaning
   the tests check on detections.
 
 `auto` (the default) picks onnxruntime on the CPU where it is installed (and can load the
-graph) and PyTorch otherwise. onnxruntime's threads run with spinning turned off, so that they do not hold
-the cores busy while PyTorch runs the alignment model in the same process; their number
-is PyTorch's thread count when the runtime is made (`torch.set_num_threads` governs both).
+graph) and PyTorch otherwise. onnxruntime's threads spin between operators during a run
+and stop when it ends (`session.force_spinning_stop`), so that idle they do not hold the
+cores while PyTorch runs the alignment model in the same process; their number is
+PyTorch's thread count when the runtime is made (`torch.set_num_threads` governs both).
 """
 
 from __future__ import annotations
@@ -152,8 +153,11 @@ def _onnx_session(variant: str, threads: int):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: no notes about folded Cast nodes
-    # idle threads sleep instead of spinning: they would take the cores from PyTorch
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # the pool's threads spin between operators during a run (sleeping there costs a wake-up
+    # per operator of this small network) and stop spinning when the run ends: idle, they
+    # would take the cores from PyTorch
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     # denormals flushed in the pool's threads too (see `flushed_denormals` above)
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
     try:

@@ -307,29 +307,41 @@ class FusedConv(nn.Module):
         # Without `input_size` the weight is packed at the first call, for that call's input:
         # oneDNN's layout chosen for the real size runs the full network ~1.7x faster than a
         # size-less one, and learning the sizes beforehand needs a pass of its own (on the meta
-        # device: 1.8 s of PyTorch imports and Python kernels at every start).
-        self._unpacked: torch.Tensor | None = conv.weight.detach()
-        self.weight: torch.Tensor | None = None
+        # device: 1.8 s of PyTorch imports and Python kernels at every start). One image and
+        # several want different layouts (packed for one image, a batch of 8 ran 1.3x slower;
+        # packed for 8, one image 1.7x), so each gets its own, packed at its first call.
+        self._plain: torch.Tensor | None = conv.weight.detach()  # until packed (kept for a transposed one)
+        self._packed: dict[bool, torch.Tensor] = {}  # one image? -> the weight packed for it
         if input_size is not None:
             self._pack(input_size)
 
+    @property
+    def weight(self) -> torch.Tensor | None:
+        """A packed weight (None before the first call)."""
+        return next(iter(self._packed.values()), None)
+
     def _pack(self, input_size: list[int]) -> torch.Tensor:
+        single = input_size[0] == 1
         with _PACKING:  # two threads' first calls pack once
-            if self.weight is None:
+            if single not in self._packed:
+                # a convolution's plain weight comes back from a packed one (`to_dense`); a
+                # transposed convolution's does not, so that one is kept
+                plain = self._plain if self._plain is not None else self.weight.to_dense()
                 mkldnn = torch.ops.mkldnn
                 if self.transpose:
-                    self.weight = mkldnn._reorder_convolution_transpose_weight(
-                        self._unpacked, self.padding, self.output_padding, self.stride, self.dilation, self.groups,
-                        input_size)
+                    self._packed[single] = mkldnn._reorder_convolution_transpose_weight(
+                        plain, self.padding, self.output_padding, self.stride, self.dilation, self.groups, input_size)
                 else:
-                    self.weight = mkldnn._reorder_convolution_weight(self._unpacked, self.padding, self.stride,
-                                                                     self.dilation, self.groups, input_size)
-                self._unpacked = None
-        return self.weight
+                    self._packed[single] = mkldnn._reorder_convolution_weight(
+                        plain, self.padding, self.stride, self.dilation, self.groups, input_size)
+                    self._plain = None
+        return self._packed[single]
 
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
         mkldnn = torch.ops.mkldnn
-        weight = self.weight if self.weight is not None else self._pack(list(x.shape))
+        weight = self._packed.get(x.shape[0] == 1)
+        if weight is None:
+            weight = self._pack(list(x.shape))
         if self.transpose:
             out = mkldnn._convolution_transpose_pointwise(x, weight, self.bias, self.padding,
                                                           self.output_padding, self.stride, self.dilation,

@@ -18,7 +18,8 @@ mathematics (in float64 the result equals the model's to rounding):
 - channels-last memory for the CNN (the cascade reads its windows straight from it).
 - `fuse_module` (CPU, where `spiga.inference.cpu` found the fused oneDNN operators working
   for the dtype): convolutions with bias, ReLU and residual addition in one call, linears
-  with their ReLU, weights prepacked once.
+  with their ReLU, weights prepacked once (the convolutions' at the first call, for its
+  input size).
 - the window sampler: one `embedding_bag` pass on CPUs, Gather + MatMul elsewhere and in
   ONNX graphs (`SPIGA.window_sampler`).
 """
