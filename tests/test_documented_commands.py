@@ -31,6 +31,7 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 NAMED_MODELS = {"wflw": "wflw98", "300wpublic": "ibug68", "300wprivate": "ibug68", "merlrav": "ibug68",
                 "cofw68": "ibug68"}
 PHOTO = SHARED / "fixtures" / "images" / "image_sportsfan.jpg"
+MEAN_FACES = SHARED / "fixtures" / "upstream" / "models3D"
 BLOCK_TIMEOUT_S = 300
 
 
@@ -104,6 +105,10 @@ def _stand_in_models(cache: Path) -> None:
     models.mkdir(parents=True)
     for seed, (name, layout) in enumerate(NAMED_MODELS.items()):
         random_checkpoint(models / f"spiga_{name}.safetensors", size="tiny", landmark_set=layout, seed=seed)
+    if MEAN_FACES.is_dir():  # the official mean faces, as a user who ran spiga once has them
+        (cache / "models3D").mkdir()
+        for file in MEAN_FACES.glob("mean_face_3D_*.txt"):
+            shutil.copyfile(file, cache / "models3D" / file.name)
 
 
 def _page_cache(stand_ins: Path, page_text: str, folder: Path) -> Path:
@@ -114,6 +119,8 @@ def _page_cache(stand_ins: Path, page_text: str, folder: Path) -> Path:
     for name in NAMED_MODELS:
         if f"spiga_{name}.pt" in page_text:
             (cache / "models" / f"spiga_{name}.safetensors").unlink()
+    if "models3D/" in page_text:  # the page shows how the mean faces get there
+        shutil.rmtree(cache / "models3D", ignore_errors=True)
     return cache
 
 
@@ -136,6 +143,8 @@ def _stand_in_user_files(folder: Path) -> None:
     import numpy as np
 
     shutil.copyfile(PHOTO, folder / "photo.jpg")
+    for file in MEAN_FACES.glob("mean_face_3D_*.txt"):  # downloaded by the reader, for an offline machine
+        shutil.copyfile(file, folder / file.name)
     image = cv2.imread(str(PHOTO))
     (folder / "photos").mkdir()
     cv2.imwrite(str(folder / "photos" / "a.jpg"), image)

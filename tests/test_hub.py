@@ -1,6 +1,6 @@
 """Named models through the Hugging Face Hub client, against a local server that answers as
-the Hub does; the cache, hand-placed files, offline errors, the shipped mean faces. Never the
-real network."""
+the Hub does; the cache, hand-placed files, offline errors; the mean faces from a local
+server standing for GitHub. Never the real network."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import torch
 
 from spiga import hub
 from spiga.errors import ModelNotFound
-from spiga.landmarks import OFFICIAL_MEAN_FACES, WFLW_98, official_mean_face, read_mean_face
+from spiga.hub import OFFICIAL_MEAN_FACES, official_mean_face
+from spiga.landmarks import IBUG_68, WFLW_98, read_mean_face
 from spiga.model import ModelConfig
 from spiga.testing import random_model
 
@@ -140,12 +141,33 @@ def register_tiny(www) -> hub.OfficialModel:
     return hub.OfficialModel("wflw", "spiga_tiny.pt", model_size="tiny")
 
 
-def isolate(monkeypatch, tmp_path, endpoint: str) -> None:
-    """Empty caches, the local endpoint, no token, online, fast retries."""
+def place_mean_faces(home) -> None:
+    """Both mean faces in `home`/models3D, as a user who fetched them earlier has them: the
+    official files where ../shared is present, else stand-ins (a file in the cache is used
+    as it is, so the weights' path is tested either way)."""
+    from spiga.landmarks.mean_face import write_mean_face
+    from spiga.testing import random_mean_face
+
+    folder = home / "models3D"
+    folder.mkdir(parents=True, exist_ok=True)
+    for points, official in OFFICIAL_MEAN_FACES.items():
+        upstream = SHARED / "fixtures" / "upstream" / "models3D" / official.file
+        if upstream.is_file():
+            (folder / official.file).write_bytes(upstream.read_bytes())
+        else:
+            write_mean_face(folder / official.file, random_mean_face(points), WFLW_98 if points == 98 else IBUG_68)
+
+
+def isolate(monkeypatch, tmp_path, endpoint: str, mean_faces: bool = True) -> None:
+    """Empty caches (but for the mean faces, unless not `mean_faces`), the local endpoint, no
+    token, online, fast retries."""
     monkeypatch.setenv("SPIGA_HOME", str(tmp_path / "home"))
+    if mean_faces:
+        place_mean_faces(tmp_path / "home")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    for name in ("SPIGA_OFFLINE", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN", "SPIGA_HUB_REVISION"):
+    for name in ("SPIGA_OFFLINE", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN", "SPIGA_HUB_REVISION",
+                 "SPIGA_MEAN_FACE_URL"):
         monkeypatch.delenv(name, raising=False)
     import huggingface_hub.constants as constants
     import huggingface_hub.file_download as file_download
@@ -337,30 +359,172 @@ def test_a_converted_model_placed_by_hand_is_used_without_download(tmp_path, mon
 def test_offline_align_names_every_file_in_one_message(tmp_path, monkeypatch, image_file, capsys):
     from spiga.cli import main
 
-    isolate(monkeypatch, tmp_path, "https://huggingface.co")
+    isolate(monkeypatch, tmp_path, "https://huggingface.co", mean_faces=False)
     monkeypatch.setenv("SPIGA_OFFLINE", "1")
     assert main(["align", str(image_file)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("spiga: error: spiga_wflw.pt is not in the cache")
     assert "https://huggingface.co/aprados/spiga/resolve/main/spiga_wflw.pt" in err
-    assert "hf download aprados/spiga spiga_wflw.pt" in err and "the only file" in err
+    assert "hf download aprados/spiga spiga_wflw.pt" in err
     assert str(tmp_path / "home" / "downloads" / "spiga_wflw.pt") in err
+    # and the mean face, with its own URL and place
+    assert "mean_face_3D_98.txt (the official 3D mean face) is not in the cache" in err
+    assert hub.MEAN_FACE_URL.replace("{file}", "mean_face_3D_98.txt") in err
+    assert str(tmp_path / "home" / "models3D" / "mean_face_3D_98.txt") in err
 
 
-# --------------------------------------------------------------------------- the mean faces ship
+# --------------------------------------------------------------------------- the mean faces, fetched
 
 
-def test_the_official_mean_faces_are_package_files():
-    expected = {98: "606fa1d178a9e41541b2a0f604953af66c7b79ad740665c8c72578e9a7567c53",
-                68: "59ee862825ed5444f50265b535b9c2cd4af017dc45c10fe70c73d0786feaccf1"}
-    for points, file in OFFICIAL_MEAN_FACES.items():
+class FileServer:
+    """Plain files of `folder` on 127.0.0.1 (standing for raw.githubusercontent.com);
+    `status[file]` answers that status instead; `requests` logs the paths asked for."""
+
+    def __init__(self, folder):
+        self.folder, self.status, self.requests = folder, {}, []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests.append(self.path)
+                file = self.path.rsplit("/", 1)[-1]
+                path = server.folder / file
+                status = server.status.get(file, 200 if path.is_file() else 404)
+                body = path.read_bytes() if status == 200 else b""
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/andresprados/SPIGA/models3D/{{file}}"
+
+
+@pytest.fixture
+def github(tmp_path, monkeypatch):
+    """The official mean faces served by a local server that `SPIGA_MEAN_FACE_URL` points at,
+    and an empty cache; skipped without ../shared (the official files)."""
+    upstream = SHARED / "fixtures" / "upstream" / "models3D"
+    if not upstream.is_dir():
+        pytest.skip("needs ../shared/fixtures/upstream/models3D (the official mean faces), absent in this checkout")
+    www = tmp_path / "github"
+    www.mkdir()
+    for official in OFFICIAL_MEAN_FACES.values():
+        (www / official.file).write_bytes((upstream / official.file).read_bytes())
+    server = FileServer(www)
+    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
+    thread.start()
+    isolate(monkeypatch, tmp_path, "http://127.0.0.1:9", mean_faces=False)
+    monkeypatch.setenv("SPIGA_MEAN_FACE_URL", server.url)
+    yield server, tmp_path / "home" / "models3D"
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+def test_the_mean_faces_are_downloaded_once_and_checked(github):
+    server, cache = github
+    for points, official in OFFICIAL_MEAN_FACES.items():
         path = official_mean_face(points)
-        assert path.name == file and hashlib.sha256(path.read_bytes()).hexdigest() == expected[points]
-        upstream = SHARED / "fixtures" / "upstream" / "models3D" / file
-        if upstream.is_file():  # the original release's files, where the shared fixtures are present
-            assert upstream.read_bytes() == path.read_bytes()
-    for name in ("LICENSE-spiga.txt", "NOTICE"):
-        assert (official_mean_face(98).parent / name).is_file()
+        assert path == cache / official.file
+        data = path.read_bytes()
+        assert len(data) == official.size and hashlib.sha256(data).hexdigest() == official.sha256
+        assert data == (server.folder / official.file).read_bytes()
+        assert read_mean_face(path, WFLW_98 if points == 98 else IBUG_68).shape == (points, 3)
+    assert server.requests == [f"/andresprados/SPIGA/models3D/{o.file}" for o in OFFICIAL_MEAN_FACES.values()]
+    official_mean_face(98)  # the cache, no request
+    assert len(server.requests) == 2
+
+
+def test_a_mean_face_that_is_not_the_official_file_is_refused(github):
+    server, cache = github
+    file = OFFICIAL_MEAN_FACES[68].file
+    (server.folder / file).write_bytes((server.folder / file).read_bytes().replace(b"1", b"2", 1))
+    with pytest.raises(ModelNotFound) as error:
+        official_mean_face(68)
+    message = str(error.value)
+    assert "\n" not in message and file in message and "not the official file" in message
+    assert server.url.replace("{file}", file) in message and str(cache / file) in message
+    assert not (cache / file).exists()
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_a_mean_face_http_error_says_where_to_put_it(github, status):
+    server, cache = github
+    file = OFFICIAL_MEAN_FACES[98].file
+    server.status[file] = status
+    with pytest.raises(ModelNotFound) as error:
+        official_mean_face(98)
+    message = str(error.value)
+    assert "\n" not in message and f"HTTP {status}" in message and str(cache / file) in message
+    assert not (cache / file).exists()
+
+
+def test_mean_faces_offline_and_unreachable(github, monkeypatch, tmp_path):
+    server, cache = github
+    monkeypatch.setenv("SPIGA_OFFLINE", "1")
+    with pytest.raises(ModelNotFound, match="mean_face_3D_98.txt .*SPIGA_OFFLINE"):
+        official_mean_face(98)
+    assert server.requests == []
+    # a file: mirror is local, so it is read offline
+    monkeypatch.setenv("SPIGA_MEAN_FACE_URL", (server.folder).as_uri() + "/{file}")
+    assert official_mean_face(98).read_bytes() == (server.folder / "mean_face_3D_98.txt").read_bytes()
+    monkeypatch.delenv("SPIGA_OFFLINE")
+    monkeypatch.setenv("SPIGA_MEAN_FACE_URL", "http://127.0.0.1:9/{file}")  # nothing listens on port 9
+    with pytest.raises(ModelNotFound, match="mean_face_3D_68.txt: cannot download http://127.0.0.1:9/"):
+        official_mean_face(68)
+    with pytest.raises(ModelNotFound, match="no official mean face has 5 points"):
+        official_mean_face(5)
+
+
+def test_convert_fetches_the_official_mean_face_by_default(github, tmp_path):
+    """`spiga convert OFFICIAL.pt --config wflw --out M` without --mean-face: the official one."""
+    from spiga.checkpoint import load_checkpoint
+    from spiga.cli import main
+
+    model, _ = random_model("official", WFLW_98, seed=0)
+    weights = tmp_path / "spiga_wflw.pt"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "wflw.safetensors"
+    assert main(["convert", str(weights), "--config", "wflw", "--out", str(out)]) == 0
+    loaded = load_checkpoint(out).model.mean_face_3d.numpy()
+    assert np.allclose(loaded, read_mean_face(github[1] / "mean_face_3D_98.txt", WFLW_98))
+
+
+def test_convert_reads_the_weights_before_fetching_the_mean_face(tmp_path, monkeypatch, capsys):
+    """A bad weights file is named as such, offline and without a mean face in the cache."""
+    from spiga.cli import main
+
+    isolate(monkeypatch, tmp_path, "http://127.0.0.1:9", mean_faces=False)
+    monkeypatch.setenv("SPIGA_OFFLINE", "1")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not weights\n")
+    assert main(["convert", str(notes), "--config", "300wprivate", "--out", str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "notes.txt" in err and "mean_face" not in err
+    # sound weights: the mean face is what is missing, and the message says where to put it
+    model, _ = random_model("tiny", IBUG_68, seed=0)
+    torch.save(model.state_dict(), tmp_path / "spiga_300wprivate.pt")
+    assert main(["convert", str(tmp_path / "spiga_300wprivate.pt"), "--config", "300wprivate", "--out",
+                 str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "mean_face_3D_68.txt" in err and str(tmp_path / "home" / "models3D" / "mean_face_3D_68.txt") in err
+
+
+def test_training_from_scratch_takes_the_official_mean_face(github, monkeypatch):
+    """98 or 68 built-in points with neither --mean-face nor --init: the official mean face,
+    fetched like a named model's; offline without it, one line saying where to put it."""
+    from spiga.train import TrainConfig
+    from spiga.train.loop import _resolve_mean_face
+
+    server, cache = github
+    face, source = _resolve_mean_face(TrainConfig(), IBUG_68, None, datasets=[])
+    assert source == "mean_face_3D_68.txt" and np.allclose(face, read_mean_face(cache / source, IBUG_68))
+    monkeypatch.setenv("SPIGA_OFFLINE", "1")
+    with pytest.raises(ModelNotFound, match=r"mean_face_3D_98.txt .*SPIGA_OFFLINE.*models3D/mean_face_3D_98.txt"):
+        _resolve_mean_face(TrainConfig(), WFLW_98, None, datasets=[])
 
 
 # --------------------------------------------------------------------------- many processes
@@ -387,6 +551,7 @@ def test_many_processes_fetch_and_convert_once(tmp_path, server):
            "HF_ENDPOINT": server.url, "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
     for name in ("SPIGA_OFFLINE", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN", "SPIGA_HUB_REVISION"):
         env.pop(name, None)
+    place_mean_faces(tmp_path / "home")
     go = tmp_path / "go"
     children = [subprocess.Popen([sys.executable, "-c", CHILD, str(go)], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]

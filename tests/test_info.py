@@ -17,6 +17,8 @@ def test_info_json_reports_versions_devices_caches_and_settings(tmp_path, monkey
     models = tmp_path / "home" / "models"
     models.mkdir(parents=True)
     (models / "spiga_wflw.safetensors").write_bytes(tiny_checkpoint.read_bytes())
+    (tmp_path / "home" / "models3D").mkdir()
+    (tmp_path / "home" / "models3D" / "mean_face_3D_68.txt").write_text("1|0|0|0\n")
 
     assert main(["info", "--json"]) == 0
     out = capsys.readouterr().out
@@ -29,6 +31,7 @@ def test_info_json_reports_versions_devices_caches_and_settings(tmp_path, monkey
     caches = info["caches"]
     assert caches["spiga_home"] == str(tmp_path / "home") and caches["hub_cache"] == str(tmp_path / "hf" / "hub")
     assert caches["models"] == ["spiga_wflw.safetensors"] and caches["named_models_ready"] == ["wflw"]
+    assert caches["mean_faces"] == ["mean_face_3D_68.txt"]
     settings = info["settings"]
     assert settings["offline"] is True and settings["hub_endpoint"] == "http://127.0.0.1:9"
     assert settings["SPIGA_HOME"] == str(tmp_path / "home") and settings["hub_revision"]

@@ -47,6 +47,40 @@ def test_truncated_files(tmp_path):
             read_image(path)
 
 
+def test_png_chunk_longer_than_the_file_is_refused_without_allocating_it(tmp_path):
+    """A valid 2x2 PNG whose IDAT length field says 2.9 GB: OpenCV would allocate that
+    before reading (a fuzzing finding); the file is refused as corrupt, in little memory."""
+    import subprocess
+    import sys
+    import textwrap
+
+    ok, encoded = cv2.imencode(".png", np.full((2, 2, 3), 9, np.uint8))
+    data = bytearray(encoded.tobytes())
+    idat = data.index(b"IDAT") - 4
+    data[idat] = 0xB0  # the length's top byte
+    path = tmp_path / "long-chunk.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="long-chunk.png: .*'IDAT' chunk declares .* more than the file holds"):
+        read_image(path)
+    probe = textwrap.dedent(f"""
+        import resource
+        from spiga.errors import ImageError
+        from spiga.io import read_image
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            read_image({str(path)!r})
+        except ImageError:
+            pass
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+    """)
+    grown_mib = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                   check=True).stdout.strip())
+    assert grown_mib < 200
+    # the same check passes sound files, with bytes after IEND, and files whose chunks fit
+    data[idat] = 0
+    assert read_image_bytes(bytes(data) + b"trailer").shape == (2, 2, 3)
+
+
 def test_wrong_extension_still_reads(tmp_path):
     ok, data = cv2.imencode(".png", np.full((8, 8, 3), 7, np.uint8))
     path = tmp_path / "really_a_png.jpg"

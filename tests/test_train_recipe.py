@@ -15,13 +15,22 @@ from safetensors.torch import load_file
 
 from spiga.cli import main
 from spiga.errors import SpigaError
-from spiga.landmarks import IBUG_68, official_mean_face, read_mean_face
-from spiga.testing import random_checkpoint
+from spiga.landmarks import IBUG_68, mean_face_to_world, read_mean_face
+from spiga.testing import random_checkpoint, random_mean_face
 from spiga.train import TrainConfig
 from spiga.train.loop import _schedule
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "examples" / "thermal_cascade_recipe.yaml"
+OFFICIAL_68 = REPO.parent / "shared" / "fixtures" / "upstream" / "models3D" / "mean_face_3D_68.txt"
+
+
+def mean_face_68() -> np.ndarray:
+    """The official 68-point mean face (world frame: y right, z down) where ../shared is
+    present, else a random stand-in: the data only needs points in a face-sized box."""
+    if OFFICIAL_68.is_file():
+        return read_mean_face(OFFICIAL_68, IBUG_68)
+    return mean_face_to_world(random_mean_face(68))
 
 
 def write_fork_style_set(folder: Path, count: int, seed: int) -> Path:
@@ -29,7 +38,7 @@ def write_fork_style_set(folder: Path, count: int, seed: int) -> Path:
     face left out as [null, null] (as the fork's annotations do)."""
     rng = np.random.default_rng(seed)
     (folder / "images").mkdir(parents=True)
-    mean_face = read_mean_face(official_mean_face(68), IBUG_68)  # world frame: y right, z down
+    mean_face = mean_face_68()
     entries = []
     for i in range(count):
         image = rng.integers(26000, 34000, (160, 160)).astype(np.uint16)
@@ -53,7 +62,7 @@ def write_fork_style_set(folder: Path, count: int, seed: int) -> Path:
 def stand_in_300w(tmp_path_factory) -> Path:
     """A tiny random 68-point checkpoint standing in for the official 300W model."""
     return random_checkpoint(tmp_path_factory.mktemp("stand-in") / "spiga_300wprivate.safetensors", "tiny",
-                             IBUG_68, seed=0, mean_face_3d=read_mean_face(official_mean_face(68), IBUG_68))
+                             IBUG_68, seed=0, mean_face_3d=mean_face_68())
 
 
 def test_the_fork_recipe_runs_on_fork_style_data(tmp_path, monkeypatch, stand_in_300w, one_torch_thread):

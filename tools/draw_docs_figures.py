@@ -7,7 +7,7 @@ convention, so the figures show exactly what the code does.
 
     python tools/draw_docs_figures.py --out docs
 
-(the official mean faces ship with the package; `--mean-face-98` / `--mean-face-68` draw others)
+(the official mean faces, from $SPIGA_HOME/models3D, fetched there on first use; `--mean-face-98` / `--mean-face-68` draw others)
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from spiga.draw import part_colours  # noqa: E402
 from spiga.geometry import euler_to_rotation, intrinsics, project_points  # noqa: E402
 from spiga.io import write_image  # noqa: E402
 from spiga.preprocess import OFFICIAL_FOCAL_RATIO  # noqa: E402
-from spiga.landmarks import IBUG_68, WFLW_98, official_mean_face, read_mean_face  # noqa: E402
+from spiga.hub import official_mean_face  # noqa: E402
+from spiga.landmarks import IBUG_68, WFLW_98, read_mean_face  # noqa: E402
 
 
 def draw_layout(mean_face_path: str, landmarks, size: int = 900) -> np.ndarray:
@@ -76,10 +77,12 @@ def draw_pose_signs(mean_face_path: str, size: int = 300) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mean-face-98", default=str(official_mean_face(98)))
-    parser.add_argument("--mean-face-68", default=str(official_mean_face(68)))
+    parser.add_argument("--mean-face-98", help="default: the official one ($SPIGA_HOME/models3D, fetched on first use)")
+    parser.add_argument("--mean-face-68", help="default: the official one")
     parser.add_argument("--out", default="docs")
     args = parser.parse_args()
+    args.mean_face_98 = args.mean_face_98 or official_mean_face(98)
+    args.mean_face_68 = args.mean_face_68 or official_mean_face(68)
     write_image(Path(args.out) / "landmarks_98.png", draw_layout(args.mean_face_98, WFLW_98))
     write_image(Path(args.out) / "landmarks_68.png", draw_layout(args.mean_face_68, IBUG_68))
     write_image(Path(args.out) / "pose_signs.png", draw_pose_signs(args.mean_face_68))

@@ -17,6 +17,7 @@ import os
 import pickle
 import shlex
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -433,17 +434,22 @@ def _is_text(start: bytes) -> bool:
     return all(c.isprintable() or c in "\t\r\n\f" for c in text)
 
 
-def convert_official(weights: str | os.PathLike, config_name: str, mean_face: str | os.PathLike,
+def convert_official(weights: str | os.PathLike, config_name: str,
+                     mean_face: str | os.PathLike | Callable[[int], str | os.PathLike],
                      out: str | os.PathLike, model_config: ModelConfig | None = None) -> Path:
     """Official state_dict + mean-face text file -> a spiga checkpoint at `out`.
 
     `config_name` is an official configuration (`wflw`, `300wpublic`, `300wprivate`,
-    `merlrav`, `cofw68`); it fixes the landmark set. The constant tensors stored in the
+    `merlrav`, `cofw68`); it fixes the landmark set. `mean_face`: the file's path, or a
+    function of the point count that returns it (`spiga.hub.official_mean_face`, which may
+    download), called once the weights have loaded. The constant tensors stored in the
     official file (edge matrix, coordinate channels) are checked against ours.
     """
     landmarks = landmark_set_for(config_name)
     config = model_config or ModelConfig.official(landmarks.num_landmarks, landmarks.num_edges)
     state = load_official_state_dict(weights)
+    if callable(mean_face):
+        mean_face = mean_face(landmarks.num_landmarks)
     mean_face_world = read_mean_face(mean_face, landmarks)
     _check_mean_face(torch.from_numpy(np.asarray(mean_face_world, np.float64)), str(mean_face))
     model = build_model(config, landmarks, mean_face_world)

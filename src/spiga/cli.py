@@ -361,7 +361,9 @@ def _add_convert(sub) -> None:
     p.add_argument("weights", metavar="OFFICIAL.pt", help="official state_dict (e.g. spiga_wflw.pt)")
     p.add_argument("--config", required=True, choices=_dataset_config_choices(),
                    help="official dataset configuration the weights were trained for")
-    p.add_argument("--mean-face", required=True, metavar="FILE", help="3D mean face, `id|x|y|z` text file")
+    p.add_argument("--mean-face", metavar="FILE",
+                   help="3D mean face, `id|x|y|z` text file (default: the official one of --config's point count, "
+                        "from $SPIGA_HOME/models3D, downloaded there on first use)")
     p.add_argument("--out", required=True, metavar="MODEL.safetensors", help="output checkpoint")
     p.set_defaults(run=_run_convert)
 
@@ -370,7 +372,9 @@ def _run_convert(args) -> int:
     from .checkpoint import convert_official
 
     _keep_inputs([args.weights, args.mean_face], {"--out": args.out})
-    path = convert_official(args.weights, args.config, args.mean_face, args.out)
+    from .hub import official_mean_face
+
+    path = convert_official(args.weights, args.config, args.mean_face or official_mean_face, args.out)
     print(f"wrote {path}")
     return 0
 

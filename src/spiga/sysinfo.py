@@ -18,8 +18,8 @@ _DISTRIBUTIONS = ("torch", "numpy", "opencv-python-headless", "opencv-python", "
                   "huggingface_hub", "safetensors", "pillow", "scipy", "onnx", "fastapi", "uvicorn", "pillow-heif",
                   "pyyaml", "matplotlib", "dlib-bin")
 #: Settings read from the environment, reported by value.
-_SETTINGS = ("SPIGA_HOME", "SPIGA_OFFLINE", "SPIGA_HUB_REVISION", "HF_HOME", "HF_HUB_CACHE", "HF_ENDPOINT",
-             "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
+_SETTINGS = ("SPIGA_HOME", "SPIGA_OFFLINE", "SPIGA_HUB_REVISION", "SPIGA_MEAN_FACE_URL", "HF_HOME", "HF_HUB_CACHE",
+             "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 #: Secrets: reported as set or not set only.
 _SECRETS = ("HF_TOKEN", "SPIGA_API_KEY")
 
@@ -84,6 +84,7 @@ def caches() -> dict[str, Any]:
     return {"spiga_home": str(home), "models": sorted(p.name for p in models.glob("*.safetensors")),
             "named_models_ready": sorted(hub.cached_models()),
             "weights_placed_by_hand": sorted(p.name for p in downloads.glob("*.pt")),
+            "mean_faces": sorted(p.name for p in (home / "models3D").glob("*.txt")),
             "hub_cache": str(hub.hub_cache()), "weights_in_hub_cache": in_hub}
 
 

@@ -227,6 +227,28 @@ def _decode_jpeg(data: bytes, image: Image.Image, source: str, allow_damaged: bo
     return array
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png_chunks(data: bytes, source: str) -> None:
+    """Refuse a PNG whose chunk lengths do not fit in the file, before OpenCV sees it.
+
+    OpenCV 4.14 allocates a chunk's declared length before reading it: a 79-byte file
+    declaring a 2.9 GB IDAT chunk took 3 GB of memory (found by fuzzing). Only the
+    12-byte chunk frames are read, up to IEND (bytes after it are not the image's); a
+    file without IEND is left to the decoder's judgement."""
+    position, end = len(_PNG_SIGNATURE), len(data)
+    while position + 8 <= end:
+        length = int.from_bytes(data[position:position + 4], "big")
+        kind = data[position + 4:position + 8]
+        if length > 0x7FFF_FFFF or position + 12 + length > end:  # the spec caps lengths at 2^31 - 1
+            raise ImageError(f"{source}: not a readable image (a PNG file that is truncated or corrupt: its "
+                             f"{kind.decode('latin-1')!r} chunk declares {length} bytes, more than the file holds)")
+        position += 12 + length
+        if kind == b"IEND":
+            return
+
+
 def open_image_header(data: bytes, source: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> Image.Image:
     """The decoder's probe: a lazily loaded PIL image of encoded bytes, its header read
     (format and size) and the pixel limit checked on it, no pixel data decoded.
@@ -258,6 +280,8 @@ def _decode(data: bytes, source: str, max_pixels: int, depth_scaling: "DepthScal
             if fmt in ("JPEG", "MPO"):
                 array = _decode_jpeg(data, image, source, allow_damaged)
             else:
+                if fmt == "PNG" and data.startswith(_PNG_SIGNATURE):
+                    _check_png_chunks(data, source)
                 array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
             if array is None:
                 raise ImageError(f"{source}: not a readable image (a {fmt} file that is truncated or corrupt)")

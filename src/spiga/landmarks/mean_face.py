@@ -5,8 +5,8 @@ frame (x to the subject's left, y up, z out of the face). SPIGA's world frame is
 [z, -x, -y] of that: we convert once, when the file is read. Reading, ordering and
 writing live here; estimating a mean face from a dataset is `spiga.data.mean_face`.
 
-The two official mean faces ship in this package (`data/`, with the original's BSD-3-Clause
-licence and a NOTICE): `official_mean_face(68)` is the path of the 68-point one.
+The two official mean faces are fetched on first use, like the weights:
+`spiga.hub.official_mean_face(68)` is the path of the 68-point one.
 """
 
 from __future__ import annotations
@@ -19,21 +19,6 @@ import numpy as np
 from ..errors import SpigaError
 from ..io import write_output
 from .sets import LandmarkSet
-
-#: The official mean-face file of each point count, in `data/` beside this module.
-OFFICIAL_MEAN_FACES = {98: "mean_face_3D_98.txt", 68: "mean_face_3D_68.txt"}
-_DATA = Path(__file__).resolve().parent / "data"
-
-
-def official_mean_face(num_landmarks: int) -> Path:
-    """The path of the official 3D mean face with `num_landmarks` points (98 or 68), a file
-    installed with the package."""
-    try:
-        return _DATA / OFFICIAL_MEAN_FACES[num_landmarks]
-    except KeyError:
-        raise SpigaError(f"no official mean face has {num_landmarks} points (only "
-                         f"{', '.join(map(str, OFFICIAL_MEAN_FACES))})") from None
-
 
 def parse_mean_face_text(text: str, source: str = "<text>") -> tuple[list[int], np.ndarray]:
     """Parse `id|x|y|z` lines into (ids, points (N, 3) float64) in file order."""

@@ -130,8 +130,8 @@ def _resolve_mean_face(config: TrainConfig, landmarks: LandmarkSet, init_model: 
         return read_mean_face(path, landmarks), str(path)
     if init_model is not None and init_model.config.num_landmarks == landmarks.num_landmarks:
         return init_model.mean_face_3d.double().numpy(), "the --init model"
-    if landmarks.name in ("wflw98", "ibug68"):  # the official mean faces ship with the package
-        from ..landmarks import official_mean_face
+    if landmarks.name in ("wflw98", "ibug68"):  # the official mean face: from the cache, or downloaded there
+        from ..hub import official_mean_face
 
         path = official_mean_face(landmarks.num_landmarks)
         return read_mean_face(path, landmarks), path.name
