@@ -13,6 +13,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+#: The original release's two 3D mean faces (mean_face_3D_98.txt, mean_face_3D_68.txt).
+UPSTREAM_MEAN_FACES = SHARED / "fixtures" / "upstream" / "models3D"
 
 
 def shared_path(*parts: str) -> Path:
@@ -53,7 +55,6 @@ def image_file(tmp_path, face_image) -> Path:
 
 EQUIVALENCE_FIXTURES = (sorted((SHARED / "fixtures" / "equivalence").glob("*_sportsfan.json"))
                         if SHARED.exists() else [])
-MEAN_FACES = {98: "mean_face_3D_98.txt", 68: "mean_face_3D_68.txt"}
 
 
 @pytest.fixture(scope="session", params=EQUIVALENCE_FIXTURES or [None], ids=lambda p: p.stem if p else "absent")
@@ -62,6 +63,7 @@ def equivalence_model(request, tmp_path_factory):
     fixture in ../shared/fixtures/equivalence: the seeded random weights are regenerated with
     the shared tool and converted with `spiga convert` (once per session)."""
     from spiga.cli import main as cli
+    from spiga.hub import OFFICIAL_MEAN_FACES
 
     if request.param is None:
         pytest.skip("needs ../shared/fixtures/equivalence (the project's shared fixtures), absent in this checkout")
@@ -75,7 +77,7 @@ def equivalence_model(request, tmp_path_factory):
          "--out", str(official)],
         check=True)
     model = folder / "model.safetensors"
-    mean_face = SHARED / "fixtures" / "upstream" / "models3D" / MEAN_FACES[weights["landmarks"]]
+    mean_face = UPSTREAM_MEAN_FACES / OFFICIAL_MEAN_FACES[weights["landmarks"]].file
     assert cli(["convert", str(official), "--config", reference["dataset"], "--mean-face", str(mean_face),
                 "--out", str(model)]) == 0
     official.unlink()

@@ -24,14 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED
+from conftest import SHARED, UPSTREAM_MEAN_FACES
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 NAMED_MODELS = {"wflw": "wflw98", "300wpublic": "ibug68", "300wprivate": "ibug68", "merlrav": "ibug68",
                 "cofw68": "ibug68"}
 PHOTO = SHARED / "fixtures" / "images" / "image_sportsfan.jpg"
-MEAN_FACES = SHARED / "fixtures" / "upstream" / "models3D"
 BLOCK_TIMEOUT_S = 300
 
 
@@ -105,9 +104,9 @@ def _stand_in_models(cache: Path) -> None:
     models.mkdir(parents=True)
     for seed, (name, layout) in enumerate(NAMED_MODELS.items()):
         random_checkpoint(models / f"spiga_{name}.safetensors", size="tiny", landmark_set=layout, seed=seed)
-    if MEAN_FACES.is_dir():  # the official mean faces, as a user who ran spiga once has them
+    if UPSTREAM_MEAN_FACES.is_dir():  # the official mean faces, as a user who ran spiga once has them
         (cache / "models3D").mkdir()
-        for file in MEAN_FACES.glob("mean_face_3D_*.txt"):
+        for file in UPSTREAM_MEAN_FACES.glob("mean_face_3D_*.txt"):
             shutil.copyfile(file, cache / "models3D" / file.name)
 
 
@@ -143,7 +142,7 @@ def _stand_in_user_files(folder: Path) -> None:
     import numpy as np
 
     shutil.copyfile(PHOTO, folder / "photo.jpg")
-    for file in MEAN_FACES.glob("mean_face_3D_*.txt"):  # downloaded by the reader, for an offline machine
+    for file in UPSTREAM_MEAN_FACES.glob("mean_face_3D_*.txt"):  # downloaded by the reader, for an offline machine
         shutil.copyfile(file, folder / file.name)
     image = cv2.imread(str(PHOTO))
     (folder / "photos").mkdir()

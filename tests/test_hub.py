@@ -24,7 +24,7 @@ from spiga.landmarks import IBUG_68, WFLW_98, read_mean_face
 from spiga.model import ModelConfig
 from spiga.testing import random_model
 
-from conftest import SHARED
+from conftest import UPSTREAM_MEAN_FACES
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 RESOLVE = f"/{hub.REPO_ID}/resolve/"
@@ -151,7 +151,7 @@ def place_mean_faces(home) -> None:
     folder = home / "models3D"
     folder.mkdir(parents=True, exist_ok=True)
     for points, official in OFFICIAL_MEAN_FACES.items():
-        upstream = SHARED / "fixtures" / "upstream" / "models3D" / official.file
+        upstream = UPSTREAM_MEAN_FACES / official.file
         if upstream.is_file():
             (folder / official.file).write_bytes(upstream.read_bytes())
         else:
@@ -407,7 +407,7 @@ class FileServer:
 def github(tmp_path, monkeypatch):
     """The official mean faces served by a local server that `SPIGA_MEAN_FACE_URL` points at,
     and an empty cache; skipped without ../shared (the official files)."""
-    upstream = SHARED / "fixtures" / "upstream" / "models3D"
+    upstream = UPSTREAM_MEAN_FACES
     if not upstream.is_dir():
         pytest.skip("needs ../shared/fixtures/upstream/models3D (the official mean faces), absent in this checkout")
     www = tmp_path / "github"

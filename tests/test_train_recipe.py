@@ -20,9 +20,11 @@ from spiga.testing import random_checkpoint, random_mean_face
 from spiga.train import TrainConfig
 from spiga.train.loop import _schedule
 
+from conftest import UPSTREAM_MEAN_FACES
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "examples" / "thermal_cascade_recipe.yaml"
-OFFICIAL_68 = REPO.parent / "shared" / "fixtures" / "upstream" / "models3D" / "mean_face_3D_68.txt"
+OFFICIAL_68 = UPSTREAM_MEAN_FACES / "mean_face_3D_68.txt"
 
 
 def mean_face_68() -> np.ndarray:

@@ -280,7 +280,7 @@ def _decode(data: bytes, source: str, max_pixels: int, depth_scaling: "DepthScal
             if fmt in ("JPEG", "MPO"):
                 array = _decode_jpeg(data, image, source, allow_damaged)
             else:
-                if fmt == "PNG" and data.startswith(_PNG_SIGNATURE):
+                if fmt == "PNG":  # Pillow recognised the signature
                     _check_png_chunks(data, source)
                 array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
             if array is None:
